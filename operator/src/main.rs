@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("realtime-operator: not implemented yet");
+    std::process::exit(2);
+}

@@ -1,0 +1,7 @@
+//! Test harnesses shared by the end-to-end tests: a throwaway PostgreSQL (the
+//! server crate's `dev` module, re-exported here) and a real Kubernetes API
+//! server (etcd + kube-apiserver on loopback).
+
+pub mod k8s;
+
+pub use realtime_server::dev::postgres::{PgError, TempPostgres};
