@@ -1,5 +1,70 @@
 //! realtime-server: streams PostgreSQL row changes, read from a logical
 //! replication slot with `pgoutput`, to WebSocket clients that speak Phoenix
 //! Channels (`@supabase/realtime-js` 1.x and 2.x, `phoenix`).
+//!
+//! Data flow: replication (`replication::stream`) -> decoder
+//! (`replication::pgoutput`) -> [`change::Change`] -> [`hub::Hub`] (index,
+//! encode once) -> per-socket queue -> `phoenix::socket` writer -> client.
 
+pub mod auth;
+pub mod change;
+pub mod config;
 pub mod dev;
+pub mod http;
+pub mod hub;
+pub mod phoenix;
+pub mod replication;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::auth::JwtVerifier;
+use crate::config::Config;
+use crate::http::AppState;
+use crate::hub::Hub;
+use crate::phoenix::socket::SocketLimits;
+use crate::replication::stream::{self, StreamStatus};
+
+/// Serves until `shutdown` resolves: binds the listener, streams from the
+/// database (reconnecting as needed) and serves sockets.
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let hub = Arc::new(Hub::new(config.socket_queue_depth));
+    let status = Arc::new(StreamStatus::default());
+    let verifier = match (&config.jwt_secret, config.secure_channels) {
+        (Some(secret), true) => Some(JwtVerifier::new(
+            secret,
+            config.jwt_claim_validators.clone(),
+        )),
+        _ => None,
+    };
+    let state = Arc::new(AppState {
+        hub: hub.clone(),
+        status: status.clone(),
+        verifier,
+        limits: SocketLimits {
+            max_channels: config.max_channels_per_socket,
+            max_frame_bytes: config.max_frame_bytes,
+        },
+        max_connections: config.max_connections,
+    });
+
+    let addr = config.listen_addr();
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (PORT, BIND_ADDRESS): {e}"))?;
+    tracing::info!(%addr, "listening");
+
+    let replication = tokio::spawn(stream::run(config.clone(), hub.clone(), status));
+    warp::serve(http::routes(state))
+        .incoming(listener)
+        .graceful(shutdown)
+        .run()
+        .await;
+    replication.abort();
+    hub.close_all();
+    Ok(())
+}

@@ -1,4 +1,36 @@
-fn main() {
-    eprintln!("realtime-server: not implemented yet");
-    std::process::exit(2);
+//! The `realtime-server` binary: configuration from the environment, logs
+//! with `tracing` (level from `RUST_LOG`, default `info`), serve until
+//! SIGTERM or SIGINT.
+
+use realtime_server::config::Config;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("realtime-server: invalid configuration:\n{e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = realtime_server::serve(config, shutdown_signal()).await {
+        eprintln!("realtime-server: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
 }

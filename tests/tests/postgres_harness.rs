@@ -11,7 +11,11 @@ async fn cluster_has_logical_replication() {
     let pg = TempPostgres::start().expect("start PostgreSQL");
     let client = pg.connect().await.expect("connect");
 
-    let wal_level: String = client.query_one("SHOW wal_level", &[]).await.unwrap().get(0);
+    let wal_level: String = client
+        .query_one("SHOW wal_level", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(wal_level, "logical");
 
     let slots: String = client
@@ -19,7 +23,10 @@ async fn cluster_has_logical_replication() {
         .await
         .unwrap()
         .get(0);
-    assert!(slots.parse::<u32>().unwrap() >= 10, "max_replication_slots = {slots}");
+    assert!(
+        slots.parse::<u32>().unwrap() >= 10,
+        "max_replication_slots = {slots}"
+    );
 }
 
 #[tokio::test]
@@ -47,7 +54,11 @@ async fn pgoutput_slot_sees_an_insert() {
         .expect("peek changes");
     let kinds: Vec<u8> = rows.iter().map(|r| r.get::<_, Vec<u8>>(0)[0]).collect();
     // Begin, Relation, Insert, Commit.
-    assert_eq!(kinds, vec![b'B', b'R', b'I', b'C'], "pgoutput message kinds");
+    assert_eq!(
+        kinds,
+        vec![b'B', b'R', b'I', b'C'],
+        "pgoutput message kinds"
+    );
     let insert = rows[2].get::<_, Vec<u8>>(0);
     let text = String::from_utf8_lossy(&insert);
     assert!(text.contains("first"), "insert carries the row: {text:?}");
@@ -56,7 +67,10 @@ async fn pgoutput_slot_sees_an_insert() {
 #[tokio::test]
 async fn two_clusters_run_side_by_side_and_drop_frees_the_port() {
     let (a, b) = tokio::task::spawn_blocking(|| {
-        (TempPostgres::start().expect("start a"), TempPostgres::start().expect("start b"))
+        (
+            TempPostgres::start().expect("start a"),
+            TempPostgres::start().expect("start b"),
+        )
     })
     .await
     .unwrap();
@@ -64,7 +78,9 @@ async fn two_clusters_run_side_by_side_and_drop_frees_the_port() {
 
     let ca = a.connect().await.expect("connect a");
     let cb = b.connect().await.expect("connect b");
-    ca.batch_execute("CREATE TABLE only_in_a (x int)").await.unwrap();
+    ca.batch_execute("CREATE TABLE only_in_a (x int)")
+        .await
+        .unwrap();
     let in_b: i64 = cb
         .query_one(
             "SELECT count(*) FROM pg_tables WHERE tablename = 'only_in_a'",
@@ -79,7 +95,10 @@ async fn two_clusters_run_side_by_side_and_drop_frees_the_port() {
     let dir = a.dir().to_path_buf();
     drop(ca);
     drop(a);
-    assert!(port_is_free(port, Duration::from_secs(10)), "port {port} still taken after drop");
+    assert!(
+        port_is_free(port, Duration::from_secs(10)),
+        "port {port} still taken after drop"
+    );
     assert!(!dir.exists(), "{} still exists after drop", dir.display());
     // The other cluster is untouched.
     let one: i32 = cb.query_one("SELECT 1", &[]).await.unwrap().get(0);

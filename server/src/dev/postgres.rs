@@ -133,7 +133,10 @@ impl TempPostgres {
 
     /// The cluster's directory: `data/`, the server log and the Unix socket.
     pub fn dir(&self) -> &Path {
-        self.dir.as_ref().expect("directory lives until drop").path()
+        self.dir
+            .as_ref()
+            .expect("directory lives until drop")
+            .path()
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -256,7 +259,10 @@ impl TempPostgres {
         self.command(program)
             .args(args)
             .output()
-            .map_err(io_err(format!("running {}", self.bindir.join(program).display())))
+            .map_err(io_err(format!(
+                "running {}",
+                self.bindir.join(program).display()
+            )))
     }
 
     fn initdb(&self) -> Result<(), PgError> {

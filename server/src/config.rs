@@ -1,0 +1,1086 @@
+//! Server configuration: this module owns turning the process environment into a
+//! typed [`Config`], and every check of it. All problems are found at start, all at
+//! once: [`Config::from_vars`] collects every bad variable into one [`ConfigError`]
+//! (one line each) instead of stopping at the first, so an operator fixes them in
+//! one round. Nothing else in the server reads the environment.
+//!
+//! Rules for every variable: an empty value (or only whitespace) is the same as
+//! unset; booleans accept `true`/`false`/`1`/`0`/`yes`/`no` in any case; an error
+//! names the variable, its value and what was expected, except for the secret
+//! variables (`DB_PASSWORD`, `JWT_SECRET`, `SECRET_KEY_BASE`), whose values never
+//! appear in errors or in `Debug` output (see [`Secret`]).
+//!
+//! | variable | default | meaning |
+//! | --- | --- | --- |
+//! | `PORT` | 4000 | listen port |
+//! | `BIND_ADDRESS` | `0.0.0.0` | listen address, an IP address (`::` for IPv6 too) |
+//! | `HOSTNAME` | - | accepted (the public host name); never used as the listen address: Kubernetes sets it to the pod name |
+//! | `DB_HOST` | `localhost` | database host |
+//! | `DB_PORT` | 5432 | database port |
+//! | `DB_NAME` | `postgres` | database name |
+//! | `DB_USER` | `postgres` | database user (needs the REPLICATION attribute) |
+//! | `DB_PASSWORD` | `postgres` | database password (secret) |
+//! | `DB_SSL` | `false` | TLS to the database: `false`/`disable`, `true`/`require`, `verify-full` |
+//! | `PUBLICATIONS` | `["supabase_realtime"]` | JSON array of publication names, at least one |
+//! | `SLOT_NAME` | unset | durable replication slot to stream from and resume (`[a-z0-9_]`, 1-63 bytes); unset: a temporary slot |
+//! | `TEMPORARY_SLOT` | `false` | force a temporary slot even when `SLOT_NAME` is set |
+//! | `MAX_REPLICATION_LAG_MB` | 0 (off) | past this retained WAL at connect, drop and recreate the slot |
+//! | `SECURE_CHANNELS` | `true` | require a JWT; when true, `JWT_SECRET` must be set |
+//! | `JWT_SECRET` | - | HMAC secret that signs client tokens (secret) |
+//! | `JWT_CLAIM_VALIDATORS` | `{}` | JSON object: every pair must equal a claim of the token |
+//! | `SECRET_KEY_BASE` | - | key for anything the server signs (secret) |
+//! | `MAX_RECORD_BYTES` | 1048576 | a record over this is sent without its large values; > 0 |
+//! | `DB_RECONNECT_BACKOFF_MIN` | 100 | ms, first database reconnect delay; > 0 and <= the max |
+//! | `DB_RECONNECT_BACKOFF_MAX` | 120000 | ms, longest database reconnect delay; > 0 |
+//! | `MAX_CONNECTIONS` | 100000 | open WebSockets accepted at once; > 0 |
+//! | `MAX_CHANNELS_PER_SOCKET` | 100 | channels one socket may have joined at once; > 0 |
+//! | `MAX_FRAME_BYTES` | 1048576 | largest WebSocket frame/message accepted from a client; > 0 |
+//! | `SOCKET_QUEUE_DEPTH` | 16384 | frames queued for one socket before it is closed as a slow consumer; > 0 |
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+/// Default `PORT`: the port the seed server and its clients' examples use.
+pub const DEFAULT_PORT: u16 = 4000;
+/// Default `BIND_ADDRESS`: every IPv4 interface, as in a container.
+pub const DEFAULT_BIND_ADDRESS: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+/// Default `DB_HOST`.
+pub const DEFAULT_DB_HOST: &str = "localhost";
+/// Default `DB_PORT`: PostgreSQL's port.
+pub const DEFAULT_DB_PORT: u16 = 5432;
+/// Default `DB_NAME`.
+pub const DEFAULT_DB_NAME: &str = "postgres";
+/// Default `DB_USER`.
+pub const DEFAULT_DB_USER: &str = "postgres";
+/// Default `DB_PASSWORD`: the PostgreSQL docker image's example, for local use only.
+pub const DEFAULT_DB_PASSWORD: &str = "postgres";
+/// Default `PUBLICATIONS`: the publication Supabase projects create.
+pub const DEFAULT_PUBLICATION: &str = "supabase_realtime";
+/// Default `MAX_RECORD_BYTES` (1 MiB): the seed's limit; a larger record is sent
+/// with its large values left out, which keeps one wide row from stalling every socket.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 1024 * 1024;
+/// Default `DB_RECONNECT_BACKOFF_MIN` (ms): fast enough that a database restart
+/// is barely noticed, slow enough not to spin.
+pub const DEFAULT_RECONNECT_BACKOFF_MIN_MS: u64 = 100;
+/// Default `DB_RECONNECT_BACKOFF_MAX` (ms): two minutes, so a long outage costs the
+/// database at most one connection attempt every two minutes.
+pub const DEFAULT_RECONNECT_BACKOFF_MAX_MS: u64 = 120_000;
+/// Default `MAX_CONNECTIONS`: well above what one node serves in practice, but a
+/// bound, so a connection flood runs into a clean refusal rather than out of file
+/// descriptors or memory.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+/// Default `MAX_CHANNELS_PER_SOCKET`: apps join a handful of channels per socket;
+/// 100 is Supabase's own default per-client limit, and bounds what one client can
+/// make the server track.
+pub const DEFAULT_MAX_CHANNELS_PER_SOCKET: usize = 100;
+/// Default `MAX_FRAME_BYTES` (1 MiB): larger than any legitimate client frame
+/// (joins, heartbeats, broadcasts), and caps what one frame can make us allocate.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 1024 * 1024;
+/// Default `SOCKET_QUEUE_DEPTH`: absorbs the burst of a large transaction for a
+/// client that is reading, while a client that stopped reading is closed after at
+/// most this many frames instead of growing the server's memory without bound.
+pub const DEFAULT_SOCKET_QUEUE_DEPTH: usize = 16_384;
+
+/// Every variable this module reads.
+pub const VARIABLES: &[&str] = &[
+    "PORT",
+    "BIND_ADDRESS",
+    "HOSTNAME",
+    "DB_HOST",
+    "DB_PORT",
+    "DB_NAME",
+    "DB_USER",
+    "DB_PASSWORD",
+    "DB_SSL",
+    "PUBLICATIONS",
+    "SLOT_NAME",
+    "TEMPORARY_SLOT",
+    "MAX_REPLICATION_LAG_MB",
+    "SECURE_CHANNELS",
+    "JWT_SECRET",
+    "JWT_CLAIM_VALIDATORS",
+    "SECRET_KEY_BASE",
+    "MAX_RECORD_BYTES",
+    "DB_RECONNECT_BACKOFF_MIN",
+    "DB_RECONNECT_BACKOFF_MAX",
+    "MAX_CONNECTIONS",
+    "MAX_CHANNELS_PER_SOCKET",
+    "MAX_FRAME_BYTES",
+    "SOCKET_QUEUE_DEPTH",
+];
+
+/// Variables whose values are secrets: never printed.
+pub const SECRET_VARIABLES: &[&str] = &["DB_PASSWORD", "JWT_SECRET", "SECRET_KEY_BASE"];
+
+/// The server's whole configuration. See the module documentation for the variables.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub port: u16,
+    pub bind_address: IpAddr,
+    /// Accepted for compatibility; never used as the listen address.
+    pub hostname: Option<String>,
+    pub db: DbConfig,
+    /// At least one, each non-empty.
+    pub publications: Vec<String>,
+    pub slot: SlotConfig,
+    /// `None` when unset or 0: no lag check.
+    pub max_replication_lag_mb: Option<u64>,
+    pub secure_channels: bool,
+    /// Always `Some` when `secure_channels` is true.
+    pub jwt_secret: Option<Secret>,
+    pub jwt_claim_validators: serde_json::Map<String, serde_json::Value>,
+    pub secret_key_base: Option<Secret>,
+    pub max_record_bytes: usize,
+    pub reconnect_backoff_min: Duration,
+    pub reconnect_backoff_max: Duration,
+    pub max_connections: usize,
+    pub max_channels_per_socket: usize,
+    pub max_frame_bytes: usize,
+    pub socket_queue_depth: usize,
+}
+
+/// Where and how to reach the database.
+#[derive(Debug, Clone)]
+pub struct DbConfig {
+    pub host: String,
+    pub port: u16,
+    pub name: String,
+    pub user: String,
+    pub password: Secret,
+    pub ssl: DbSsl,
+}
+
+/// TLS to the database (`DB_SSL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbSsl {
+    /// `false`, `disable` (and the other false spellings): plain TCP.
+    Disable,
+    /// `true`, `require` (and the other true spellings): TLS, certificate not verified.
+    Require,
+    /// `verify-full`: TLS, certificate chain and host name verified.
+    VerifyFull,
+}
+
+/// Which replication slot to stream from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotConfig {
+    /// `SLOT_NAME` set (and `TEMPORARY_SLOT` not true): create if missing, resume from it.
+    Durable(SlotName),
+    /// A temporary slot, named by the server, gone when the connection ends.
+    Temporary,
+}
+
+/// A valid PostgreSQL replication slot name: `[a-z0-9_]`, 1 to 63 bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SlotName(String);
+
+impl SlotName {
+    /// The longest slot name PostgreSQL accepts (NAMEDATALEN - 1).
+    pub const MAX_LEN: usize = 63;
+
+    /// Accepts only what PostgreSQL accepts as a replication slot name; the error
+    /// says what is expected.
+    pub fn parse(name: &str) -> Result<SlotName, String> {
+        const EXPECTED: &str = "a replication slot name: 1 to 63 characters of a-z, 0-9 and _";
+        if name.is_empty() {
+            return Err(format!("{EXPECTED} (it is empty)"));
+        }
+        if name.len() > Self::MAX_LEN {
+            return Err(format!("{EXPECTED} (it is {} bytes long)", name.len()));
+        }
+        if let Some(bad) = name
+            .chars()
+            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_'))
+        {
+            return Err(format!("{EXPECTED} (it contains {bad:?})"));
+        }
+        Ok(SlotName(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SlotName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A secret value: `Debug` and `Display` print `<redacted>`; read it with [`Secret::expose`].
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The secret itself; only for the code that uses it (a key, a password).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// One problem with the environment.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigIssue {
+    /// A variable's value is not what it should be.
+    #[error("{var}={}: expected {expected}", shown(.value))]
+    BadValue {
+        var: &'static str,
+        value: String,
+        expected: String,
+    },
+    /// A secret variable's value is unusable (the value is not kept).
+    #[error("{var} (value not shown, it is secret): expected {expected}")]
+    BadSecret { var: &'static str, expected: String },
+    /// A variable's value is not valid UTF-8 (so it cannot be shown either).
+    #[error("{var} is not valid UTF-8: expected a UTF-8 string")]
+    NotUnicode { var: &'static str },
+    /// Variables that are each fine but do not go together.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+impl ConfigIssue {
+    /// The variable the problem is about, for a single-variable problem.
+    pub fn variable(&self) -> Option<&'static str> {
+        match self {
+            ConfigIssue::BadValue { var, .. }
+            | ConfigIssue::BadSecret { var, .. }
+            | ConfigIssue::NotUnicode { var, .. } => Some(var),
+            ConfigIssue::Conflict(_) => None,
+        }
+    }
+}
+
+/// Why the server cannot start: every problem found, one per line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}", lines(.0))]
+    Invalid(Vec<ConfigIssue>),
+}
+
+impl ConfigError {
+    pub fn issues(&self) -> &[ConfigIssue] {
+        match self {
+            ConfigError::Invalid(issues) => issues,
+        }
+    }
+}
+
+fn lines(issues: &[ConfigIssue]) -> String {
+    issues
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A value as shown in an error: control characters escaped (so each problem
+/// stays on one line) and cut at 200 characters.
+fn shown(value: &str) -> String {
+    const LIMIT: usize = 200;
+    let mut out = String::new();
+    for (i, c) in value.chars().enumerate() {
+        if i == LIMIT {
+            out.push_str("...");
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl Config {
+    /// Reads the process environment. Values that are not valid UTF-8 are errors
+    /// for the variables this module reads, and ignored for all others.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        let mut vars = HashMap::new();
+        let mut not_unicode = Vec::new();
+        for (name, value) in std::env::vars_os() {
+            let Some(name) = name.to_str() else { continue };
+            let Some(&known) = VARIABLES.iter().find(|v| **v == name) else {
+                continue;
+            };
+            match value.into_string() {
+                Ok(value) => {
+                    vars.insert(known, value);
+                }
+                Err(_) => not_unicode.push(known),
+            }
+        }
+        Self::from_map(vars, not_unicode)
+    }
+
+    /// Reads the given variables as if they were the whole environment; for tests.
+    /// A name given twice: the last value wins. Unknown names are ignored.
+    pub fn from_vars<I, K, V>(vars: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let mut map = HashMap::new();
+        for (name, value) in vars {
+            if let Some(&known) = VARIABLES.iter().find(|v| **v == name.as_ref()) {
+                map.insert(known, value.as_ref().to_owned());
+            }
+        }
+        Self::from_map(map, Vec::new())
+    }
+
+    /// The socket address to listen on.
+    pub fn listen_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.bind_address, self.port)
+    }
+
+    fn from_map(
+        vars: HashMap<&'static str, String>,
+        not_unicode: Vec<&'static str>,
+    ) -> Result<Config, ConfigError> {
+        let mut r = Reader {
+            vars,
+            not_unicode,
+            issues: Vec::new(),
+        };
+
+        let port = r.parse("PORT", DEFAULT_PORT, parse_port);
+        let bind_address = r.parse("BIND_ADDRESS", DEFAULT_BIND_ADDRESS, |v| {
+            v.parse::<IpAddr>()
+                .map_err(|_| "an IP address such as 0.0.0.0 or :: (not a host name)".to_owned())
+        });
+        let hostname = r.string("HOSTNAME");
+
+        let db = DbConfig {
+            host: r
+                .string("DB_HOST")
+                .unwrap_or_else(|| DEFAULT_DB_HOST.into()),
+            port: r.parse("DB_PORT", DEFAULT_DB_PORT, parse_port),
+            name: r
+                .string("DB_NAME")
+                .unwrap_or_else(|| DEFAULT_DB_NAME.into()),
+            user: r
+                .string("DB_USER")
+                .unwrap_or_else(|| DEFAULT_DB_USER.into()),
+            password: r
+                .secret("DB_PASSWORD")
+                .unwrap_or_else(|| Secret::new(DEFAULT_DB_PASSWORD)),
+            ssl: r.parse("DB_SSL", DbSsl::Disable, parse_db_ssl),
+        };
+
+        let publications = r.parse(
+            "PUBLICATIONS",
+            vec![DEFAULT_PUBLICATION.to_owned()],
+            parse_publications,
+        );
+
+        let slot_name = r.optional("SLOT_NAME", SlotName::parse);
+        let temporary_slot = r.parse("TEMPORARY_SLOT", false, parse_bool);
+        let slot = match slot_name {
+            Some(name) if !temporary_slot => SlotConfig::Durable(name),
+            _ => SlotConfig::Temporary,
+        };
+
+        let max_replication_lag_mb: u64 = r.parse("MAX_REPLICATION_LAG_MB", 0, |v| {
+            parse_number(v, "a whole number of megabytes (0 to turn the check off)")
+        });
+        let max_replication_lag_mb = (max_replication_lag_mb > 0).then_some(max_replication_lag_mb);
+
+        let secure_channels_set = r.is_set("SECURE_CHANNELS");
+        let secure_channels = r.optional("SECURE_CHANNELS", parse_bool);
+        let jwt_secret = r.secret("JWT_SECRET");
+        if secure_channels.unwrap_or(!secure_channels_set) && jwt_secret.is_none() {
+            r.issues.push(ConfigIssue::Conflict(format!(
+                "SECURE_CHANNELS is true{} but JWT_SECRET is not set: set JWT_SECRET to the \
+                 secret that signs your clients' tokens, or SECURE_CHANNELS=false to accept anyone",
+                if secure_channels_set {
+                    ""
+                } else {
+                    " (the default)"
+                }
+            )));
+        }
+        let secure_channels = secure_channels.unwrap_or(true);
+
+        let jwt_claim_validators = r.parse(
+            "JWT_CLAIM_VALIDATORS",
+            serde_json::Map::new(),
+            parse_claim_validators,
+        );
+        let secret_key_base = r.secret("SECRET_KEY_BASE");
+
+        let max_record_bytes = r.positive("MAX_RECORD_BYTES", DEFAULT_MAX_RECORD_BYTES, "bytes");
+
+        let backoff_min = r.positive(
+            "DB_RECONNECT_BACKOFF_MIN",
+            DEFAULT_RECONNECT_BACKOFF_MIN_MS,
+            "milliseconds",
+        );
+        let backoff_max = r.positive(
+            "DB_RECONNECT_BACKOFF_MAX",
+            DEFAULT_RECONNECT_BACKOFF_MAX_MS,
+            "milliseconds",
+        );
+        if backoff_min > backoff_max {
+            r.issues.push(ConfigIssue::Conflict(format!(
+                "DB_RECONNECT_BACKOFF_MIN={backoff_min} is greater than \
+                 DB_RECONNECT_BACKOFF_MAX={backoff_max}: expected the minimum delay to be at most the maximum"
+            )));
+        }
+
+        let max_connections = r.positive("MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS, "connections");
+        let max_channels_per_socket = r.positive(
+            "MAX_CHANNELS_PER_SOCKET",
+            DEFAULT_MAX_CHANNELS_PER_SOCKET,
+            "channels",
+        );
+        let max_frame_bytes = r.positive("MAX_FRAME_BYTES", DEFAULT_MAX_FRAME_BYTES, "bytes");
+        let socket_queue_depth =
+            r.positive("SOCKET_QUEUE_DEPTH", DEFAULT_SOCKET_QUEUE_DEPTH, "frames");
+
+        if !r.issues.is_empty() {
+            return Err(ConfigError::Invalid(r.issues));
+        }
+        Ok(Config {
+            port,
+            bind_address,
+            hostname,
+            db,
+            publications,
+            slot,
+            max_replication_lag_mb,
+            secure_channels,
+            jwt_secret,
+            jwt_claim_validators,
+            secret_key_base,
+            max_record_bytes,
+            reconnect_backoff_min: Duration::from_millis(backoff_min),
+            reconnect_backoff_max: Duration::from_millis(backoff_max),
+            max_connections,
+            max_channels_per_socket,
+            max_frame_bytes,
+            socket_queue_depth,
+        })
+    }
+}
+
+/// Reads variables, remembering every problem instead of stopping at the first.
+struct Reader {
+    vars: HashMap<&'static str, String>,
+    not_unicode: Vec<&'static str>,
+    issues: Vec<ConfigIssue>,
+}
+
+impl Reader {
+    fn is_set(&self, var: &'static str) -> bool {
+        self.not_unicode.contains(&var) || self.raw(var).is_some()
+    }
+
+    /// The value, if set and not blank.
+    fn raw(&self, var: &'static str) -> Option<&str> {
+        self.vars
+            .get(var)
+            .map(String::as_str)
+            .filter(|v| !v.trim().is_empty())
+    }
+
+    /// `Some` when set and valid; records the problem when set and invalid.
+    fn optional<T>(
+        &mut self,
+        var: &'static str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        if self.not_unicode.contains(&var) {
+            self.issues.push(ConfigIssue::NotUnicode { var });
+            return None;
+        }
+        let value = self.raw(var)?.trim().to_owned();
+        match parse(&value) {
+            Ok(parsed) => Some(parsed),
+            Err(expected) => {
+                let issue = if SECRET_VARIABLES.contains(&var) {
+                    ConfigIssue::BadSecret { var, expected }
+                } else {
+                    ConfigIssue::BadValue {
+                        var,
+                        value,
+                        expected,
+                    }
+                };
+                self.issues.push(issue);
+                None
+            }
+        }
+    }
+
+    /// The parsed value, or `default` when unset or invalid (then the problem is recorded).
+    fn parse<T>(
+        &mut self,
+        var: &'static str,
+        default: T,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> T {
+        self.optional(var, parse).unwrap_or(default)
+    }
+
+    /// A free-form string, kept as given (not trimmed).
+    fn string(&mut self, var: &'static str) -> Option<String> {
+        if self.not_unicode.contains(&var) {
+            self.issues.push(ConfigIssue::NotUnicode { var });
+            return None;
+        }
+        self.raw(var).map(str::to_owned)
+    }
+
+    /// A secret, kept as given (not trimmed).
+    fn secret(&mut self, var: &'static str) -> Option<Secret> {
+        self.string(var).map(Secret)
+    }
+
+    /// A number greater than zero.
+    fn positive<T>(&mut self, var: &'static str, default: T, unit: &str) -> T
+    where
+        T: std::str::FromStr + PartialEq + From<u8>,
+    {
+        self.parse(var, default, |v| {
+            let expected = format!("a positive whole number of {unit}");
+            match parse_number::<T>(v, &expected)? {
+                n if n == T::from(0) => Err(expected),
+                n => Ok(n),
+            }
+        })
+    }
+}
+
+fn parse_number<T: std::str::FromStr>(value: &str, expected: &str) -> Result<T, String> {
+    // `FromStr` for integers accepts a leading '+'; we accept digits only.
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(expected.to_owned());
+    }
+    value.parse().map_err(|_| expected.to_owned())
+}
+
+fn parse_port(value: &str) -> Result<u16, String> {
+    const EXPECTED: &str = "a port number (1-65535)";
+    match parse_number::<u16>(value, EXPECTED)? {
+        0 => Err(EXPECTED.to_owned()),
+        port => Ok(port),
+    }
+}
+
+/// `true`/`false`/`1`/`0`/`yes`/`no`, any case.
+pub fn parse_bool(value: &str) -> Result<bool, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err("a boolean: true, false, 1, 0, yes or no".to_owned()),
+    }
+}
+
+fn parse_db_ssl(value: &str) -> Result<DbSsl, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "disable" => Ok(DbSsl::Disable),
+        "require" => Ok(DbSsl::Require),
+        "verify-full" => Ok(DbSsl::VerifyFull),
+        other => match parse_bool(other) {
+            Ok(true) => Ok(DbSsl::Require),
+            Ok(false) => Ok(DbSsl::Disable),
+            Err(_) => Err("false, disable, true, require or verify-full".to_owned()),
+        },
+    }
+}
+
+fn parse_publications(value: &str) -> Result<Vec<String>, String> {
+    const EXPECTED: &str =
+        "a JSON array of one or more non-empty publication names, such as [\"supabase_realtime\"]";
+    let parsed: serde_json::Value =
+        serde_json::from_str(value).map_err(|e| format!("{EXPECTED} (invalid JSON: {e})"))?;
+    let serde_json::Value::Array(items) = parsed else {
+        return Err(format!("{EXPECTED} (it is not an array)"));
+    };
+    if items.is_empty() {
+        return Err(format!("{EXPECTED} (the array is empty)"));
+    }
+    items
+        .into_iter()
+        .map(|item| match item {
+            serde_json::Value::String(name) if !name.is_empty() => Ok(name),
+            serde_json::Value::String(_) => Err(format!("{EXPECTED} (a name is empty)")),
+            other => Err(format!("{EXPECTED} ({other} is not a string)")),
+        })
+        .collect()
+}
+
+fn parse_claim_validators(
+    value: &str,
+) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    const EXPECTED: &str =
+        "a JSON object of claim names to required values, such as {\"iss\":\"supabase\"}";
+    match serde_json::from_str(value) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        Ok(_) => Err(format!("{EXPECTED} (it is not an object)")),
+        Err(e) => Err(format!("{EXPECTED} (invalid JSON: {e})")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "sup3r-s3cret-value";
+
+    fn ok(vars: &[(&str, &str)]) -> Config {
+        Config::from_vars(vars.iter().copied()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn err(vars: &[(&str, &str)]) -> ConfigError {
+        match Config::from_vars(vars.iter().copied()) {
+            Ok(config) => panic!("expected an error, got {config:?}"),
+            Err(e) => e,
+        }
+    }
+
+    /// Insecure mode, so only the variables under test matter.
+    fn with_insecure<'a>(vars: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        let mut all = vec![("SECURE_CHANNELS", "false")];
+        all.extend_from_slice(vars);
+        all
+    }
+
+    #[test]
+    fn defaults() {
+        let c = ok(&[("JWT_SECRET", SECRET)]);
+        assert_eq!(c.port, 4000);
+        assert_eq!(c.bind_address, "0.0.0.0".parse::<IpAddr>().unwrap());
+        assert_eq!(c.listen_addr(), "0.0.0.0:4000".parse().unwrap());
+        assert_eq!(c.hostname, None);
+        assert_eq!(c.db.host, "localhost");
+        assert_eq!(c.db.port, 5432);
+        assert_eq!(c.db.name, "postgres");
+        assert_eq!(c.db.user, "postgres");
+        assert_eq!(c.db.password.expose(), "postgres");
+        assert_eq!(c.db.ssl, DbSsl::Disable);
+        assert_eq!(c.publications, vec!["supabase_realtime".to_owned()]);
+        assert_eq!(c.slot, SlotConfig::Temporary);
+        assert_eq!(c.max_replication_lag_mb, None);
+        assert!(c.secure_channels);
+        assert_eq!(c.jwt_secret.as_ref().map(Secret::expose), Some(SECRET));
+        assert!(c.jwt_claim_validators.is_empty());
+        assert!(c.secret_key_base.is_none());
+        assert_eq!(c.max_record_bytes, 1_048_576);
+        assert_eq!(c.reconnect_backoff_min, Duration::from_millis(100));
+        assert_eq!(c.reconnect_backoff_max, Duration::from_millis(120_000));
+        assert_eq!(c.max_connections, 100_000);
+        assert_eq!(c.max_channels_per_socket, 100);
+        assert_eq!(c.max_frame_bytes, 1_048_576);
+        assert_eq!(c.socket_queue_depth, 16_384);
+    }
+
+    #[test]
+    fn every_value_is_read() {
+        let c = ok(&[
+            ("PORT", "8080"),
+            ("BIND_ADDRESS", "::"),
+            ("HOSTNAME", "realtime-0"),
+            ("DB_HOST", "db.internal"),
+            ("DB_PORT", "6543"),
+            ("DB_NAME", "app"),
+            ("DB_USER", "replicator"),
+            ("DB_PASSWORD", "pw"),
+            ("DB_SSL", "verify-full"),
+            ("PUBLICATIONS", r#"["a","b"]"#),
+            ("SLOT_NAME", "realtime_slot_1"),
+            ("MAX_REPLICATION_LAG_MB", "512"),
+            ("SECURE_CHANNELS", "yes"),
+            ("JWT_SECRET", SECRET),
+            ("JWT_CLAIM_VALIDATORS", r#"{"iss":"supabase","n":1}"#),
+            ("SECRET_KEY_BASE", "skb"),
+            ("MAX_RECORD_BYTES", "2048"),
+            ("DB_RECONNECT_BACKOFF_MIN", "5"),
+            ("DB_RECONNECT_BACKOFF_MAX", "5"),
+            ("MAX_CONNECTIONS", "10"),
+            ("MAX_CHANNELS_PER_SOCKET", "3"),
+            ("MAX_FRAME_BYTES", "4096"),
+            ("SOCKET_QUEUE_DEPTH", "7"),
+            ("UNRELATED", "whatever"),
+        ]);
+        assert_eq!(c.listen_addr(), "[::]:8080".parse().unwrap());
+        assert_eq!(c.hostname.as_deref(), Some("realtime-0"));
+        assert_eq!(c.db.host, "db.internal");
+        assert_eq!(c.db.port, 6543);
+        assert_eq!(c.db.name, "app");
+        assert_eq!(c.db.user, "replicator");
+        assert_eq!(c.db.password.expose(), "pw");
+        assert_eq!(c.db.ssl, DbSsl::VerifyFull);
+        assert_eq!(c.publications, vec!["a".to_owned(), "b".to_owned()]);
+        assert_eq!(
+            c.slot,
+            SlotConfig::Durable(SlotName::parse("realtime_slot_1").unwrap())
+        );
+        assert_eq!(c.max_replication_lag_mb, Some(512));
+        assert!(c.secure_channels);
+        assert_eq!(c.jwt_claim_validators["iss"], "supabase");
+        assert_eq!(c.jwt_claim_validators["n"], 1);
+        assert_eq!(c.secret_key_base.as_ref().unwrap().expose(), "skb");
+        assert_eq!(c.max_record_bytes, 2048);
+        assert_eq!(c.reconnect_backoff_min, Duration::from_millis(5));
+        assert_eq!(c.reconnect_backoff_max, Duration::from_millis(5));
+        assert_eq!(c.max_connections, 10);
+        assert_eq!(c.max_channels_per_socket, 3);
+        assert_eq!(c.max_frame_bytes, 4096);
+        assert_eq!(c.socket_queue_depth, 7);
+    }
+
+    #[test]
+    fn empty_values_are_unset() {
+        let c = ok(&[
+            ("JWT_SECRET", SECRET),
+            ("PORT", ""),
+            ("DB_SSL", ""),
+            ("PUBLICATIONS", ""),
+            ("SLOT_NAME", ""),
+            ("SECURE_CHANNELS", " "),
+            ("MAX_CONNECTIONS", ""),
+            ("HOSTNAME", ""),
+        ]);
+        assert_eq!(c.port, 4000);
+        assert_eq!(c.publications, vec!["supabase_realtime".to_owned()]);
+        assert_eq!(c.slot, SlotConfig::Temporary);
+        assert!(c.secure_channels);
+        assert_eq!(c.hostname, None);
+        // An empty JWT_SECRET is no secret at all.
+        let e = err(&[("JWT_SECRET", "")]);
+        assert!(e.to_string().contains("JWT_SECRET is not set"), "{e}");
+    }
+
+    #[test]
+    fn every_bad_value_names_its_variable() {
+        let cases = [
+            ("PORT", "abc"),
+            ("PORT", "0"),
+            ("PORT", "65536"),
+            ("PORT", "-1"),
+            ("BIND_ADDRESS", "localhost"),
+            ("DB_PORT", "abc"),
+            ("DB_SSL", "maybe"),
+            ("PUBLICATIONS", "supabase_realtime"),
+            ("SLOT_NAME", "Bad-Name"),
+            ("TEMPORARY_SLOT", "perhaps"),
+            ("MAX_REPLICATION_LAG_MB", "-5"),
+            ("SECURE_CHANNELS", "on"),
+            ("JWT_CLAIM_VALIDATORS", "[1]"),
+            ("MAX_RECORD_BYTES", "1MB"),
+            ("MAX_RECORD_BYTES", "0"),
+            ("DB_RECONNECT_BACKOFF_MIN", "fast"),
+            ("DB_RECONNECT_BACKOFF_MIN", "0"),
+            ("DB_RECONNECT_BACKOFF_MAX", "1.5"),
+            ("MAX_CONNECTIONS", "0"),
+            ("MAX_CONNECTIONS", "lots"),
+            ("MAX_CHANNELS_PER_SOCKET", "0"),
+            ("MAX_FRAME_BYTES", "0"),
+            ("SOCKET_QUEUE_DEPTH", "0"),
+            ("SOCKET_QUEUE_DEPTH", "+5"),
+        ];
+        for (var, value) in cases {
+            let e = err(&with_insecure(&[(var, value)]));
+            assert_eq!(e.issues().len(), 1, "{var}={value}: {e}");
+            assert_eq!(e.issues()[0].variable(), Some(var));
+            let message = e.to_string();
+            assert!(
+                message.starts_with(&format!("{var}={value}: expected ")),
+                "{var}={value}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn error_message_format() {
+        let e = err(&with_insecure(&[("DB_PORT", "abc")]));
+        assert_eq!(
+            e.to_string(),
+            "DB_PORT=abc: expected a port number (1-65535)"
+        );
+        let e = err(&with_insecure(&[("DB_PORT", "a\nb")]));
+        assert_eq!(e.to_string().lines().count(), 1, "{e}");
+    }
+
+    #[test]
+    fn secrets_never_shown() {
+        let e = err(&[
+            ("DB_PASSWORD", SECRET),
+            ("SECRET_KEY_BASE", SECRET),
+            ("JWT_SECRET", SECRET),
+            ("PORT", "x"),
+            ("JWT_CLAIM_VALIDATORS", "nope"),
+        ]);
+        assert!(!e.to_string().contains(SECRET));
+        assert!(!format!("{e:?}").contains(SECRET));
+
+        let c = ok(&[
+            ("DB_PASSWORD", SECRET),
+            ("SECRET_KEY_BASE", SECRET),
+            ("JWT_SECRET", SECRET),
+        ]);
+        let debug = format!("{c:?}");
+        assert!(!debug.contains(SECRET), "{debug}");
+        assert!(debug.contains("<redacted>"));
+        assert_eq!(format!("{}", c.db.password), "<redacted>");
+        assert_eq!(format!("{:?}", c.db.password), "<redacted>");
+        assert_eq!(c.db.password.expose(), SECRET);
+
+        let issue = ConfigIssue::BadSecret {
+            var: "JWT_SECRET",
+            expected: "something".into(),
+        };
+        assert!(issue.to_string().starts_with("JWT_SECRET "));
+    }
+
+    #[test]
+    fn secure_channels_needs_jwt_secret() {
+        let e = err(&[]);
+        assert_eq!(
+            e.to_string(),
+            "SECURE_CHANNELS is true (the default) but JWT_SECRET is not set: set JWT_SECRET \
+             to the secret that signs your clients' tokens, or SECURE_CHANNELS=false to accept anyone"
+        );
+        let e = err(&[("SECURE_CHANNELS", "TRUE")]);
+        assert!(
+            e.to_string()
+                .starts_with("SECURE_CHANNELS is true but JWT_SECRET is not set"),
+            "{e}"
+        );
+        assert!(ok(&[("JWT_SECRET", SECRET)]).secure_channels);
+        let c = ok(&[("SECURE_CHANNELS", "false")]);
+        assert!(!c.secure_channels);
+        assert!(c.jwt_secret.is_none());
+        // A bad SECURE_CHANNELS is reported once, not also as a missing secret.
+        let e = err(&[("SECURE_CHANNELS", "nah")]);
+        assert_eq!(e.issues().len(), 1, "{e}");
+    }
+
+    #[test]
+    fn booleans() {
+        for (value, expected) in [
+            ("true", true),
+            ("True", true),
+            ("1", true),
+            ("YES", true),
+            ("false", false),
+            ("FALSE", false),
+            ("0", false),
+            ("no", false),
+        ] {
+            let c = ok(&[("JWT_SECRET", SECRET), ("SECURE_CHANNELS", value)]);
+            assert_eq!(c.secure_channels, expected, "{value}");
+        }
+        let e = err(&with_insecure(&[("TEMPORARY_SLOT", "2")]));
+        assert!(e
+            .to_string()
+            .starts_with("TEMPORARY_SLOT=2: expected a boolean"));
+    }
+
+    #[test]
+    fn publications() {
+        let c = ok(&with_insecure(&[("PUBLICATIONS", r#"["a","b"]"#)]));
+        assert_eq!(c.publications, vec!["a".to_owned(), "b".to_owned()]);
+        for (value, why) in [
+            ("[\"a\"", "invalid JSON"),
+            ("{\"a\":1}", "not an array"),
+            ("\"a\"", "not an array"),
+            ("[]", "the array is empty"),
+            ("[\"\"]", "a name is empty"),
+            ("[\"a\",1]", "1 is not a string"),
+        ] {
+            let e = err(&with_insecure(&[("PUBLICATIONS", value)]));
+            let message = e.to_string();
+            assert!(
+                message.starts_with(&format!("PUBLICATIONS={value}: expected a JSON array")),
+                "{message}"
+            );
+            assert!(message.contains(why), "{message}");
+        }
+    }
+
+    #[test]
+    fn slot_names() {
+        assert_eq!(
+            SlotName::parse("realtime_1").unwrap().as_str(),
+            "realtime_1"
+        );
+        assert_eq!(SlotName::parse("abc").unwrap().to_string(), "abc");
+        assert!(SlotName::parse(&"a".repeat(63)).is_ok());
+        assert!(SlotName::parse(&"a".repeat(64))
+            .unwrap_err()
+            .contains("64 bytes"));
+        assert!(SlotName::parse("Realtime").unwrap_err().contains("'R'"));
+        assert!(SlotName::parse("real-time").unwrap_err().contains("'-'"));
+        assert!(SlotName::parse("").is_err());
+        assert!(SlotName::parse("slot é").is_err());
+
+        let e = err(&with_insecure(&[("SLOT_NAME", "MySlot")]));
+        assert!(e
+            .to_string()
+            .starts_with("SLOT_NAME=MySlot: expected a replication slot name"));
+        let long = "a".repeat(64);
+        let e = err(&with_insecure(&[("SLOT_NAME", &long)]));
+        assert_eq!(e.issues()[0].variable(), Some("SLOT_NAME"));
+        let e = err(&with_insecure(&[("SLOT_NAME", "my-slot")]));
+        assert_eq!(e.issues()[0].variable(), Some("SLOT_NAME"));
+    }
+
+    #[test]
+    fn slot_modes() {
+        let durable = SlotConfig::Durable(SlotName::parse("rt").unwrap());
+        assert_eq!(ok(&with_insecure(&[("SLOT_NAME", "rt")])).slot, durable);
+        assert_eq!(
+            ok(&with_insecure(&[
+                ("SLOT_NAME", "rt"),
+                ("TEMPORARY_SLOT", "false")
+            ]))
+            .slot,
+            durable
+        );
+        assert_eq!(
+            ok(&with_insecure(&[
+                ("SLOT_NAME", "rt"),
+                ("TEMPORARY_SLOT", "true")
+            ]))
+            .slot,
+            SlotConfig::Temporary
+        );
+        assert_eq!(
+            ok(&with_insecure(&[("TEMPORARY_SLOT", "true")])).slot,
+            SlotConfig::Temporary
+        );
+    }
+
+    #[test]
+    fn db_ssl_modes() {
+        for (value, expected) in [
+            ("false", DbSsl::Disable),
+            ("disable", DbSsl::Disable),
+            ("DISABLE", DbSsl::Disable),
+            ("true", DbSsl::Require),
+            ("require", DbSsl::Require),
+            ("Require", DbSsl::Require),
+            ("verify-full", DbSsl::VerifyFull),
+            ("VERIFY-FULL", DbSsl::VerifyFull),
+        ] {
+            assert_eq!(
+                ok(&with_insecure(&[("DB_SSL", value)])).db.ssl,
+                expected,
+                "{value}"
+            );
+        }
+        let e = err(&with_insecure(&[("DB_SSL", "verify-ca")]));
+        assert_eq!(
+            e.to_string(),
+            "DB_SSL=verify-ca: expected false, disable, true, require or verify-full"
+        );
+    }
+
+    #[test]
+    fn replication_lag() {
+        assert_eq!(
+            ok(&with_insecure(&[("MAX_REPLICATION_LAG_MB", "0")])).max_replication_lag_mb,
+            None
+        );
+        assert_eq!(
+            ok(&with_insecure(&[("MAX_REPLICATION_LAG_MB", "100")])).max_replication_lag_mb,
+            Some(100)
+        );
+    }
+
+    #[test]
+    fn backoff_min_above_max() {
+        let e = err(&with_insecure(&[
+            ("DB_RECONNECT_BACKOFF_MIN", "5000"),
+            ("DB_RECONNECT_BACKOFF_MAX", "1000"),
+        ]));
+        assert_eq!(e.issues().len(), 1);
+        assert!(
+            e.to_string().contains("DB_RECONNECT_BACKOFF_MIN=5000"),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("DB_RECONNECT_BACKOFF_MAX=1000"),
+            "{e}"
+        );
+        // Against the default maximum too.
+        let e = err(&with_insecure(&[("DB_RECONNECT_BACKOFF_MIN", "120001")]));
+        assert_eq!(e.issues().len(), 1);
+    }
+
+    #[test]
+    fn claim_validators() {
+        let e = err(&with_insecure(&[("JWT_CLAIM_VALIDATORS", "{bad")]));
+        assert!(e
+            .to_string()
+            .starts_with("JWT_CLAIM_VALIDATORS={bad: expected a JSON object"));
+    }
+
+    #[test]
+    fn all_errors_are_reported() {
+        let e = err(&[
+            ("PORT", "abc"),
+            ("DB_PORT", "99999"),
+            ("DB_SSL", "sometimes"),
+            ("PUBLICATIONS", "[]"),
+            ("SLOT_NAME", "UPPER"),
+            ("MAX_CONNECTIONS", "0"),
+        ]);
+        let vars: Vec<_> = e.issues().iter().map(ConfigIssue::variable).collect();
+        assert_eq!(
+            vars,
+            vec![
+                Some("PORT"),
+                Some("DB_PORT"),
+                Some("DB_SSL"),
+                Some("PUBLICATIONS"),
+                Some("SLOT_NAME"),
+                None, // SECURE_CHANNELS without JWT_SECRET
+                Some("MAX_CONNECTIONS"),
+            ]
+        );
+        let message = e.to_string();
+        assert_eq!(message.lines().count(), 7, "{message}");
+        for var in [
+            "PORT=",
+            "DB_PORT=",
+            "DB_SSL=",
+            "PUBLICATIONS=",
+            "SLOT_NAME=",
+            "JWT_SECRET",
+            "MAX_CONNECTIONS=",
+        ] {
+            assert!(message.contains(var), "{var}: {message}");
+        }
+    }
+
+    #[test]
+    fn last_value_wins() {
+        let c = ok(&with_insecure(&[("PORT", "1"), ("PORT", "2")]));
+        assert_eq!(c.port, 2);
+    }
+}

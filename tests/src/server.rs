@@ -1,0 +1,178 @@
+//! The real `realtime-server` binary as a child process, for end-to-end tests.
+//!
+//! Owns starting the binary with an environment (by default: a throwaway
+//! PostgreSQL's connection, a free port, channels not secured), waiting until
+//! `/readyz` says the replication stream is live, and killing it on drop. Its
+//! log goes to a file whose tail is shown when something fails.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::TempPostgres;
+
+/// Where cargo put the server binary: beside the test executable's `deps/`.
+/// `REALTIME_SERVER_BIN` overrides.
+pub fn server_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("REALTIME_SERVER_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current test executable");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
+    let bin = dir.join("realtime-server");
+    assert!(
+        bin.exists(),
+        "{} does not exist: build it with `cargo build -p realtime-server` (cargo test/nextest \
+         --workspace build it)",
+        bin.display()
+    );
+    bin
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// A running server process.
+pub struct ServerProcess {
+    child: Option<Child>,
+    pub port: u16,
+    pub env: BTreeMap<String, String>,
+    log: tempfile::NamedTempFile,
+}
+
+impl ServerProcess {
+    /// The environment that points a server at `pg` with `publications`.
+    pub fn env_for(pg: &TempPostgres, publications: &[&str]) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        env.insert("PORT".into(), free_port().to_string());
+        env.insert("BIND_ADDRESS".into(), "127.0.0.1".into());
+        env.insert("DB_HOST".into(), pg.host().into());
+        env.insert("DB_PORT".into(), pg.port().to_string());
+        env.insert("DB_NAME".into(), pg.dbname().into());
+        env.insert("DB_USER".into(), pg.user().into());
+        env.insert("DB_PASSWORD".into(), "unused-with-trust-auth".into());
+        env.insert(
+            "PUBLICATIONS".into(),
+            serde_json::to_string(publications).unwrap(),
+        );
+        env.insert("SECURE_CHANNELS".into(), "false".into());
+        env.insert("RUST_LOG".into(), "info,realtime_server=debug".into());
+        env
+    }
+
+    /// Starts the server with `env` and waits until it is ready.
+    pub fn start(env: BTreeMap<String, String>) -> ServerProcess {
+        let s = Self::spawn(env);
+        s.wait_ready(Duration::from_secs(30));
+        s
+    }
+
+    /// Starts the server with `env` without waiting.
+    pub fn spawn(env: BTreeMap<String, String>) -> ServerProcess {
+        let port: u16 = env
+            .get("PORT")
+            .and_then(|p| p.parse().ok())
+            .expect("PORT in env");
+        let log = tempfile::NamedTempFile::new().expect("log file");
+        let child = Command::new(server_bin())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(&env)
+            .stdin(Stdio::null())
+            .stdout(log.reopen().expect("log"))
+            .stderr(log.reopen().expect("log"))
+            .spawn()
+            .expect("spawn realtime-server");
+        ServerProcess {
+            child: Some(child),
+            port,
+            env,
+            log,
+        }
+    }
+
+    pub fn ws_url(&self, vsn: &str) -> String {
+        format!("ws://127.0.0.1:{}/socket/websocket?vsn={vsn}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        let _ = std::fs::File::open(self.log.path()).and_then(|mut f| f.read_to_string(&mut s));
+        s
+    }
+
+    /// GET `path` on the server: (status, body).
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.port, path)
+    }
+
+    pub fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some((200, _)) = self.get("/readyz") {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "realtime-server not ready after {timeout:?}; its log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends `signal` (e.g. "KILL", "TERM") and waits for the exit status.
+    pub fn signal_and_wait(&mut self, signal: &str) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status();
+        child.wait().expect("wait for realtime-server")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- realtime-server log ---\n{}", self.log());
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 GET on loopback: (status, body), `None` if nothing
+/// answers.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
