@@ -117,6 +117,25 @@ impl PhxClient {
         }
     }
 
+    /// The next text frame as sent, within `timeout` (for tests that read
+    /// millions of frames and need not parse them all).
+    pub async fn next_text(&mut self, timeout: Duration) -> Result<String, WsEnd> {
+        loop {
+            match tokio::time::timeout(timeout, self.ws.next()).await {
+                Err(_) => return Err(WsEnd::Timeout),
+                Ok(None) => return Err(WsEnd::Closed(None)),
+                Ok(Some(Err(e))) => return Err(WsEnd::Error(e.to_string())),
+                Ok(Some(Ok(Message::Text(t)))) => return Ok(t.as_str().to_string()),
+                Ok(Some(Ok(Message::Close(c)))) => {
+                    return Err(WsEnd::Closed(
+                        c.map(|c| (u16::from(c.code), c.reason.to_string())),
+                    ))
+                }
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+
     /// The next frame whose event is not a reply or system message.
     pub async fn next_event(&mut self) -> Msg {
         loop {

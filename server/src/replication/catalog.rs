@@ -84,10 +84,14 @@ impl TypeCatalog {
         }
     }
 
-    /// Records a type named by a `Type` message (created after the catalog was
-    /// loaded, or changed). Its kind is what its name says for arrays of known
-    /// types; otherwise text.
+    /// Records a type named by a `Type` message: one created after the
+    /// catalog was loaded. A type the catalog already knows keeps its catalog
+    /// name, since `pgoutput` names a domain by its base type. Its kind is what
+    /// its name says for arrays of known types; otherwise text.
     pub fn learn(&mut self, oid: u32, name: &str) {
+        if self.rows.contains_key(&oid) {
+            return;
+        }
         let elem = name
             .strip_prefix('_')
             .and_then(|elem_name| {
@@ -97,14 +101,16 @@ impl TypeCatalog {
                     .map(|r| r.oid)
             })
             .unwrap_or(0);
-        let row = self.rows.entry(oid).or_insert_with(|| TypeRow {
+        self.rows.insert(
             oid,
-            name: name.to_string(),
-            typtype: 'b',
-            base: 0,
-            elem,
-        });
-        row.name = name.to_string();
+            TypeRow {
+                oid,
+                name: name.to_string(),
+                typtype: 'b',
+                base: 0,
+                elem,
+            },
+        );
         self.resolved.remove(&oid);
     }
 
@@ -178,6 +184,8 @@ mod tests {
         assert_eq!(cat.get(90000).kind, TypeKind::Integer);
         assert_eq!(cat.get(90001).kind, TypeKind::Text);
 
+        cat.learn(90000, "int4"); // pgoutput names a domain by its base type
+        assert_eq!(cat.get(90000).name, "posint");
         cat.learn(90002, "color");
         cat.learn(90003, "_color");
         assert_eq!(cat.get(90002).name, "color");
