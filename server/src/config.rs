@@ -23,6 +23,7 @@
 //! | `DB_SSL` | `false` | TLS to the database: `false`/`disable`, `true`/`require`, `verify-full` |
 //! | `PUBLICATIONS` | `["supabase_realtime"]` | JSON array of publication names, at least one |
 //! | `SLOT_NAME` | unset | durable replication slot to stream from and resume (`[a-z0-9_]`, 1-63 bytes); unset: a temporary slot |
+//! | `POD_NAME` | - | the pod's name (downward API); its trailing ordinal replaces `{ordinal}` in `SLOT_NAME` |
 //! | `TEMPORARY_SLOT` | `false` | force a temporary slot even when `SLOT_NAME` is set |
 //! | `MAX_REPLICATION_LAG_MB` | 0 (off) | past this retained WAL at connect, drop and recreate the slot |
 //! | `SECURE_CHANNELS` | `true` | require a JWT; when true, `JWT_SECRET` must be set |
@@ -83,6 +84,10 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = 1024 * 1024;
 /// most this many frames instead of growing the server's memory without bound.
 pub const DEFAULT_SOCKET_QUEUE_DEPTH: usize = 16_384;
 
+/// In `SLOT_NAME`, replaced by the ordinal of the StatefulSet pod named by
+/// `POD_NAME` (`rts-2` gives `2`).
+pub const ORDINAL_PLACEHOLDER: &str = "{ordinal}";
+
 /// Every variable this module reads.
 pub const VARIABLES: &[&str] = &[
     "PORT",
@@ -96,6 +101,7 @@ pub const VARIABLES: &[&str] = &[
     "DB_SSL",
     "PUBLICATIONS",
     "SLOT_NAME",
+    "POD_NAME",
     "TEMPORARY_SLOT",
     "MAX_REPLICATION_LAG_MB",
     "SECURE_CHANNELS",
@@ -395,7 +401,32 @@ impl Config {
             parse_publications,
         );
 
-        let slot_name = r.optional("SLOT_NAME", SlotName::parse);
+        // A StatefulSet shares one pod template among its replicas, so the
+        // operator sets SLOT_NAME=prefix_{ordinal} and POD_NAME from the
+        // downward API: each pod streams from its own slot.
+        let pod_name = r.string("POD_NAME");
+        let slot_name = r.optional("SLOT_NAME", |v| {
+            if !v.contains(ORDINAL_PLACEHOLDER) {
+                return SlotName::parse(v);
+            }
+            let pod = pod_name.as_deref().ok_or_else(|| {
+                format!(
+                    "POD_NAME to be set: the name contains {ORDINAL_PLACEHOLDER}, which is \
+                     replaced by the ordinal at the end of POD_NAME (a StatefulSet pod, e.g. rts-0)"
+                )
+            })?;
+            let ordinal = pod
+                .rsplit_once('-')
+                .map(|(_, n)| n)
+                .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                .ok_or_else(|| {
+                    format!(
+                        "POD_NAME={pod:?} to end in -<ordinal> (a StatefulSet pod name), to \
+                         replace {ORDINAL_PLACEHOLDER}"
+                    )
+                })?;
+            SlotName::parse(&v.replace(ORDINAL_PLACEHOLDER, ordinal))
+        });
         let temporary_slot = r.parse("TEMPORARY_SLOT", false, parse_bool);
         let slot = match slot_name {
             Some(name) if !temporary_slot => SlotConfig::Durable(name),
@@ -947,6 +978,26 @@ mod tests {
         assert_eq!(e.issues()[0].variable(), Some("SLOT_NAME"));
         let e = err(&with_insecure(&[("SLOT_NAME", "my-slot")]));
         assert_eq!(e.issues()[0].variable(), Some("SLOT_NAME"));
+    }
+
+    #[test]
+    fn slot_name_takes_the_statefulset_ordinal_from_pod_name() {
+        let c = ok(&with_insecure(&[
+            ("SLOT_NAME", "rts_default_chat_{ordinal}"),
+            ("POD_NAME", "chat-12"),
+        ]));
+        assert_eq!(
+            c.slot,
+            SlotConfig::Durable(SlotName::parse("rts_default_chat_12").unwrap())
+        );
+        let e = err(&with_insecure(&[("SLOT_NAME", "rts_{ordinal}")]));
+        assert_eq!(e.issues()[0].variable(), Some("SLOT_NAME"));
+        assert!(e.to_string().contains("POD_NAME"), "{e}");
+        let e = err(&with_insecure(&[
+            ("SLOT_NAME", "rts_{ordinal}"),
+            ("POD_NAME", "chat"),
+        ]));
+        assert!(e.to_string().contains("-<ordinal>"), "{e}");
     }
 
     #[test]

@@ -28,9 +28,19 @@ pub struct AppState {
     pub max_connections: usize,
 }
 
+/// Routes a caller adds to the server's own (the `dev` command's demo API).
+pub type ExtraRoutes = warp::filters::BoxedFilter<(warp::reply::Response,)>;
+
 pub fn routes(
     state: Arc<AppState>,
+    extra: Option<ExtraRoutes>,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
+    // Without extra routes, a filter that never matches.
+    let extra = extra.unwrap_or_else(|| {
+        warp::any()
+            .and_then(|| async { Err::<warp::reply::Response, _>(warp::reject::not_found()) })
+            .boxed()
+    });
     let with_state = {
         let state = state.clone();
         warp::any().map(move || state.clone())
@@ -60,8 +70,14 @@ pub fn routes(
             }
         });
 
+    let index = warp::path::end()
+        .and(warp::get())
+        .map(|| warp::reply::html(crate::dev::page::INDEX_HTML));
+
     ws.or(healthz)
         .or(readyz)
+        .or(index)
+        .or(extra)
         .recover(handle_rejection)
         .with(warp::log::custom(|info| {
             tracing::debug!(method = %info.method(), path = info.path(), status = info.status().as_u16(), "http");

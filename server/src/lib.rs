@@ -31,6 +31,15 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    serve_with(config, None, shutdown).await
+}
+
+/// [`serve`], with more routes beside the server's own.
+pub async fn serve_with(
+    config: Config,
+    extra_routes: Option<http::ExtraRoutes>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let hub = Arc::new(Hub::new(config.socket_queue_depth));
     let status = Arc::new(StreamStatus::default());
@@ -59,7 +68,7 @@ pub async fn serve(
     tracing::info!(%addr, "listening");
 
     let replication = tokio::spawn(stream::run(config.clone(), hub.clone(), status));
-    warp::serve(http::routes(state))
+    warp::serve(http::routes(state, extra_routes))
         .incoming(listener)
         .graceful(shutdown)
         .run()

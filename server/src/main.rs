@@ -13,6 +13,9 @@ async fn main() {
         )
         .init();
 
+    if std::env::args().nth(1).as_deref() == Some("dev") {
+        std::process::exit(realtime_server::dev::command::main().await);
+    }
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {
