@@ -24,6 +24,8 @@ command -v dpkg-source >/dev/null 2>&1 || missing+=(dpkg-dev)
 command -v make >/dev/null 2>&1 || missing+=(make)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
+command -v node >/dev/null 2>&1 || missing+=(nodejs npm)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
@@ -39,6 +41,22 @@ fi
 if ! command -v cargo-nextest >/dev/null 2>&1; then
   log "installing cargo-nextest"
   cargo install --locked cargo-nextest >&2
+fi
+
+# The real-client tests (tests/js, driven by tests/tests/realtime_js.rs): the
+# pinned @supabase/realtime-js and pg, reinstalled when the lock file changed.
+if [ ! -f tests/js/node_modules/.package-lock.json ] ||
+   [ tests/js/package-lock.json -nt tests/js/node_modules/.package-lock.json ]; then
+  log "npm ci in tests/js"
+  (cd tests/js && npm ci --no-audit --no-fund >&2)
+fi
+
+# The browser test of the dev page (tests/browser, driven by
+# tests/tests/dev_command.rs): the pinned playwright-core and pg.
+if [ ! -f tests/browser/node_modules/.package-lock.json ] ||
+   [ tests/browser/package-lock.json -nt tests/browser/node_modules/.package-lock.json ]; then
+  log "npm ci in tests/browser"
+  (cd tests/browser && npm ci --no-audit --no-fund >&2)
 fi
 
 log "kube-apiserver: $(bash tests/k8s/build-kube-apiserver.sh)"

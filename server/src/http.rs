@@ -15,16 +15,16 @@ use warp::{Filter, Rejection, Reply};
 use crate::auth::JwtVerifier;
 use crate::hub::Hub;
 use crate::phoenix::frame::Vsn;
-use crate::phoenix::socket::{self, SocketLimits};
+use crate::phoenix::socket::{self, SocketContext};
 use crate::replication::stream::StreamStatus;
 
 /// What the routes share.
 pub struct AppState {
     pub hub: Arc<Hub>,
+    pub sockets: Arc<SocketContext>,
     pub status: Arc<StreamStatus>,
     /// `Some` when channels are secured.
     pub verifier: Option<JwtVerifier>,
-    pub limits: SocketLimits,
     pub max_connections: usize,
 }
 
@@ -56,6 +56,18 @@ pub fn routes(
         .and(warp::ws())
         .map(upgrade);
 
+    // Broadcast over HTTP (realtime-js sends here when a channel is not
+    // joined): {"messages": [{"topic", "event", "payload"}]}, topic without
+    // the `realtime:` prefix.
+    let api_broadcast = warp::path!("api" / "broadcast")
+        .and(warp::post())
+        .and(warp::header::optional::<String>("apikey"))
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::body::content_length_limit(1024 * 1024))
+        .and(warp::body::json::<BroadcastRequest>())
+        .and(with_state.clone())
+        .map(api_broadcast);
+
     let healthz = warp::path!("healthz").map(|| "ok");
     let readyz = warp::path!("readyz")
         .and(with_state)
@@ -74,7 +86,8 @@ pub fn routes(
         .and(warp::get())
         .map(|| warp::reply::html(crate::dev::page::INDEX_HTML));
 
-    ws.or(healthz)
+    ws.or(api_broadcast)
+        .or(healthz)
         .or(readyz)
         .or(index)
         .or(extra)
@@ -117,12 +130,63 @@ fn upgrade(
             ),
         );
     }
-    let hub = state.hub.clone();
-    let limits = state.limits.clone();
-    ws.max_message_size(limits.max_frame_bytes)
-        .max_frame_size(limits.max_frame_bytes)
-        .on_upgrade(move |socket| socket::serve(socket, vsn, hub, limits))
+    let ctx = state.sockets.clone();
+    let max = ctx.limits.max_frame_bytes;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| socket::serve(socket, vsn, ctx))
         .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct BroadcastRequest {
+    messages: Vec<BroadcastMessage>,
+}
+
+#[derive(serde::Deserialize)]
+struct BroadcastMessage {
+    topic: String,
+    event: String,
+    #[serde(default)]
+    payload: serde_json::Value,
+}
+
+fn api_broadcast(
+    apikey: Option<String>,
+    authorization: Option<String>,
+    body: BroadcastRequest,
+    state: Arc<AppState>,
+) -> warp::reply::Response {
+    if let Some(verifier) = &state.verifier {
+        let bearer = authorization
+            .as_deref()
+            .and_then(|a| a.strip_prefix("Bearer "))
+            .map(str::to_string);
+        let result = match bearer.or(apikey) {
+            Some(t) => verifier.verify(&t),
+            None => Err(crate::auth::AuthError::Missing),
+        };
+        if let Err(e) = result {
+            return text(StatusCode::FORBIDDEN, e.to_string());
+        }
+    }
+    for m in body.messages {
+        let topic = if m.topic.starts_with("realtime:") {
+            m.topic
+        } else {
+            format!("realtime:{}", m.topic)
+        };
+        let payload =
+            serde_json::json!({"type": "broadcast", "event": m.event, "payload": m.payload});
+        state
+            .hub
+            .relay(&topic, None, "broadcast", &payload.to_string());
+    }
+    warp::reply::with_status(
+        warp::reply::json(&serde_json::json!({})),
+        StatusCode::ACCEPTED,
+    )
+    .into_response()
 }
 
 fn text(status: StatusCode, body: String) -> warp::reply::Response {

@@ -10,10 +10,13 @@ pub mod auth;
 pub mod change;
 pub mod config;
 pub mod dev;
+pub mod filter;
 pub mod http;
 pub mod hub;
 pub mod phoenix;
+pub mod published;
 pub mod replication;
+pub mod typed;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,7 +25,8 @@ use crate::auth::JwtVerifier;
 use crate::config::Config;
 use crate::http::AppState;
 use crate::hub::Hub;
-use crate::phoenix::socket::SocketLimits;
+use crate::phoenix::socket::{SocketContext, SocketLimits};
+use crate::published::PublishedTables;
 use crate::replication::stream::{self, StreamStatus};
 
 /// Serves until `shutdown` resolves: binds the listener, streams from the
@@ -50,14 +54,19 @@ pub async fn serve_with(
         )),
         _ => None,
     };
-    let state = Arc::new(AppState {
+    let sockets = Arc::new(SocketContext {
         hub: hub.clone(),
-        status: status.clone(),
-        verifier,
+        published: Arc::new(PublishedTables::new(config.clone())),
         limits: SocketLimits {
             max_channels: config.max_channels_per_socket,
             max_frame_bytes: config.max_frame_bytes,
         },
+    });
+    let state = Arc::new(AppState {
+        hub: hub.clone(),
+        sockets,
+        status: status.clone(),
+        verifier,
         max_connections: config.max_connections,
     });
 

@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::Namespace;
 use kube::config::{AuthInfo, KubeConfigOptions, Kubeconfig};
 use tempfile::TempDir;
 
@@ -48,6 +49,8 @@ pub const ADMIN_GROUP: &str = "system:masters";
 const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// Attempts when a port turns out to be taken between choosing and binding it.
 const PORT_ATTEMPTS: usize = 5;
+/// Upper bound of one readiness poll.
+const MAX_POLL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Lines of each log shown in startup errors.
 const TAIL_LINES: usize = 40;
 
@@ -276,6 +279,7 @@ impl KubeApiServer {
     }
 
     async fn start_with(options: KubeApiServerBuilder) -> Result<Self, K8sError> {
+        install_tls_provider();
         let apiserver_bin = Self::binary_path()?;
         let etcd_bin = find_on_path("etcd").ok_or(K8sError::EtcdMissing)?;
         let openssl_bin = find_on_path("openssl").ok_or(K8sError::OpensslMissing)?;
@@ -367,7 +371,7 @@ impl KubeApiServer {
             .arg(format!("--initial-advertise-peer-urls={etcd_peer_url}"))
             .arg(format!("--initial-cluster=test={etcd_peer_url}"))
             .arg("--logger=zap")
-            .arg("--log-level=warn")
+            .arg("--log-level=info")
             .env_remove("ETCDCTL_API");
         let etcd = spawn_logged(etcd_cmd, "etcd", &etcd_log)?;
         let mut guard = Guard {
@@ -466,6 +470,7 @@ impl KubeApiServer {
     }
 
     fn build_client(&self, config: kube::Config) -> Result<kube::Client, K8sError> {
+        install_tls_provider();
         kube::Client::try_from(config).map_err(|source| K8sError::Client {
             server: self.server_url(),
             source,
@@ -719,7 +724,7 @@ async fn wait_for_etcd(
     }
 }
 
-/// Polls `/readyz` with the admin token. Another test's server on the same
+/// Polls `/readyz` (and the system namespaces) with the admin token. Another test's server on the same
 /// port would reject our random token, so success means it is ours.
 async fn wait_for_readyz(
     guard: &mut Guard,
@@ -728,6 +733,7 @@ async fn wait_for_readyz(
     logs: &impl Fn() -> String,
 ) -> Result<(), K8sError> {
     let started = Instant::now();
+    let mut poll_timeout = Duration::from_secs(1);
     loop {
         if let Some((process, status)) = guard.exited()? {
             return Err(K8sError::Exited {
@@ -736,19 +742,17 @@ async fn wait_for_readyz(
                 logs: logs(),
             });
         }
-        let request = http::Request::get("/readyz")
-            .body(Vec::new())
-            .expect("a static request is valid");
-        let last_error = match tokio::time::timeout(
-            Duration::from_secs(5),
-            client.request_text(request),
-        )
-        .await
-        {
-            Ok(Ok(body)) if body.trim() == "ok" => return Ok(()),
-            Ok(Ok(body)) => format!("/readyz answered {body:?}"),
-            Ok(Err(e)) => format!("/readyz: {e}"),
-            Err(_) => "/readyz did not answer within 5 s".to_string(),
+        // kube-apiserver opens its port seconds before it serves: a request
+        // sent then waits in the backlog. A short per-poll timeout (growing
+        // slowly, for a loaded machine) keeps that from delaying readiness.
+        let last_error = match tokio::time::timeout(poll_timeout, check_ready(client)).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => e,
+            Err(_) => {
+                let e = format!("the API server did not answer within {poll_timeout:?}");
+                poll_timeout = (poll_timeout + Duration::from_millis(500)).min(MAX_POLL_TIMEOUT);
+                e
+            }
         };
         if started.elapsed() > timeout {
             return Err(K8sError::NotReady {
@@ -760,6 +764,28 @@ async fn wait_for_readyz(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Ready for tests: `/readyz` says ok and the namespaces `default` and
+/// `kube-system` exist (their controllers may run a moment after `/readyz`).
+async fn check_ready(client: &kube::Client) -> Result<(), String> {
+    let request = http::Request::get("/readyz")
+        .body(Vec::new())
+        .expect("a static request is valid");
+    match client.request_text(request).await {
+        Ok(body) if body.trim() == "ok" => {}
+        Ok(body) => return Err(format!("/readyz answered {body:?}")),
+        Err(e) => return Err(format!("/readyz: {e}")),
+    }
+    let namespaces: kube::Api<Namespace> = kube::Api::all(client.clone());
+    for name in ["default", "kube-system"] {
+        match namespaces.get_opt(name).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(format!("namespace {name} does not exist yet")),
+            Err(e) => return Err(format!("reading namespace {name}: {e}")),
+        }
+    }
+    Ok(())
 }
 
 fn log_tails(logs: &[(&str, &Path)]) -> String {
@@ -818,6 +844,16 @@ async fn config_from_kubeconfig(path: &Path, server: &str) -> Result<kube::Confi
     kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .map_err(map)
+}
+
+/// Picks the process-wide rustls provider. Both ring (kube's `ring` feature)
+/// and aws-lc-rs (the server crate's dependencies) are linked into the test
+/// binaries, so rustls cannot choose one by itself and kube's client would
+/// panic. Idempotent; keeps a provider someone else installed first.
+pub fn install_tls_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    }
 }
 
 /// `AuthInfo` with only a bearer token. Its token field is a `secrecy` type;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{
     Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
@@ -149,15 +150,31 @@ fn widget_crd() -> serde_json::Value {
     })
 }
 
-async fn next_widget<S>(events: &mut S) -> DynamicObject
+/// The next applied object from the watch that satisfies `wanted` (a watch may
+/// also report intermediate writes, such as managedFields-only updates).
+async fn next_widget_where<S>(
+    events: &mut S,
+    what: &str,
+    wanted: impl Fn(&DynamicObject) -> bool,
+) -> DynamicObject
 where
     S: futures::Stream<Item = Result<DynamicObject, watcher::Error>> + Unpin,
 {
-    tokio::time::timeout(Duration::from_secs(20), events.next())
+    let wait = async {
+        loop {
+            let obj = events
+                .next()
+                .await
+                .expect("the watch stream goes on")
+                .expect("a watch event, not an error");
+            if wanted(&obj) {
+                return obj;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), wait)
         .await
-        .expect("a watch event within 20 s")
-        .expect("the watch stream goes on")
-        .expect("a watch event, not an error")
+        .unwrap_or_else(|_| panic!("no watch event with {what} within 20 s"))
 }
 
 fn message(obj: &DynamicObject) -> Option<&str> {
@@ -217,9 +234,11 @@ async fn custom_resource_is_established_created_and_watched() {
         .await
         .expect("create the Widget");
 
-    let seen = next_widget(&mut events).await;
+    let seen = next_widget_where(&mut events, "message hello", |w| {
+        message(w) == Some("hello")
+    })
+    .await;
     assert_eq!(seen.name_any(), "w1");
-    assert_eq!(message(&seen), Some("hello"));
 
     widgets
         .patch(
@@ -229,8 +248,10 @@ async fn custom_resource_is_established_created_and_watched() {
         )
         .await
         .expect("modify the Widget");
-    let seen = next_widget(&mut events).await;
-    assert_eq!(message(&seen), Some("changed"));
+    next_widget_where(&mut events, "message changed", |w| {
+        message(w) == Some("changed")
+    })
+    .await;
 
     // The status subresource: the main resource ignores status, /status sets it.
     let mut with_status = apply("changed");
@@ -253,8 +274,7 @@ async fn custom_resource_is_established_created_and_watched() {
         .patch_status("w1", &PatchParams::default(), &Patch::Merge(&status))
         .await
         .expect("patch the status subresource");
-    let seen = next_widget(&mut events).await;
-    assert_eq!(phase(&seen), Some("Ready"));
+    let seen = next_widget_where(&mut events, "phase Ready", |w| phase(w) == Some("Ready")).await;
     assert_eq!(message(&seen), Some("changed"));
 }
 
@@ -336,35 +356,63 @@ async fn extra_static_tokens_authenticate_and_rbac_applies() {
         "{err:?}"
     );
 
-    // Grant the group the built-in `view` role, as an admin would.
+    // Grant the group a role, as an admin would. (Not the built-in `view`: it
+    // is an aggregated role, filled in by kube-controller-manager, which this
+    // harness does not run.)
+    let admin = k8s.client();
+    let role = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": { "name": "namespace-reader" },
+        "rules": [{ "apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"] }],
+    });
+    Api::<ClusterRole>::all(admin.clone())
+        .patch(
+            "namespace-reader",
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&role),
+        )
+        .await
+        .expect("create the ClusterRole");
     let binding = json!({
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRoleBinding",
         "metadata": { "name": "viewers" },
-        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view" },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "namespace-reader" },
         "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "viewers" }],
     });
-    let bindings: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(k8s.client());
-    bindings
+    Api::<ClusterRoleBinding>::all(admin)
         .patch(
             "viewers",
             &PatchParams::apply(MANAGER).force(),
             &Patch::Apply(&binding),
         )
         .await
-        .expect("bind the view role");
+        .expect("bind the ClusterRole");
 
-    // `view` does not cover namespaces; it covers ConfigMaps in a namespace.
-    let cms: Api<ConfigMap> = Api::namespaced(viewer, "kube-system");
+    // The RBAC authorizer works from a cache: the grant shows up shortly.
     let mut last = None;
     for _ in 0..50 {
-        match cms.list(&ListParams::default()).await {
-            Ok(_) => return,
+        match namespaces.list(&ListParams::default()).await {
+            Ok(list) => {
+                assert!(list.items.iter().any(|ns| ns.name_any() == "default"));
+                // Only what was granted: ConfigMaps stay forbidden.
+                let cms: Api<ConfigMap> = Api::namespaced(viewer, "default");
+                let err = cms
+                    .list(&ListParams::default())
+                    .await
+                    .expect_err("not granted");
+                assert!(
+                    matches!(&err, kube::Error::Api(s) if s.code == 403),
+                    "{err:?}"
+                );
+                return;
+            }
             Err(e) => last = Some(e),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("the viewer still cannot list ConfigMaps: {last:?}");
+    panic!("the viewer still cannot list namespaces: {last:?}");
 }
 
 fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
@@ -390,4 +438,31 @@ async fn kubectl_works_with_the_kubeconfig() {
     let k8s = start().await;
     let out = kubectl(k8s.kubeconfig_path(), &["get", "namespaces", "-o", "name"]);
     assert!(out.lines().any(|l| l == "namespace/kube-system"), "{out}");
+}
+
+#[test]
+fn a_panicking_test_still_stops_the_server() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let seen_in_thread = seen.clone();
+    let outcome = std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+        rt.block_on(async {
+            let k8s = start().await;
+            *seen_in_thread.lock().unwrap() =
+                Some((k8s.pids(), k8s.ports(), k8s.dir().to_path_buf()));
+            panic!("a failing test");
+        })
+    })
+    .join();
+    assert!(outcome.is_err(), "the thread panicked");
+
+    let (pids, ports, dir) = seen.lock().unwrap().take().expect("the server had started");
+    assert!(
+        process_is_gone(pids.apiserver),
+        "kube-apiserver {} still runs",
+        pids.apiserver
+    );
+    assert!(process_is_gone(pids.etcd), "etcd {} still runs", pids.etcd);
+    TcpListener::bind(("127.0.0.1", ports.apiserver)).expect("the API server port is free");
+    assert!(!dir.exists(), "{} still exists", dir.display());
 }

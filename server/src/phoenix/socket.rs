@@ -15,8 +15,13 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use warp::ws::{Message, WebSocket};
 
-use crate::hub::{Hub, LegacyTopic, Outbound, SocketId, CLOSE_SLOW_CONSUMER};
+use serde_json::Value;
+
+use crate::change::ChangeKind;
+use crate::filter::Filter;
+use crate::hub::{Binding, Hub, LegacyTopic, Outbound, SocketId, CLOSE_SLOW_CONSUMER};
 use crate::phoenix::frame::{self, Inbound, Vsn};
+use crate::published::PublishedTables;
 
 /// A socket that sends nothing, not even a heartbeat, for this long is closed
 /// (phoenix.js heartbeats every 30 s).
@@ -33,23 +38,46 @@ pub struct SocketLimits {
     pub max_frame_bytes: usize,
 }
 
+/// What every socket shares.
+pub struct SocketContext {
+    pub hub: Arc<Hub>,
+    pub published: Arc<PublishedTables>,
+    pub limits: SocketLimits,
+}
+
+/// What a joined channel subscribes to.
+enum ChannelKind {
+    /// realtime-js 1.x: the topic selects the rows.
+    Legacy(LegacyTopic),
+    /// realtime-js 2.x: `config` with postgres_changes, broadcast, presence.
+    V2 {
+        topic: Arc<str>,
+        ack: bool,
+        presence_key: String,
+    },
+}
+
 /// A joined channel.
 struct Channel {
     join_ref: Option<Box<RawValue>>,
-    topic: LegacyTopic,
+    kind: ChannelKind,
 }
 
 struct Session {
     id: SocketId,
     vsn: Vsn,
     hub: Arc<Hub>,
+    published: Arc<PublishedTables>,
     tx: mpsc::Sender<Outbound>,
     channels: HashMap<String, Channel>,
     limits: SocketLimits,
+    next_presence: u64,
 }
 
 /// Serves one upgraded WebSocket until either side closes it.
-pub async fn serve(ws: WebSocket, vsn: Vsn, hub: Arc<Hub>, limits: SocketLimits) {
+pub async fn serve(ws: WebSocket, vsn: Vsn, ctx: Arc<SocketContext>) {
+    let hub = ctx.hub.clone();
+    let limits = ctx.limits.clone();
     let reg = hub.register();
     let (sink, mut stream) = ws.split();
     let cancel = reg.cancel.clone();
@@ -58,9 +86,11 @@ pub async fn serve(ws: WebSocket, vsn: Vsn, hub: Arc<Hub>, limits: SocketLimits)
         id: reg.id,
         vsn,
         hub: hub.clone(),
+        published: ctx.published.clone(),
         tx: reg.tx,
         channels: HashMap::new(),
         limits,
+        next_presence: 0,
     };
     tracing::debug!(socket = session.id, ?vsn, "socket connected");
 
@@ -105,8 +135,14 @@ pub async fn serve(ws: WebSocket, vsn: Vsn, hub: Arc<Hub>, limits: SocketLimits)
         }
     }
 
-    let topics: Vec<LegacyTopic> = session.channels.drain().map(|(_, c)| c.topic).collect();
-    hub.unregister(session.id, topics);
+    let mut legacy = Vec::new();
+    for (_, channel) in session.channels.drain() {
+        match channel.kind {
+            ChannelKind::Legacy(t) => legacy.push(t),
+            ChannelKind::V2 { topic, .. } => hub.leave_channel(session.id, &topic),
+        }
+    }
+    hub.unregister(session.id, legacy);
     tracing::debug!(socket = session.id, "socket disconnected");
     drop(session);
     // The writer ends when every sender is gone (the hub's was dropped by
@@ -144,6 +180,8 @@ impl Session {
             ("phoenix", "heartbeat") => self.reply(&m, None, true, "{}").await,
             (_, "phx_join") => self.join(m).await,
             (_, "phx_leave") => self.leave(m).await,
+            (topic, "broadcast") if self.is_v2(topic) => self.broadcast(m).await,
+            (topic, "presence") if self.is_v2(topic) => self.presence(m).await,
             (topic, "access_token") if self.channels.contains_key(topic) => {
                 // realtime-js 1.7 sends one (with a null token) after each
                 // heartbeat. Channels are not secured per token yet: accepted
@@ -162,27 +200,59 @@ impl Session {
         }
     }
 
-    async fn join(&mut self, m: Inbound) {
+    fn is_v2(&self, topic: &str) -> bool {
+        matches!(
+            self.channels.get(topic).map(|c| &c.kind),
+            Some(ChannelKind::V2 { .. })
+        )
+    }
+
+    async fn reply_error(&self, m: &Inbound, reason: &str) {
         let join_ref = m.join_ref.clone();
-        let key = match LegacyTopic::parse(&m.topic) {
-            Ok(key) => key,
-            Err(reason) => {
-                return self
-                    .reply(&m, join_ref.as_deref(), false, &frame::reason(&reason))
-                    .await
-            }
-        };
-        // A second join of the same topic replaces the first.
-        if let Some(old) = self.channels.remove(&m.topic) {
-            self.hub.unsubscribe_legacy(self.id, &old.topic);
-        } else if self.channels.len() >= self.limits.max_channels {
+        self.reply(
+            &m.clone(),
+            join_ref.as_deref(),
+            false,
+            &frame::reason(reason),
+        )
+        .await;
+    }
+
+    /// Ends a joined channel's subscriptions.
+    fn drop_channel(&self, channel: &Channel) {
+        match &channel.kind {
+            ChannelKind::Legacy(t) => self.hub.unsubscribe_legacy(self.id, t),
+            ChannelKind::V2 { topic, .. } => self.hub.leave_channel(self.id, topic),
+        }
+    }
+
+    async fn join(&mut self, m: Inbound) {
+        if !m.topic.starts_with("realtime:") {
+            return self.reply_error(&m, "unmatched topic").await;
+        }
+        if !self.channels.contains_key(&m.topic) && self.channels.len() >= self.limits.max_channels
+        {
             let reason = format!(
                 "too many channels on this socket (limit {})",
                 self.limits.max_channels
             );
-            return self
-                .reply(&m, join_ref.as_deref(), false, &frame::reason(&reason))
-                .await;
+            return self.reply_error(&m, &reason).await;
+        }
+        match m.payload.get("config").filter(|c| c.is_object()).cloned() {
+            None => self.join_legacy(m).await,
+            Some(config) => self.join_v2(m, &config).await,
+        }
+    }
+
+    async fn join_legacy(&mut self, m: Inbound) {
+        let join_ref = m.join_ref.clone();
+        let key = match LegacyTopic::parse(&m.topic) {
+            Ok(key) => key,
+            Err(reason) => return self.reply_error(&m, &reason).await,
+        };
+        // A second join of the same topic replaces the first.
+        if let Some(old) = self.channels.remove(&m.topic) {
+            self.drop_channel(&old);
         }
         // The reply is queued before the subscription starts, so it precedes
         // every change the channel receives.
@@ -192,24 +262,202 @@ impl Session {
             m.topic.clone(),
             Channel {
                 join_ref,
-                topic: key,
+                kind: ChannelKind::Legacy(key),
             },
         );
     }
 
+    async fn join_v2(&mut self, m: Inbound, config: &Value) {
+        let join_ref = m.join_ref.clone();
+        let topic: Arc<str> = m.topic.as_str().into();
+        let self_broadcast = config["broadcast"]["self"].as_bool().unwrap_or(false);
+        let ack = config["broadcast"]["ack"].as_bool().unwrap_or(false);
+        let presence_key = match config["presence"]["key"].as_str() {
+            Some(k) if !k.is_empty() => k.to_string(),
+            _ => {
+                self.next_presence += 1;
+                format!("{}-{}", self.id, self.next_presence)
+            }
+        };
+        let requested: Vec<Value> = match &config["postgres_changes"] {
+            Value::Array(items) => items.clone(),
+            _ => Vec::new(),
+        };
+
+        // Resolve every binding before answering: the reply echoes them with
+        // their ids; an invalid one makes the `system` push an error.
+        let mut bindings = Vec::new();
+        let mut echo = Vec::new();
+        let mut error: Option<String> = None;
+        for (i, req) in requested.iter().enumerate() {
+            let id = i as u32 + 1;
+            let mut e = req.as_object().cloned().unwrap_or_default();
+            e.insert("id".into(), Value::from(id));
+            echo.push(Value::Object(e));
+            match self.binding(req, id, &topic).await {
+                Ok(b) => bindings.push(b),
+                Err(reason) => {
+                    error.get_or_insert(reason);
+                }
+            }
+        }
+
+        if let Some(old) = self.channels.remove(&m.topic) {
+            self.drop_channel(&old);
+        }
+        let response = serde_json::json!({ "postgres_changes": echo }).to_string();
+        self.reply(&m, join_ref.as_deref(), true, &response).await;
+        if error.is_none() {
+            self.hub.add_bindings(bindings);
+        }
+        let state = self
+            .hub
+            .join_channel(self.id, &topic, self.vsn, self_broadcast);
+        self.channels.insert(
+            m.topic.clone(),
+            Channel {
+                join_ref: join_ref.clone(),
+                kind: ChannelKind::V2 {
+                    topic: topic.clone(),
+                    ack,
+                    presence_key,
+                },
+            },
+        );
+        if !requested.is_empty() {
+            let channel = m.topic.strip_prefix("realtime:").unwrap_or(&m.topic);
+            let system = match &error {
+                None => serde_json::json!({"extension": "postgres_changes", "status": "ok",
+                    "message": "Subscribed to PostgreSQL", "channel": channel}),
+                Some(reason) => {
+                    tracing::info!(socket = self.id, topic = %m.topic, %reason, "refused postgres_changes bindings");
+                    serde_json::json!({"extension": "postgres_changes", "status": "error",
+                        "message": reason, "channel": channel})
+                }
+            };
+            self.push(join_ref.as_deref(), &m.topic, "system", &system.to_string())
+                .await;
+        }
+        self.push(join_ref.as_deref(), &m.topic, "presence_state", &state)
+            .await;
+    }
+
+    /// One `postgres_changes` binding, checked against the published tables.
+    async fn binding(&self, req: &Value, id: u32, topic: &Arc<str>) -> Result<Binding, String> {
+        let event = match req["event"]
+            .as_str()
+            .map(str::to_ascii_uppercase)
+            .as_deref()
+        {
+            Some("*") => None,
+            Some("INSERT") => Some(ChangeKind::Insert),
+            Some("UPDATE") => Some(ChangeKind::Update),
+            Some("DELETE") => Some(ChangeKind::Delete),
+            other => {
+                return Err(format!(
+                    "invalid event {:?}: use INSERT, UPDATE, DELETE or *",
+                    other.unwrap_or("")
+                ))
+            }
+        };
+        let schema = req["schema"].as_str().unwrap_or("public").to_string();
+        let table = req["table"]
+            .as_str()
+            .filter(|t| !t.is_empty() && *t != "*")
+            .map(str::to_string);
+        let tables = self.published.lookup(&schema, table.as_deref()).await?;
+        let Some(first) = tables.first() else {
+            return Err(match &table {
+                Some(t) => format!(
+                    "{schema}.{t} is not in any publication this server streams: add it, e.g. \
+                     ALTER PUBLICATION <name> ADD TABLE {schema}.{t}"
+                ),
+                None => format!(
+                    "schema {schema:?} has no table in the publications this server streams"
+                ),
+            });
+        };
+        let filter = match req["filter"].as_str().filter(|f| !f.is_empty()) {
+            None => None,
+            Some(text) => {
+                if table.is_none() {
+                    return Err(format!("filter {text:?} needs a table"));
+                }
+                Some(Filter::parse(text, |c| first.column(c)).map_err(|e| e.0)?)
+            }
+        };
+        Ok(Binding {
+            socket: self.id,
+            topic: topic.clone(),
+            vsn: self.vsn,
+            id,
+            schema,
+            table,
+            event,
+            filter,
+        })
+    }
+
+    /// A push from the server on a channel (`ref` null).
+    async fn push(&self, join_ref: Option<&RawValue>, topic: &str, event: &str, payload: &str) {
+        self.send(frame::encode(
+            self.vsn, join_ref, None, topic, event, payload,
+        ))
+        .await;
+    }
+
+    async fn broadcast(&self, m: Inbound) {
+        let Some(Channel {
+            kind: ChannelKind::V2 { topic, ack, .. },
+            join_ref,
+        }) = self.channels.get(&m.topic)
+        else {
+            return;
+        };
+        self.hub
+            .relay(topic, Some(self.id), "broadcast", &m.payload.to_string());
+        if *ack {
+            self.reply(&m, join_ref.as_deref(), true, "{}").await;
+        }
+    }
+
+    async fn presence(&self, m: Inbound) {
+        let Some(Channel {
+            kind:
+                ChannelKind::V2 {
+                    topic,
+                    presence_key,
+                    ..
+                },
+            join_ref,
+        }) = self.channels.get(&m.topic)
+        else {
+            return;
+        };
+        match m.payload["event"].as_str() {
+            Some("track") => {
+                let meta = m.payload["payload"]
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default();
+                self.hub.track(self.id, topic, presence_key.clone(), meta);
+            }
+            Some("untrack") => self.hub.untrack(self.id, topic),
+            other => {
+                let reason = format!("unknown presence event {other:?}: use track or untrack");
+                return self
+                    .reply(&m, join_ref.as_deref(), false, &frame::reason(&reason))
+                    .await;
+            }
+        }
+        self.reply(&m, join_ref.as_deref(), true, "{}").await;
+    }
+
     async fn leave(&mut self, m: Inbound) {
         let Some(channel) = self.channels.remove(&m.topic) else {
-            let join_ref = m.join_ref.clone();
-            return self
-                .reply(
-                    &m,
-                    join_ref.as_deref(),
-                    false,
-                    &frame::reason("unmatched topic"),
-                )
-                .await;
+            return self.reply_error(&m, "unmatched topic").await;
         };
-        self.hub.unsubscribe_legacy(self.id, &channel.topic);
+        self.drop_channel(&channel);
         let join_ref = channel.join_ref.as_deref();
         self.reply(&m, join_ref, true, "{}").await;
         self.send(frame::encode(

@@ -1,38 +1,14 @@
-//! The subscription index and the fan-out of changes to sockets.
-//!
-//! Owns which socket listens to which topic, and the per-socket bounded send
-//! queues. The replication reader calls [`Hub::dispatch`] for each change in
-//! commit order: it finds the matching topics with a few hash lookups
-//! (`realtime:*`, schema, table, and one lookup per filtered column), encodes
-//! the payload once and each topic's frame once per serializer, and hands the
-//! shared bytes to every matching socket's queue without waiting. A socket
-//! whose queue is full is closed as a slow consumer; the reader never waits
-//! for a client. Knows nothing of WebSocket framing or of PostgreSQL.
+//! The legacy (realtime-js 1.x) subscription index: topics `realtime:*`,
+//! `realtime:{schema}`, `realtime:{schema}:{table}` and
+//! `realtime:{schema}:{table}:{column}=eq.{value}`, as nested hash maps so a
+//! change finds its subscribers with a few lookups.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-
+use super::SocketId;
 use crate::change::{Change, ChangeKind};
-use crate::phoenix::frame::{self, Vsn};
-
-pub type SocketId = u64;
-
-/// What a socket's writer sends, in order.
-#[derive(Debug, Clone)]
-pub enum Outbound {
-    /// A text frame, possibly shared by many sockets.
-    Frame(Arc<str>),
-    /// Close the socket with this code and reason.
-    Close(u16, String),
-}
-
-/// Close code for a socket whose send queue overflowed (RFC 6455 1013, "try
-/// again later": the client reconnects).
-pub const CLOSE_SLOW_CONSUMER: u16 = 1013;
+use crate::phoenix::frame::Vsn;
 
 /// A legacy (realtime-js 1.x) topic, parsed once at join.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -93,9 +69,9 @@ impl LegacyTopic {
 
 /// The sockets on one topic.
 #[derive(Debug)]
-struct TopicSubs {
-    topic: Arc<str>,
-    sockets: HashMap<SocketId, Vsn>,
+pub(super) struct TopicSubs {
+    pub(super) topic: Arc<str>,
+    pub(super) sockets: HashMap<SocketId, Vsn>,
 }
 
 impl TopicSubs {
@@ -121,14 +97,14 @@ struct SchemaNode {
 }
 
 #[derive(Debug, Default)]
-struct LegacyIndex {
+pub(super) struct LegacyIndex {
     all: Option<TopicSubs>,
     schemas: HashMap<String, SchemaNode>,
 }
 
 impl LegacyIndex {
     /// The subscriber set of `topic`, created if absent.
-    fn entry(&mut self, key: &LegacyTopic, topic: &str) -> &mut TopicSubs {
+    pub(super) fn entry(&mut self, key: &LegacyTopic, topic: &str) -> &mut TopicSubs {
         match key {
             LegacyTopic::All => self.all.get_or_insert_with(|| TopicSubs::new(topic)),
             LegacyTopic::Schema(s) => self
@@ -167,7 +143,7 @@ impl LegacyIndex {
     }
 
     /// Removes `socket` from `key`, pruning what becomes empty.
-    fn remove(&mut self, key: &LegacyTopic, socket: SocketId) {
+    pub(super) fn remove(&mut self, key: &LegacyTopic, socket: SocketId) {
         fn drop_empty(subs: &mut Option<TopicSubs>, socket: SocketId) {
             if let Some(s) = subs {
                 s.sockets.remove(&socket);
@@ -222,7 +198,7 @@ impl LegacyIndex {
     }
 
     /// Calls `f` with every subscriber set that `change` reaches.
-    fn matching<'a>(&'a self, change: &Change, mut f: impl FnMut(&'a TopicSubs)) {
+    pub(super) fn matching<'a>(&'a self, change: &Change, mut f: impl FnMut(&'a TopicSubs)) {
         if let Some(s) = &self.all {
             f(s);
         }
@@ -255,165 +231,6 @@ impl LegacyIndex {
                 f(s);
             }
         }
-    }
-}
-
-struct SocketEntry {
-    tx: mpsc::Sender<Outbound>,
-    cancel: CancellationToken,
-}
-
-#[derive(Default)]
-struct Index {
-    sockets: HashMap<SocketId, SocketEntry>,
-    legacy: LegacyIndex,
-}
-
-/// Counters the hub keeps (exported at `/metrics` later).
-#[derive(Debug, Default)]
-pub struct HubStats {
-    pub changes: AtomicU64,
-    pub frames_queued: AtomicU64,
-    pub slow_consumer_closes: AtomicU64,
-}
-
-/// The handle a socket task gets when it registers.
-pub struct Registration {
-    pub id: SocketId,
-    pub rx: mpsc::Receiver<Outbound>,
-    /// A sender into the socket's own queue, for replies.
-    pub tx: mpsc::Sender<Outbound>,
-    /// Cancelled when the hub closes the socket (slow consumer, shutdown).
-    pub cancel: CancellationToken,
-}
-
-pub struct Hub {
-    index: RwLock<Index>,
-    next_id: AtomicU64,
-    queue_depth: usize,
-    pub stats: HubStats,
-}
-
-impl Hub {
-    pub fn new(queue_depth: usize) -> Self {
-        Hub {
-            index: RwLock::new(Index::default()),
-            next_id: AtomicU64::new(1),
-            queue_depth,
-            stats: HubStats::default(),
-        }
-    }
-
-    pub fn register(&self) -> Registration {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(self.queue_depth);
-        let cancel = CancellationToken::new();
-        self.write().sockets.insert(
-            id,
-            SocketEntry {
-                tx: tx.clone(),
-                cancel: cancel.clone(),
-            },
-        );
-        Registration { id, rx, tx, cancel }
-    }
-
-    /// Forgets a socket and its subscriptions.
-    pub fn unregister(&self, id: SocketId, topics: impl IntoIterator<Item = LegacyTopic>) {
-        let mut index = self.write();
-        index.sockets.remove(&id);
-        for t in topics {
-            index.legacy.remove(&t, id);
-        }
-    }
-
-    pub fn subscribe_legacy(&self, id: SocketId, vsn: Vsn, key: &LegacyTopic, topic: &str) {
-        self.write()
-            .legacy
-            .entry(key, topic)
-            .sockets
-            .insert(id, vsn);
-    }
-
-    pub fn unsubscribe_legacy(&self, id: SocketId, key: &LegacyTopic) {
-        self.write().legacy.remove(key, id);
-    }
-
-    pub fn socket_count(&self) -> usize {
-        self.read().sockets.len()
-    }
-
-    /// Closes every socket (shutdown).
-    pub fn close_all(&self) {
-        for entry in self.read().sockets.values() {
-            entry.cancel.cancel();
-        }
-    }
-
-    /// Hands `change` to every socket whose topic matches, in the order
-    /// dispatch is called. Never waits.
-    pub fn dispatch(&self, change: &Change) {
-        self.stats.changes.fetch_add(1, Ordering::Relaxed);
-        let mut slow: Vec<SocketId> = Vec::new();
-        {
-            let index = self.read();
-            let mut payload: Option<String> = None;
-            let event = change.kind.as_str();
-            let mut queued = 0u64;
-            index.legacy.matching(change, |subs| {
-                let payload = payload.get_or_insert_with(|| change.legacy_json());
-                let mut frames: [Option<Arc<str>>; 2] = [None, None];
-                for (&id, &vsn) in &subs.sockets {
-                    let Some(entry) = index.sockets.get(&id) else {
-                        continue;
-                    };
-                    let frame = frames[vsn as usize]
-                        .get_or_insert_with(|| {
-                            frame::encode(vsn, None, None, &subs.topic, event, payload)
-                        })
-                        .clone();
-                    match entry.tx.try_send(Outbound::Frame(frame)) {
-                        Ok(()) => queued += 1,
-                        Err(mpsc::error::TrySendError::Full(_)) => slow.push(id),
-                        // The socket is going away and unregisters itself.
-                        Err(mpsc::error::TrySendError::Closed(_)) => {}
-                    }
-                }
-            });
-            self.stats
-                .frames_queued
-                .fetch_add(queued, Ordering::Relaxed);
-        }
-        if !slow.is_empty() {
-            self.close_slow(slow);
-        }
-    }
-
-    fn close_slow(&self, ids: Vec<SocketId>) {
-        let index = self.read();
-        for id in ids {
-            if let Some(entry) = index.sockets.get(&id) {
-                if !entry.cancel.is_cancelled() {
-                    self.stats
-                        .slow_consumer_closes
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        socket = id,
-                        queue_depth = self.queue_depth,
-                        "closing a slow consumer: its send queue is full"
-                    );
-                    entry.cancel.cancel();
-                }
-            }
-        }
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
-        self.index.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
-        self.index.write().unwrap_or_else(|e| e.into_inner())
     }
 }
 

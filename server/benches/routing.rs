@@ -1,0 +1,101 @@
+//! Routing cost of postgres_changes bindings: changes/s through the hub with
+//! 1 subscription vs 10,000 subscriptions that cannot match (each filters
+//! `id=eq.<its own id>`), measured in the same run and printed as a ratio.
+//! The index should make the two of the same order.
+//!
+//!     cargo bench -p realtime-server --bench routing [-- CHANGES]
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use realtime_server::change::{Cell, Change, ChangeKind, ColumnInfo, TableInfo};
+use realtime_server::filter::{Comparison, Filter};
+use realtime_server::hub::{Binding, Hub};
+use realtime_server::phoenix::frame::Vsn;
+use realtime_server::replication::catalog::TypeKind;
+use realtime_server::replication::pgoutput::ReplicaIdentity;
+
+fn table() -> Arc<TableInfo> {
+    let col = |name: &str, type_name: &str, kind: TypeKind| ColumnInfo {
+        name: name.into(),
+        type_name: type_name.into(),
+        kind,
+        type_oid: 0,
+        type_modifier: -1,
+        is_key: name == "id",
+    };
+    Arc::new(TableInfo::new(
+        1,
+        "public".into(),
+        "items".into(),
+        ReplicaIdentity::Default,
+        vec![
+            col("id", "int8", TypeKind::Integer),
+            col("body", "text", TypeKind::Text),
+        ],
+    ))
+}
+
+/// Changes per second through `hub` for rows whose id matches no binding.
+fn route(hub: &Hub, table: &Arc<TableInfo>, changes: usize) -> f64 {
+    let start = Instant::now();
+    for i in 0..changes {
+        let change = Change {
+            kind: ChangeKind::Insert,
+            table: table.clone(),
+            commit_timestamp: "2021-01-01T00:00:00.000000Z".into(),
+            record: Some(vec![
+                Cell::Text(Bytes::from(format!("{}", 1_000_000 + i))),
+                Cell::Text(Bytes::from_static(b"hello")),
+            ]),
+            old_record: None,
+            errors: vec![],
+        };
+        hub.dispatch(&change);
+    }
+    changes as f64 / start.elapsed().as_secs_f64()
+}
+
+fn hub_with(subscriptions: usize) -> (Hub, Vec<realtime_server::hub::Registration>) {
+    let hub = Hub::new(16);
+    let mut regs = Vec::new();
+    for i in 0..subscriptions {
+        let reg = hub.register();
+        let filter = Filter::parse(&format!("id=eq.{i}"), |c| {
+            (c == "id").then_some(Comparison::Number)
+        })
+        .unwrap();
+        hub.add_bindings(vec![Binding {
+            socket: reg.id,
+            topic: format!("realtime:user-{i}").into(),
+            vsn: Vsn::V2,
+            id: 1,
+            schema: "public".into(),
+            table: Some("items".into()),
+            event: None,
+            filter: Some(filter),
+        }]);
+        regs.push(reg);
+    }
+    (hub, regs)
+}
+
+fn main() {
+    let changes: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(200_000);
+    let table = table();
+    let (one, _keep1) = hub_with(1);
+    let (many, _keep2) = hub_with(10_000);
+    // Warm up both, then measure alternately.
+    route(&one, &table, changes / 10);
+    route(&many, &table, changes / 10);
+    let r1 = route(&one, &table, changes);
+    let r10k = route(&many, &table, changes);
+    println!("routing {changes} changes that match no subscription:");
+    println!("  1 subscription:       {r1:>12.0} changes/s");
+    println!("  10,000 subscriptions: {r10k:>12.0} changes/s");
+    println!("  ratio (10,000 / 1):   {:>12.2}", r10k / r1);
+}

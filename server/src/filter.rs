@@ -1,0 +1,330 @@
+//! Row filters of `postgres_changes` bindings: `column=op.value`.
+//!
+//! Owns parsing a filter against the table's columns (at join, so a bad
+//! filter is refused with its reason) and comparing a row's text value with
+//! it by the column's type: numbers as numbers, timestamps and dates as time,
+//! booleans as booleans, everything else as text. Equality is also expressed
+//! as a canonical key so the hub can index `eq` and `in` filters by value.
+
+use std::cmp::Ordering;
+use std::fmt;
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime};
+
+/// How values of a column compare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Comparison {
+    Number,
+    Time,
+    Date,
+    Bool,
+    Text,
+}
+
+impl Comparison {
+    /// From `pg_type.typcategory` of the column's (base) type and its name.
+    pub fn from_category(category: char, type_name: &str) -> Comparison {
+        match (category, type_name) {
+            ('N', _) => Comparison::Number,
+            ('B', _) => Comparison::Bool,
+            (_, "date") => Comparison::Date,
+            (_, "timestamp" | "timestamptz") => Comparison::Time,
+            _ => Comparison::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Eq,
+    Neq,
+    Lt,
+    Lte,
+    Gt,
+    Gte,
+    In,
+}
+
+impl Op {
+    fn parse(s: &str) -> Option<Op> {
+        Some(match s {
+            "eq" => Op::Eq,
+            "neq" => Op::Neq,
+            "lt" => Op::Lt,
+            "lte" => Op::Lte,
+            "gt" => Op::Gt,
+            "gte" => Op::Gte,
+            "in" => Op::In,
+            _ => return None,
+        })
+    }
+}
+
+/// A value in comparable form.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Int(i128),
+    Float(f64),
+    Time(NaiveDateTime),
+    Date(NaiveDate),
+    Bool(bool),
+    Text(String),
+}
+
+impl Value {
+    /// Parses `text` as a value of the given comparison kind.
+    pub fn parse(kind: Comparison, text: &str) -> Option<Value> {
+        let t = text.trim();
+        match kind {
+            Comparison::Number => t.parse::<i128>().map(Value::Int).ok().or_else(|| {
+                t.parse::<f64>()
+                    .ok()
+                    .filter(|f| !f.is_nan())
+                    .map(Value::Float)
+            }),
+            Comparison::Time => parse_time(t).map(Value::Time),
+            Comparison::Date => NaiveDate::parse_from_str(t, "%Y-%m-%d")
+                .ok()
+                .map(Value::Date),
+            Comparison::Bool => match t.to_ascii_lowercase().as_str() {
+                "t" | "true" | "yes" | "on" | "1" => Some(Value::Bool(true)),
+                "f" | "false" | "no" | "off" | "0" => Some(Value::Bool(false)),
+                _ => None,
+            },
+            Comparison::Text => Some(Value::Text(text.to_string())),
+        }
+    }
+
+    fn compare(&self, other: &Value) -> Option<Ordering> {
+        match (self, other) {
+            (Value::Int(a), Value::Int(b)) => Some(a.cmp(b)),
+            (Value::Int(a), Value::Float(b)) => (*a as f64).partial_cmp(b),
+            (Value::Float(a), Value::Int(b)) => a.partial_cmp(&(*b as f64)),
+            (Value::Float(a), Value::Float(b)) => a.partial_cmp(b),
+            (Value::Time(a), Value::Time(b)) => Some(a.cmp(b)),
+            (Value::Date(a), Value::Date(b)) => Some(a.cmp(b)),
+            (Value::Bool(a), Value::Bool(b)) => Some(a.cmp(b)),
+            (Value::Text(a), Value::Text(b)) => Some(a.as_bytes().cmp(b.as_bytes())),
+            _ => None,
+        }
+    }
+
+    /// A string equal for values that are equal (`1` and `1.0`, two spellings
+    /// of one instant): the key of the hub's equality index.
+    pub fn key(&self) -> String {
+        match self {
+            Value::Int(i) => i.to_string(),
+            Value::Float(f) if f.fract() == 0.0 && f.abs() < 1e30 => (*f as i128).to_string(),
+            Value::Float(f) => f.to_string(),
+            Value::Time(t) => t.format("%Y-%m-%dT%H:%M:%S%.f").to_string(),
+            Value::Date(d) => d.to_string(),
+            Value::Bool(b) => b.to_string(),
+            Value::Text(s) => s.clone(),
+        }
+    }
+}
+
+/// Timestamps in the forms PostgreSQL prints and clients send; with a zone,
+/// converted to UTC; without one, taken as UTC.
+fn parse_time(t: &str) -> Option<NaiveDateTime> {
+    if let Ok(dt) = DateTime::parse_from_rfc3339(t) {
+        return Some(dt.naive_utc());
+    }
+    for fmt in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M:%S%.f%#z"] {
+        if let Ok(dt) = DateTime::parse_from_str(t, fmt) {
+            return Some(dt.naive_utc());
+        }
+    }
+    let t = t.strip_suffix('Z').unwrap_or(t);
+    for fmt in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
+        if let Ok(dt) = NaiveDateTime::parse_from_str(t, fmt) {
+            return Some(dt);
+        }
+    }
+    NaiveDate::parse_from_str(t, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+}
+
+/// A parsed filter, bound to a column of the table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Filter {
+    pub column: String,
+    pub op: Op,
+    pub kind: Comparison,
+    /// One value, or the list of `in`.
+    pub values: Vec<Value>,
+}
+
+/// Why a filter was refused; the text goes to the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterError(pub String);
+
+impl fmt::Display for FilterError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Filter {
+    /// Parses `column=op.value` for a table whose columns `lookup` describes
+    /// (`None` for an unknown column).
+    pub fn parse(
+        text: &str,
+        lookup: impl Fn(&str) -> Option<Comparison>,
+    ) -> Result<Filter, FilterError> {
+        let bad = |why: String| FilterError(format!("invalid filter {text:?}: {why}"));
+        let (column, rest) = text
+            .split_once('=')
+            .ok_or_else(|| bad("expected column=op.value".into()))?;
+        let (op_text, value) = rest
+            .split_once('.')
+            .ok_or_else(|| bad("expected column=op.value".into()))?;
+        let op = Op::parse(op_text).ok_or_else(|| {
+            bad(format!(
+                "unknown operator {op_text:?}: use eq, neq, lt, lte, gt, gte or in"
+            ))
+        })?;
+        let column = column.trim();
+        let kind =
+            lookup(column).ok_or_else(|| bad(format!("the table has no column {column:?}")))?;
+        let raw_values: Vec<&str> = if op == Op::In {
+            let inner = value
+                .strip_prefix('(')
+                .and_then(|v| v.strip_suffix(')'))
+                .ok_or_else(|| bad("in takes a list: in.(a,b,c)".into()))?;
+            if inner.contains('"') {
+                return Err(bad(
+                    "quoted values in an in list are not supported: list plain values \
+                     without commas"
+                        .into(),
+                ));
+            }
+            inner.split(',').map(str::trim).collect()
+        } else {
+            vec![value]
+        };
+        let values = raw_values
+            .iter()
+            .map(|v| {
+                Value::parse(kind, v).ok_or_else(|| {
+                    bad(format!(
+                        "{v:?} is not a valid {} value for column {column:?}",
+                        kind_name(kind)
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Filter {
+            column: column.to_string(),
+            op,
+            kind,
+            values,
+        })
+    }
+
+    /// Whether a row whose column has text form `text` (`None` for NULL)
+    /// passes. NULL passes no filter, as in SQL.
+    pub fn matches(&self, text: Option<&str>) -> bool {
+        let Some(v) = text.and_then(|t| Value::parse(self.kind, t)) else {
+            return false;
+        };
+        let ord = |want: &Value| v.compare(want);
+        match self.op {
+            Op::Eq => ord(&self.values[0]) == Some(Ordering::Equal),
+            Op::Neq => matches!(ord(&self.values[0]), Some(o) if o != Ordering::Equal),
+            Op::Lt => ord(&self.values[0]) == Some(Ordering::Less),
+            Op::Lte => matches!(ord(&self.values[0]), Some(Ordering::Less | Ordering::Equal)),
+            Op::Gt => ord(&self.values[0]) == Some(Ordering::Greater),
+            Op::Gte => matches!(
+                ord(&self.values[0]),
+                Some(Ordering::Greater | Ordering::Equal)
+            ),
+            Op::In => self.values.iter().any(|w| ord(w) == Some(Ordering::Equal)),
+        }
+    }
+
+    /// The equality keys when the filter is `eq` or `in` (indexable).
+    pub fn eq_keys(&self) -> Option<Vec<String>> {
+        matches!(self.op, Op::Eq | Op::In).then(|| self.values.iter().map(Value::key).collect())
+    }
+}
+
+fn kind_name(kind: Comparison) -> &'static str {
+    match kind {
+        Comparison::Number => "number",
+        Comparison::Time => "timestamp",
+        Comparison::Date => "date",
+        Comparison::Bool => "boolean",
+        Comparison::Text => "text",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cols(c: &str) -> Option<Comparison> {
+        match c {
+            "id" => Some(Comparison::Number),
+            "name" => Some(Comparison::Text),
+            "at" => Some(Comparison::Time),
+            "day" => Some(Comparison::Date),
+            "ok" => Some(Comparison::Bool),
+            _ => None,
+        }
+    }
+
+    fn f(s: &str) -> Filter {
+        Filter::parse(s, cols).unwrap()
+    }
+
+    #[test]
+    fn numbers_compare_as_numbers() {
+        assert!(f("id=gt.9").matches(Some("10")));
+        assert!(!f("id=gt.9").matches(Some("9")));
+        assert!(f("id=gte.9").matches(Some("9")));
+        assert!(f("id=lt.10").matches(Some("9.5")));
+        assert!(f("id=eq.1").matches(Some("1.0")));
+        assert!(f("id=neq.1").matches(Some("2")));
+        assert!(!f("id=neq.1").matches(Some("1")));
+        assert!(f("id=in.(1,2,3)").matches(Some("2")));
+        assert!(!f("id=in.(1,2,3)").matches(Some("4")));
+        assert!(!f("id=eq.1").matches(None), "NULL passes no filter");
+        assert_eq!(
+            f("id=in.(1, 2.0)").eq_keys(),
+            Some(vec!["1".into(), "2".into()])
+        );
+    }
+
+    #[test]
+    fn text_compares_as_text() {
+        assert!(f("name=eq.bob").matches(Some("bob")));
+        assert!(f("name=lt.bob").matches(Some("alice")));
+        assert!(!f("name=gt.bob").matches(Some("Zed")), "byte order: Z < b");
+        assert!(
+            f("name=eq.a.b").matches(Some("a.b")),
+            "dots after the op belong to the value"
+        );
+    }
+
+    #[test]
+    fn timestamps_compare_as_time() {
+        assert!(f("at=gt.2021-01-01T00:00:00Z").matches(Some("2021-01-01 00:00:01+00")));
+        assert!(f("at=eq.2021-01-01T05:30:00+05:30").matches(Some("2021-01-01 00:00:00+00")));
+        assert!(f("day=lt.2021-02-01").matches(Some("2021-01-31")));
+        assert!(f("ok=eq.true").matches(Some("t")));
+    }
+
+    #[test]
+    fn bad_filters_say_why() {
+        let e = |s: &str| Filter::parse(s, cols).unwrap_err().0;
+        assert!(e("nope=eq.1").contains("no column \"nope\""));
+        assert!(e("id=eq.abc").contains("not a valid number"));
+        assert!(e("id=like.1").contains("unknown operator"));
+        assert!(e("id").contains("column=op.value"));
+        assert!(e("name=in.(\"a,b\",c)").contains("quoted values"));
+        assert!(e("id=in.1,2").contains("in.(a,b,c)"));
+        assert!(e("at=gt.yesterday").contains("timestamp"));
+    }
+}

@@ -1,0 +1,353 @@
+//! The subscription index and the fan-out of changes to sockets.
+//!
+//! Owns which socket listens to which topic, and the per-socket bounded send
+//! queues. The replication reader calls [`Hub::dispatch`] for each change in
+//! commit order: it finds the matching topics with a few hash lookups
+//! (`realtime:*`, schema, table, and one lookup per filtered column), encodes
+//! the payload once and each topic's frame once per serializer, and hands the
+//! shared bytes to every matching socket's queue without waiting. A socket
+//! whose queue is full is closed as a slow consumer; the reader never waits
+//! for a client. Knows nothing of WebSocket framing or of PostgreSQL.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::change::Change;
+use crate::phoenix::frame::{self, Vsn};
+
+mod bindings;
+mod legacy;
+mod presence;
+pub use bindings::Binding;
+use bindings::BindingIndex;
+use legacy::LegacyIndex;
+pub use legacy::LegacyTopic;
+use presence::PresenceIndex;
+
+pub type SocketId = u64;
+
+/// What a socket's writer sends, in order.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// A text frame, possibly shared by many sockets.
+    Frame(Arc<str>),
+    /// Close the socket with this code and reason.
+    Close(u16, String),
+}
+
+/// Close code for a socket whose send queue overflowed (RFC 6455 1013, "try
+/// again later": the client reconnects).
+pub const CLOSE_SLOW_CONSUMER: u16 = 1013;
+
+struct SocketEntry {
+    tx: mpsc::Sender<Outbound>,
+    cancel: CancellationToken,
+}
+
+#[derive(Default)]
+struct Index {
+    sockets: HashMap<SocketId, SocketEntry>,
+    legacy: LegacyIndex,
+    bindings: BindingIndex,
+    /// Members of 2.x channels (broadcast and presence): topic -> socket ->
+    /// (serializer, whether the member receives its own broadcasts).
+    members: HashMap<Arc<str>, HashMap<SocketId, (Vsn, bool)>>,
+    presence: PresenceIndex,
+}
+
+/// Counters the hub keeps (exported at `/metrics` later).
+#[derive(Debug, Default)]
+pub struct HubStats {
+    pub changes: AtomicU64,
+    pub frames_queued: AtomicU64,
+    pub slow_consumer_closes: AtomicU64,
+}
+
+/// The handle a socket task gets when it registers.
+pub struct Registration {
+    pub id: SocketId,
+    pub rx: mpsc::Receiver<Outbound>,
+    /// A sender into the socket's own queue, for replies.
+    pub tx: mpsc::Sender<Outbound>,
+    /// Cancelled when the hub closes the socket (slow consumer, shutdown).
+    pub cancel: CancellationToken,
+}
+
+pub struct Hub {
+    index: RwLock<Index>,
+    next_id: AtomicU64,
+    queue_depth: usize,
+    pub stats: HubStats,
+}
+
+impl Hub {
+    pub fn new(queue_depth: usize) -> Self {
+        Hub {
+            index: RwLock::new(Index::default()),
+            next_id: AtomicU64::new(1),
+            queue_depth,
+            stats: HubStats::default(),
+        }
+    }
+
+    pub fn register(&self) -> Registration {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(self.queue_depth);
+        let cancel = CancellationToken::new();
+        self.write().sockets.insert(
+            id,
+            SocketEntry {
+                tx: tx.clone(),
+                cancel: cancel.clone(),
+            },
+        );
+        Registration { id, rx, tx, cancel }
+    }
+
+    /// Forgets a socket and its subscriptions.
+    pub fn unregister(&self, id: SocketId, topics: impl IntoIterator<Item = LegacyTopic>) {
+        let mut index = self.write();
+        index.sockets.remove(&id);
+        for t in topics {
+            index.legacy.remove(&t, id);
+        }
+    }
+
+    pub fn subscribe_legacy(&self, id: SocketId, vsn: Vsn, key: &LegacyTopic, topic: &str) {
+        self.write()
+            .legacy
+            .entry(key, topic)
+            .sockets
+            .insert(id, vsn);
+    }
+
+    pub fn unsubscribe_legacy(&self, id: SocketId, key: &LegacyTopic) {
+        self.write().legacy.remove(key, id);
+    }
+
+    pub fn socket_count(&self) -> usize {
+        self.read().sockets.len()
+    }
+
+    /// Closes every socket (shutdown).
+    pub fn close_all(&self) {
+        for entry in self.read().sockets.values() {
+            entry.cancel.cancel();
+        }
+    }
+
+    /// Hands `change` to every socket whose topic matches, in the order
+    /// dispatch is called. Never waits.
+    pub fn dispatch(&self, change: &Change) {
+        self.stats.changes.fetch_add(1, Ordering::Relaxed);
+        let mut slow: Vec<SocketId> = Vec::new();
+        {
+            let index = self.read();
+            let mut payload: Option<String> = None;
+            let event = change.kind.as_str();
+            let mut queued = 0u64;
+            index.legacy.matching(change, |subs| {
+                let payload = payload.get_or_insert_with(|| change.legacy_json());
+                let mut frames: [Option<Arc<str>>; 2] = [None, None];
+                for (&id, &vsn) in &subs.sockets {
+                    let Some(entry) = index.sockets.get(&id) else {
+                        continue;
+                    };
+                    let frame = frames[vsn as usize]
+                        .get_or_insert_with(|| {
+                            frame::encode(vsn, None, None, &subs.topic, event, payload)
+                        })
+                        .clone();
+                    match entry.tx.try_send(Outbound::Frame(frame)) {
+                        Ok(()) => queued += 1,
+                        Err(mpsc::error::TrySendError::Full(_)) => slow.push(id),
+                        // The socket is going away and unregisters itself.
+                        Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    }
+                }
+            });
+            queued += self.dispatch_bindings(&index, change, &mut slow);
+            self.stats
+                .frames_queued
+                .fetch_add(queued, Ordering::Relaxed);
+        }
+        if !slow.is_empty() {
+            self.close_slow(slow);
+        }
+    }
+
+    /// The `postgres_changes` half of [`Hub::dispatch`]: the typed `data` is
+    /// encoded once; each channel gets `{"ids": [...], "data": ...}` with the
+    /// ids of its bindings that matched, and channels with the same topic and
+    /// ids share one frame.
+    fn dispatch_bindings(&self, index: &Index, change: &Change, slow: &mut Vec<SocketId>) -> u64 {
+        // (socket, topic) -> (serializer, ids of the matched bindings)
+        type PerChannel<'a> = HashMap<(SocketId, &'a Arc<str>), (Vsn, Vec<u32>)>;
+        let mut per_channel: PerChannel = HashMap::new();
+        index.bindings.matching(change, |b| {
+            per_channel
+                .entry((b.socket, &b.topic))
+                .or_insert_with(|| (b.vsn, Vec::new()))
+                .1
+                .push(b.id);
+        });
+        if per_channel.is_empty() {
+            return 0;
+        }
+        let data = crate::typed::postgres_changes_data(change);
+        type FrameCache<'a> = HashMap<(&'a Arc<str>, Vsn, Vec<u32>), Arc<str>>;
+        let mut frames: FrameCache = HashMap::new();
+        let mut queued = 0;
+        for ((socket, topic), (vsn, mut ids)) in per_channel {
+            let Some(entry) = index.sockets.get(&socket) else {
+                continue;
+            };
+            ids.sort_unstable();
+            let frame = frames
+                .entry((topic, vsn, ids))
+                .or_insert_with_key(|(topic, vsn, ids)| {
+                    let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
+                    let payload = format!("{{\"ids\":[{}],\"data\":{}}}", ids.join(","), data);
+                    frame::encode(*vsn, None, None, topic, "postgres_changes", &payload)
+                })
+                .clone();
+            match entry.tx.try_send(Outbound::Frame(frame)) {
+                Ok(()) => queued += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => slow.push(socket),
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        queued
+    }
+
+    /// Adds a channel's `postgres_changes` bindings.
+    pub fn add_bindings(&self, bindings: Vec<Binding>) {
+        let mut index = self.write();
+        for b in bindings {
+            index.bindings.add(b);
+        }
+    }
+
+    /// Makes `socket` a member of the 2.x channel `topic`, for broadcast and
+    /// presence; returns the current `presence_state` payload.
+    pub fn join_channel(
+        &self,
+        socket: SocketId,
+        topic: &Arc<str>,
+        vsn: Vsn,
+        self_broadcast: bool,
+    ) -> String {
+        let mut index = self.write();
+        index
+            .members
+            .entry(topic.clone())
+            .or_default()
+            .insert(socket, (vsn, self_broadcast));
+        index.presence.state(topic)
+    }
+
+    /// Removes a 2.x channel of `socket`: its bindings, its membership, its
+    /// presence (telling the other members).
+    pub fn leave_channel(&self, socket: SocketId, topic: &Arc<str>) {
+        let diff = {
+            let mut index = self.write();
+            index.bindings.remove_channel(socket, topic);
+            if let Some(m) = index.members.get_mut(topic) {
+                m.remove(&socket);
+                if m.is_empty() {
+                    index.members.remove(topic);
+                }
+            }
+            index.presence.untrack(topic, socket)
+        };
+        if let Some(diff) = diff {
+            self.relay(topic, None, "presence_diff", &diff);
+        }
+    }
+
+    /// Relays `event` with `payload` to the members of `topic`, except
+    /// `from` unless it asked to receive its own broadcasts. Returns how many
+    /// sockets it reached.
+    pub fn relay(&self, topic: &str, from: Option<SocketId>, event: &str, payload: &str) -> usize {
+        let mut slow = Vec::new();
+        let mut reached = 0;
+        {
+            let index = self.read();
+            let Some(members) = index.members.get(topic) else {
+                return 0;
+            };
+            let mut frames: [Option<Arc<str>>; 2] = [None, None];
+            for (&id, &(vsn, self_broadcast)) in members {
+                if Some(id) == from && !self_broadcast {
+                    continue;
+                }
+                let Some(entry) = index.sockets.get(&id) else {
+                    continue;
+                };
+                let frame = frames[vsn as usize]
+                    .get_or_insert_with(|| frame::encode(vsn, None, None, topic, event, payload))
+                    .clone();
+                match entry.tx.try_send(Outbound::Frame(frame)) {
+                    Ok(()) => reached += 1,
+                    Err(mpsc::error::TrySendError::Full(_)) => slow.push(id),
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                }
+            }
+        }
+        if !slow.is_empty() {
+            self.close_slow(slow);
+        }
+        reached
+    }
+
+    /// Tracks `socket`'s presence on `topic` and tells every member.
+    pub fn track(
+        &self,
+        socket: SocketId,
+        topic: &Arc<str>,
+        key: String,
+        meta: serde_json::Map<String, serde_json::Value>,
+    ) {
+        let diff = self.write().presence.track(topic, socket, key, meta);
+        self.relay(topic, None, "presence_diff", &diff);
+    }
+
+    /// Untracks `socket`'s presence on `topic` and tells every member.
+    pub fn untrack(&self, socket: SocketId, topic: &Arc<str>) {
+        let diff = self.write().presence.untrack(topic, socket);
+        if let Some(diff) = diff {
+            self.relay(topic, None, "presence_diff", &diff);
+        }
+    }
+
+    fn close_slow(&self, ids: Vec<SocketId>) {
+        let index = self.read();
+        for id in ids {
+            if let Some(entry) = index.sockets.get(&id) {
+                if !entry.cancel.is_cancelled() {
+                    self.stats
+                        .slow_consumer_closes
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        socket = id,
+                        queue_depth = self.queue_depth,
+                        "closing a slow consumer: its send queue is full"
+                    );
+                    entry.cancel.cancel();
+                }
+            }
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(|e| e.into_inner())
+    }
+}

@@ -1,0 +1,122 @@
+//! Which tables the served publications contain, and their columns.
+//!
+//! Owns the one plain SQL connection of the server (tokio-postgres), opened
+//! on first use and reopened after a failure, and the catalog query that a
+//! `postgres_changes` join needs: the binding's table must be published, and
+//! a filter's column must exist and its value parse as the column's type.
+//! Must not touch the replication session.
+
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+
+use crate::config::{Config, DbSsl};
+use crate::filter::Comparison;
+
+/// A published table and how its columns compare.
+#[derive(Debug, Clone)]
+pub struct PublishedTable {
+    pub schema: String,
+    pub name: String,
+    pub columns: Vec<(String, Comparison)>,
+}
+
+impl PublishedTable {
+    pub fn column(&self, name: &str) -> Option<Comparison> {
+        self.columns
+            .iter()
+            .find(|(c, _)| c == name)
+            .map(|(_, k)| *k)
+    }
+}
+
+const TABLES_SQL: &str = "\
+SELECT pt.schemaname::text, pt.tablename::text, a.attname::text, bt.typcategory::text, bt.typname::text
+FROM pg_catalog.pg_publication_tables pt
+JOIN pg_catalog.pg_namespace n ON n.nspname = pt.schemaname
+JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename
+JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+JOIN pg_catalog.pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
+WHERE pt.pubname = ANY($1) AND pt.schemaname = $2 AND ($3::text IS NULL OR pt.tablename = $3)
+ORDER BY 1, 2, a.attnum";
+
+pub struct PublishedTables {
+    config: Arc<Config>,
+    client: Mutex<Option<tokio_postgres::Client>>,
+}
+
+impl PublishedTables {
+    pub fn new(config: Arc<Config>) -> Self {
+        PublishedTables {
+            config,
+            client: Mutex::new(None),
+        }
+    }
+
+    /// The published tables of `schema` (only `table` when given).
+    pub async fn lookup(
+        &self,
+        schema: &str,
+        table: Option<&str>,
+    ) -> Result<Vec<PublishedTable>, String> {
+        let mut guard = self.client.lock().await;
+        if guard.as_ref().is_none_or(|c| c.is_closed()) {
+            *guard = Some(self.connect().await?);
+        }
+        let client = guard.as_ref().expect("connected above");
+        let rows = match client
+            .query(TABLES_SQL, &[&self.config.publications, &schema, &table])
+            .await
+        {
+            Ok(rows) => rows,
+            Err(e) => {
+                *guard = None;
+                return Err(format!("reading the publications' tables failed: {e}"));
+            }
+        };
+        let mut tables: Vec<PublishedTable> = Vec::new();
+        for row in rows {
+            let (s, t, col, cat, typ): (String, String, String, String, String) =
+                (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+            let kind = Comparison::from_category(cat.chars().next().unwrap_or('S'), &typ);
+            match tables.last_mut() {
+                Some(last) if last.schema == s && last.name == t => last.columns.push((col, kind)),
+                _ => tables.push(PublishedTable {
+                    schema: s,
+                    name: t,
+                    columns: vec![(col, kind)],
+                }),
+            }
+        }
+        Ok(tables)
+    }
+
+    async fn connect(&self) -> Result<tokio_postgres::Client, String> {
+        let db = &self.config.db;
+        if db.ssl != DbSsl::Disable {
+            return Err(
+                "postgres_changes bindings need the catalog connection, which does not support \
+                 DB_SSL yet; use legacy topics (realtime:schema:table) with DB_SSL"
+                    .into(),
+            );
+        }
+        let mut pg = tokio_postgres::Config::new();
+        pg.host(&db.host)
+            .port(db.port)
+            .dbname(&db.name)
+            .user(&db.user)
+            .password(db.password.expose())
+            .application_name("realtime-server catalog");
+        let (client, connection) = pg
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| format!("connecting to the database for the catalog failed: {e}"))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "catalog connection ended");
+            }
+        });
+        Ok(client)
+    }
+}
