@@ -77,12 +77,20 @@ pub async fn serve_with(
     tracing::info!(%addr, "listening");
 
     let replication = tokio::spawn(stream::run(config.clone(), hub.clone(), status));
-    warp::serve(http::routes(state, extra_routes))
+    // On the signal: close every socket with 1001 first (an upgraded socket
+    // would otherwise hold the graceful shutdown open), then stop accepting.
+    let closing_hub = hub.clone();
+    let shutdown = async move {
+        shutdown.await;
+        tracing::info!(sockets = closing_hub.socket_count(), "closing sockets");
+        closing_hub.close_all();
+    };
+    let server = warp::serve(http::routes(state, extra_routes))
         .incoming(listener)
         .graceful(shutdown)
-        .run()
-        .await;
+        .run();
+    server.await;
+    // What was confirmed stays confirmed; the slot resumes from there.
     replication.abort();
-    hub.close_all();
     Ok(())
 }

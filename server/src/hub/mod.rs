@@ -10,7 +10,7 @@
 //! for a client. Knows nothing of WebSocket framing or of PostgreSQL.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::mpsc;
@@ -75,12 +75,15 @@ pub struct Registration {
     pub tx: mpsc::Sender<Outbound>,
     /// Cancelled when the hub closes the socket (slow consumer, shutdown).
     pub cancel: CancellationToken,
+    /// Set when the server is shutting down (then a cancel means 1001).
+    pub shutting_down: Arc<AtomicBool>,
 }
 
 pub struct Hub {
     index: RwLock<Index>,
     next_id: AtomicU64,
     queue_depth: usize,
+    shutting_down: Arc<AtomicBool>,
     pub stats: HubStats,
 }
 
@@ -90,6 +93,7 @@ impl Hub {
             index: RwLock::new(Index::default()),
             next_id: AtomicU64::new(1),
             queue_depth,
+            shutting_down: Arc::new(AtomicBool::new(false)),
             stats: HubStats::default(),
         }
     }
@@ -105,7 +109,13 @@ impl Hub {
                 cancel: cancel.clone(),
             },
         );
-        Registration { id, rx, tx, cancel }
+        Registration {
+            id,
+            rx,
+            tx,
+            cancel,
+            shutting_down: self.shutting_down.clone(),
+        }
     }
 
     /// Forgets a socket and its subscriptions.
@@ -133,8 +143,9 @@ impl Hub {
         self.read().sockets.len()
     }
 
-    /// Closes every socket (shutdown).
+    /// Closes every socket with 1001 (shutdown).
     pub fn close_all(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
         for entry in self.read().sockets.values() {
             entry.cancel.cancel();
         }

@@ -27,6 +27,9 @@ use crate::published::PublishedTables;
 /// (phoenix.js heartbeats every 30 s).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Close code when the server shuts down (RFC 6455 "going away").
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+
 /// Frames written before one flush: amortizes the syscall without delaying
 /// the first frame of a burst.
 const WRITE_BATCH: usize = 256;
@@ -81,7 +84,12 @@ pub async fn serve(ws: WebSocket, vsn: Vsn, ctx: Arc<SocketContext>) {
     let reg = hub.register();
     let (sink, mut stream) = ws.split();
     let cancel = reg.cancel.clone();
-    let writer = tokio::spawn(write_loop(sink, reg.rx, reg.cancel.clone()));
+    let writer = tokio::spawn(write_loop(
+        sink,
+        reg.rx,
+        reg.cancel.clone(),
+        reg.shutting_down.clone(),
+    ));
     let mut session = Session {
         id: reg.id,
         vsn,
@@ -485,13 +493,19 @@ async fn write_loop(
     mut sink: futures::stream::SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Outbound>,
     cancel: tokio_util::sync::CancellationToken,
+    shutting_down: Arc<std::sync::atomic::AtomicBool>,
 ) {
     loop {
         let first = tokio::select! {
             biased;
             _ = cancel.cancelled() => {
-                let reason = "slow consumer: the send queue is full; reconnect";
-                let _ = sink.send(Message::close_with(CLOSE_SLOW_CONSUMER, reason)).await;
+                let close = if shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
+                    Message::close_with(CLOSE_GOING_AWAY, "server shutting down")
+                } else {
+                    let reason = "slow consumer: the send queue is full; reconnect";
+                    Message::close_with(CLOSE_SLOW_CONSUMER, reason)
+                };
+                let _ = sink.send(close).await;
                 return;
             }
             item = rx.recv() => item,

@@ -39,8 +39,13 @@ use crate::replication::pgoutput::{
 const SESSION_OPTIONS: &str =
     "-c TimeZone=UTC -c DateStyle=ISO,MDY -c IntervalStyle=postgres -c extra_float_digits=3";
 
-/// How often progress is reported to PostgreSQL even when nothing changes.
-const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+/// How soon confirmed progress reaches PostgreSQL (one small message, so the
+/// slot releases WAL promptly and a restart resends little).
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long the session sleeps in a read with nothing arriving before it
+/// sends a status update anyway.
+const IDLE_WAKEUP: Duration = Duration::from_secs(10);
 
 /// A session that streamed this long resets the reconnect backoff.
 const HEALTHY_SESSION: Duration = Duration::from_secs(30);
@@ -182,7 +187,7 @@ async fn session(
     .with_options(SESSION_OPTIONS)
     .with_application_name("realtime-server")
     .with_status_interval(STATUS_INTERVAL)
-    .with_wakeup_interval(STATUS_INTERVAL);
+    .with_wakeup_interval(IDLE_WAKEUP);
 
     tracing::info!(%target, slot = %slot, temporary, "connecting for replication");
     let mut client = ReplicationClient::connect_gated(rcfg)

@@ -1,0 +1,145 @@
+//! The server process as an operator sees it: configuration errors at start,
+//! health and readiness, a durable slot's confirmed position, and a clean
+//! shutdown on SIGTERM.
+
+use std::time::{Duration, Instant};
+
+use realtime_tests::server::{server_bin, ServerProcess};
+use realtime_tests::ws::{PhxClient, WsEnd};
+use realtime_tests::TempPostgres;
+use serde_json::json;
+
+async fn pg_with_publication() -> (TempPostgres, tokio_postgres::Client) {
+    let pg = tokio::task::spawn_blocking(TempPostgres::start)
+        .await
+        .unwrap()
+        .expect("start PostgreSQL");
+    let db = pg.connect().await.unwrap();
+    db.batch_execute(
+        "CREATE TABLE items (id int PRIMARY KEY);
+         CREATE PUBLICATION realtime_test FOR ALL TABLES;",
+    )
+    .await
+    .unwrap();
+    (pg, db)
+}
+
+#[test]
+fn a_bad_configuration_stops_the_server_with_every_problem_named() {
+    let out = std::process::Command::new(server_bin())
+        .env_clear()
+        .env("DB_PORT", "abc")
+        .env("PUBLICATIONS", "not json")
+        .env("DB_PASSWORD", "hunter2")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("DB_PORT=abc"), "{err}");
+    assert!(err.contains("PUBLICATIONS"), "{err}");
+    assert!(
+        err.contains("JWT_SECRET"),
+        "secure channels need a secret: {err}"
+    );
+    assert!(!err.contains("hunter2"), "secrets never appear: {err}");
+}
+
+#[tokio::test]
+async fn health_readiness_and_a_missing_publication() {
+    let (pg, _db) = pg_with_publication().await;
+    let mut env = ServerProcess::env_for(&pg, &["no_such_publication"]);
+    env.insert("DB_RECONNECT_BACKOFF_MIN".into(), "100".into());
+    env.insert("DB_RECONNECT_BACKOFF_MAX".into(), "200".into());
+    let server = tokio::task::spawn_blocking(move || ServerProcess::spawn(env))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if server.log().contains("no_such_publication") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no log line names the publication:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(server.get("/healthz").map(|r| r.0), Some(200));
+    let (status, body) = server.get("/readyz").unwrap();
+    assert_eq!(status, 503, "not ready without a live stream: {body}");
+    assert!(
+        server.log().contains("CREATE PUBLICATION"),
+        "the log says what to run"
+    );
+}
+
+#[tokio::test]
+async fn a_durable_slot_is_created_and_confirmed_past_delivered_changes() {
+    let (pg, db) = pg_with_publication().await;
+    let mut env = ServerProcess::env_for(&pg, &["realtime_test"]);
+    env.insert("SLOT_NAME".into(), "realtime_durable".into());
+    let server = tokio::task::spawn_blocking(move || ServerProcess::start(env))
+        .await
+        .unwrap();
+    let mut c = PhxClient::connect(&server.ws_url("1.0.0")).await.unwrap();
+    c.join("realtime:public:items", json!({})).await;
+    db.batch_execute("INSERT INTO items VALUES (1)")
+        .await
+        .unwrap();
+    let lsn: String = db
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(c.next_event().await.event, "INSERT");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let row = db
+            .query_one(
+                "SELECT temporary, confirmed_flush_lsn >= $1::text::pg_lsn
+                 FROM pg_replication_slots WHERE slot_name = 'realtime_durable'",
+                &[&lsn],
+            )
+            .await
+            .expect("the durable slot exists");
+        let (temporary, confirmed): (bool, bool) = (row.get(0), row.get(1));
+        assert!(!temporary);
+        if confirmed {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "confirmed_flush_lsn never passed {lsn}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn sigterm_closes_sockets_with_1001_and_exits_cleanly() {
+    let (pg, _db) = pg_with_publication().await;
+    let env = ServerProcess::env_for(&pg, &["realtime_test"]);
+    let mut server = tokio::task::spawn_blocking(move || ServerProcess::start(env))
+        .await
+        .unwrap();
+    let mut c = PhxClient::connect(&server.ws_url("2.0.0")).await.unwrap();
+    c.join("realtime:public:items", json!({})).await;
+
+    let pid = server.pid();
+    let waiter = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let status = server.signal_and_wait("TERM");
+        (status, started.elapsed())
+    });
+    match c.next_within(Duration::from_secs(10)).await {
+        Err(WsEnd::Closed(Some((code, reason)))) => {
+            assert_eq!(code, 1001, "going away: {reason}");
+        }
+        other => panic!("expected a 1001 close, got {other:?}"),
+    }
+    let (status, took) = waiter.await.unwrap();
+    assert!(status.success(), "exit status {status} (pid {pid})");
+    assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
+}
