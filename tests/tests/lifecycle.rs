@@ -143,3 +143,63 @@ async fn sigterm_closes_sockets_with_1001_and_exits_cleanly() {
     assert!(status.success(), "exit status {status} (pid {pid})");
     assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
 }
+
+#[tokio::test]
+async fn scram_password_authentication_and_a_refused_password() {
+    let (pg, db) = pg_with_publication().await;
+    db.batch_execute(
+        "SET password_encryption = 'scram-sha-256';
+         CREATE ROLE rt LOGIN REPLICATION PASSWORD 'correct horse';
+         GRANT SELECT ON ALL TABLES IN SCHEMA public TO rt;",
+    )
+    .await
+    .unwrap();
+    // Require SCRAM for this user, for SQL and for replication; everyone else
+    // keeps trust.
+    let hba = pg.data_dir().join("pg_hba.conf");
+    let rest = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!(
+            "host all rt 127.0.0.1/32 scram-sha-256\nhost replication rt 127.0.0.1/32 scram-sha-256\n{rest}"
+        ),
+    )
+    .unwrap();
+    db.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+
+    let mut env = ServerProcess::env_for(&pg, &["realtime_test"]);
+    env.insert("DB_USER".into(), "rt".into());
+    env.insert("DB_PASSWORD".into(), "wrong".into());
+    let refused = tokio::task::spawn_blocking(move || ServerProcess::spawn(env))
+        .await
+        .unwrap();
+
+    let mut env = ServerProcess::env_for(&pg, &["realtime_test"]);
+    env.insert("DB_USER".into(), "rt".into());
+    env.insert("DB_PASSWORD".into(), "correct horse".into());
+    let server = tokio::task::spawn_blocking(move || ServerProcess::start(env))
+        .await
+        .unwrap();
+    let mut c = PhxClient::connect(&server.ws_url("1.0.0")).await.unwrap();
+    c.join("realtime:public:items", json!({})).await;
+    db.batch_execute("INSERT INTO items VALUES (42)")
+        .await
+        .unwrap();
+    let m = c.next_event().await;
+    assert_eq!(m.payload["record"]["id"], "42");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !refused.log().contains("password authentication failed") {
+        assert!(
+            Instant::now() < deadline,
+            "no log line about the refused password:\n{}",
+            refused.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(refused.get("/readyz").map(|r| r.0), Some(503));
+    assert!(
+        !refused.log().contains("wrong"),
+        "the password never appears in the log"
+    );
+}
