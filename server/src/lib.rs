@@ -56,6 +56,7 @@ pub async fn serve_with(
     };
     let sockets = Arc::new(SocketContext {
         hub: hub.clone(),
+        verifier: verifier.clone(),
         published: Arc::new(PublishedTables::new(config.clone())),
         limits: SocketLimits {
             max_channels: config.max_channels_per_socket,

@@ -1,6 +1,11 @@
-//! The real `@supabase/realtime-js` 1.x client (tests/js, pinned in its
+//! The real `@supabase/realtime-js` clients (tests/js, pinned in its
 //! package.json) against the real server binary and a real PostgreSQL: runs
-//! `node --test tests/js/realtime-js-v1.test.mjs` and expects it to pass.
+//! `node --test` on each test file there and expects it to pass.
+//!
+//! - 1.x: `realtime-js-v1.test.mjs` (legacy topics).
+//! - 2.x: `realtime-js-v2.test.mjs`, once for 2.8.4 and once for the newest
+//!   2.x (with the `ws` transport and vsn 2.0.0): postgres_changes with every
+//!   filter operator, typed values, Broadcast and Presence.
 //!
 //! Needs Node (tested with 20) and `npm ci` in tests/js; tests/setup.sh sets up both.
 
@@ -14,9 +19,9 @@ use realtime_tests::TempPostgres;
 /// How long the whole Node test file may take.
 const NODE_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The table the Node test subscribes to, with a column of each kind that
+/// The table the 1.x test subscribes to, with a column of each kind that
 /// realtime-js converts, and the whole old row on UPDATE and DELETE.
-const SCHEMA: &str = "
+const SCHEMA_V1: &str = "
     CREATE TABLE profiles (
         id bigint PRIMARY KEY,
         name text,
@@ -30,29 +35,74 @@ const SCHEMA: &str = "
     CREATE PUBLICATION realtime_test FOR ALL TABLES;
 ";
 
+/// The 2.x test's tables, one set per client version (`tag`), all with the
+/// whole old row on UPDATE and DELETE.
+fn v2_tables(tag: &str) -> String {
+    format!(
+        "
+        CREATE TABLE messages_{tag} (id bigint PRIMARY KEY, room int, body text);
+        ALTER TABLE messages_{tag} REPLICA IDENTITY FULL;
+        CREATE TABLE typed_{tag} (
+            id bigint PRIMARY KEY,
+            i4 int,
+            i8 bigint,
+            num numeric,
+            f8 float8,
+            flag bool,
+            off bool,
+            doc jsonb,
+            tags text[],
+            nums int[],
+            ts timestamptz,
+            label text,
+            nothing text
+        );
+        ALTER TABLE typed_{tag} REPLICA IDENTITY FULL;
+        "
+    )
+}
+
+/// The 2.x schema: both versions' tables in the publication, and a table
+/// that no publication names (a binding on it must be refused).
+fn schema_v2() -> String {
+    let tags = ["2_8", "2_latest"];
+    let mut sql: String = tags.iter().map(|t| v2_tables(t)).collect();
+    sql.push_str("CREATE TABLE unpublished (id bigint PRIMARY KEY);\n");
+    let tables: Vec<String> = tags
+        .iter()
+        .flat_map(|t| [format!("messages_{t}"), format!("typed_{t}")])
+        .collect();
+    sql.push_str(&format!(
+        "CREATE PUBLICATION realtime_test FOR TABLE {};\n",
+        tables.join(", ")
+    ));
+    sql
+}
+
 fn js_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("js")
 }
 
-#[tokio::test]
-async fn realtime_js_v1_receives_changes_through_its_own_api() {
+/// Starts PostgreSQL with `schema` and the server streaming the
+/// `realtime_test` publication, runs `node --test` on `file` in tests/js, and
+/// expects it to pass exactly `passes` tests.
+async fn run_node_test(file: &str, schema: &str, packages: &[&str], passes: usize) {
     let js = js_dir();
-    assert!(
-        js.join("node_modules")
-            .join("@supabase")
-            .join("realtime-js")
-            .is_dir(),
-        "{}/node_modules is missing: run `npm ci --no-audit --no-fund` in {} (tests/setup.sh does)",
-        js.display(),
-        js.display()
-    );
+    for package in packages {
+        assert!(
+            js.join("node_modules").join(package).is_dir(),
+            "{}/node_modules/{package} is missing: run `npm ci --no-audit --no-fund` in {} (tests/setup.sh does)",
+            js.display(),
+            js.display()
+        );
+    }
 
     let pg = tokio::task::spawn_blocking(TempPostgres::start)
         .await
         .unwrap()
         .expect("start PostgreSQL");
     let db = pg.connect().await.expect("connect");
-    db.batch_execute(SCHEMA).await.expect("schema");
+    db.batch_execute(schema).await.expect("schema");
     let env = ServerProcess::env_for(&pg, &["realtime_test"]);
     let server = tokio::task::spawn_blocking(move || ServerProcess::start(env))
         .await
@@ -61,7 +111,7 @@ async fn realtime_js_v1_receives_changes_through_its_own_api() {
     let child = tokio::process::Command::new("node")
         .arg("--test")
         .arg("--test-reporter=tap")
-        .arg("realtime-js-v1.test.mjs")
+        .arg(file)
         .current_dir(&js)
         .env(
             "REALTIME_URL",
@@ -76,19 +126,44 @@ async fn realtime_js_v1_receives_changes_through_its_own_api() {
         .expect("spawn `node` (install Node; tests/setup.sh does)");
     let output = match tokio::time::timeout(NODE_TIMEOUT, child.wait_with_output()).await {
         Ok(output) => output.expect("wait for node"),
-        Err(_) => panic!("node --test did not finish within {NODE_TIMEOUT:?} (killed)"),
+        Err(_) => panic!("node --test {file} did not finish within {NODE_TIMEOUT:?} (killed)"),
     };
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
-        "node --test realtime-js-v1.test.mjs failed ({}):\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
+        "node --test {file} failed ({}):\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
         output.status
     );
-    // Four tests ran and passed (a file that ran nothing also exits 0).
+    // Every test ran and passed (a file that ran nothing also exits 0).
     assert!(
-        stdout.contains("# pass 4") && stdout.contains("# fail 0"),
-        "unexpected node --test summary:\n{stdout}\n{stderr}"
+        stdout.contains(&format!("# pass {passes}\n")) && stdout.contains("# fail 0"),
+        "unexpected node --test summary for {file} (want {passes} passed):\n{stdout}\n{stderr}"
     );
     drop(server);
+}
+
+#[tokio::test]
+async fn realtime_js_v1_receives_changes_through_its_own_api() {
+    run_node_test(
+        "realtime-js-v1.test.mjs",
+        SCHEMA_V1,
+        &["@supabase/realtime-js"],
+        4,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn realtime_js_v2_changes_broadcast_and_presence_through_its_own_api() {
+    // Per version: changes, typed values, refused bindings, broadcast,
+    // broadcast over HTTP, presence; the newest also broadcasts once more
+    // over vsn 1.0.0.
+    run_node_test(
+        "realtime-js-v2.test.mjs",
+        &schema_v2(),
+        &["realtime-js-2-8", "realtime-js-2-latest", "ws"],
+        6 + 7,
+    )
+    .await;
 }

@@ -113,6 +113,69 @@ fn raw(r: Option<&RawValue>) -> &str {
     r.map(RawValue::get).unwrap_or("null")
 }
 
+/// The binary frame kind of realtime-js 2.x's "user broadcast push": the
+/// newest clients send `broadcast` pushes on vsn 2.0.0 this way.
+const USER_BROADCAST_PUSH: u8 = 3;
+const JSON_ENCODING: u8 = 1;
+
+impl Inbound {
+    /// Decodes a binary frame (vsn 2.0.0 only): a user broadcast push, laid
+    /// out as kind, the byte lengths of join_ref, ref, topic, event and
+    /// metadata, the payload encoding, those fields, then the payload. It
+    /// becomes the `broadcast` message the JSON form would have been.
+    pub fn decode_binary(vsn: Vsn, bytes: &[u8]) -> Result<Inbound, FrameError> {
+        let bad = |why: &str| FrameError(format!("binary frame: {why}"));
+        if vsn != Vsn::V2 {
+            return Err(bad("binary frames need vsn=2.0.0"));
+        }
+        let header = bytes
+            .get(..7)
+            .ok_or_else(|| bad("shorter than its header"))?;
+        if header[0] != USER_BROADCAST_PUSH {
+            return Err(bad(&format!(
+                "kind {} is not supported (only 3, a user broadcast push)",
+                header[0]
+            )));
+        }
+        let mut rest = &bytes[7..];
+        let mut field = |len: u8, name: &str| -> Result<String, FrameError> {
+            let len = len as usize;
+            if rest.len() < len {
+                return Err(bad(&format!("{name} is cut short")));
+            }
+            let (f, r) = rest.split_at(len);
+            rest = r;
+            String::from_utf8(f.to_vec()).map_err(|_| bad(&format!("{name} is not UTF-8")))
+        };
+        let join_ref = field(header[1], "join_ref")?;
+        let msg_ref = field(header[2], "ref")?;
+        let topic = field(header[3], "topic")?;
+        let event = field(header[4], "event")?;
+        let _metadata = field(header[5], "metadata")?;
+        if header[6] != JSON_ENCODING {
+            return Err(bad("only JSON payloads are supported (encoding 1)"));
+        }
+        let user_payload: Value = serde_json::from_slice(rest)
+            .map_err(|e| bad(&format!("the payload is not JSON: {e}")))?;
+        let raw = |s: String| -> Option<Box<RawValue>> {
+            (!s.is_empty()).then(|| {
+                RawValue::from_string(serde_json::to_string(&s).expect("a string serializes"))
+                    .expect("a JSON string is valid JSON")
+            })
+        };
+        if topic.is_empty() {
+            return Err(bad("no topic"));
+        }
+        Ok(Inbound {
+            join_ref: raw(join_ref),
+            msg_ref: raw(msg_ref),
+            topic,
+            event: "broadcast".into(),
+            payload: serde_json::json!({"type": "broadcast", "event": event, "payload": user_payload}),
+        })
+    }
+}
+
 /// Encodes one outgoing message. `payload` is JSON text; refs are raw JSON
 /// (`None` for null).
 pub fn encode(
@@ -205,6 +268,28 @@ mod tests {
             .contains("no topic"));
         assert!(Inbound::decode(Vsn::V2, r#"{"topic":"x"}"#).is_err());
         assert!(Inbound::decode(Vsn::V2, r#"[null,null,"t"]"#).is_err());
+    }
+
+    #[test]
+    fn decodes_a_user_broadcast_push() {
+        let mut b = vec![3, 1, 1, 4, 4, 0, 1];
+        b.extend_from_slice(b"67room");
+        b.extend_from_slice(b"ping");
+        b.extend_from_slice(br#"{"n":1}"#);
+        let m = Inbound::decode_binary(Vsn::V2, &b).unwrap();
+        assert_eq!(m.join_ref.unwrap().get(), "\"6\"");
+        assert_eq!(m.msg_ref.unwrap().get(), "\"7\"");
+        assert_eq!(m.topic, "room");
+        assert_eq!(m.event, "broadcast");
+        assert_eq!(
+            m.payload,
+            serde_json::json!({"type": "broadcast", "event": "ping", "payload": {"n": 1}})
+        );
+        assert!(Inbound::decode_binary(Vsn::V1, &b).is_err());
+        assert!(Inbound::decode_binary(Vsn::V2, &b[..9]).is_err());
+        let mut other = b.clone();
+        other[0] = 9;
+        assert!(Inbound::decode_binary(Vsn::V2, &other).is_err());
     }
 
     #[test]

@@ -17,6 +17,7 @@ use warp::ws::{Message, WebSocket};
 
 use serde_json::Value;
 
+use crate::auth::JwtVerifier;
 use crate::change::ChangeKind;
 use crate::filter::Filter;
 use crate::hub::{Binding, Hub, LegacyTopic, Outbound, SocketId, CLOSE_SLOW_CONSUMER};
@@ -44,6 +45,9 @@ pub struct SocketLimits {
 /// What every socket shares.
 pub struct SocketContext {
     pub hub: Arc<Hub>,
+    /// `Some` when channels are secured: join and `access_token` tokens are
+    /// checked with it.
+    pub verifier: Option<JwtVerifier>,
     pub published: Arc<PublishedTables>,
     pub limits: SocketLimits,
 }
@@ -71,6 +75,7 @@ struct Session {
     vsn: Vsn,
     hub: Arc<Hub>,
     published: Arc<PublishedTables>,
+    verifier: Option<JwtVerifier>,
     tx: mpsc::Sender<Outbound>,
     channels: HashMap<String, Channel>,
     limits: SocketLimits,
@@ -95,6 +100,7 @@ pub async fn serve(ws: WebSocket, vsn: Vsn, ctx: Arc<SocketContext>) {
         vsn,
         hub: hub.clone(),
         published: ctx.published.clone(),
+        verifier: ctx.verifier.clone(),
         tx: reg.tx,
         channels: HashMap::new(),
         limits,
@@ -123,21 +129,21 @@ pub async fn serve(ws: WebSocket, vsn: Vsn, ctx: Arc<SocketContext>) {
         if msg.is_ping() || msg.is_pong() {
             continue;
         }
-        let Ok(text) = msg.to_str() else {
-            session
-                .close(1003, "binary frames are not supported: send JSON text")
-                .await;
-            break;
-        };
-        if text.len() > session.limits.max_frame_bytes {
+        if msg.as_bytes().len() > session.limits.max_frame_bytes {
             session.close(1009, "frame too large").await;
             break;
         }
-        match Inbound::decode(vsn, text) {
+        let decoded = match msg.to_str() {
+            Ok(text) => Inbound::decode(vsn, text),
+            Err(()) if msg.is_binary() => Inbound::decode_binary(vsn, msg.as_bytes()),
+            Err(()) => continue,
+        };
+        match decoded {
             Ok(inbound) => session.handle(inbound).await,
             Err(e) => {
                 tracing::info!(socket = session.id, error = %e, "closing a socket that sent a malformed frame");
-                session.close(1007, &e.to_string()).await;
+                let code = if msg.is_binary() { 1003 } else { 1007 };
+                session.close(code, &e.to_string()).await;
                 break;
             }
         }
@@ -191,9 +197,7 @@ impl Session {
             (topic, "broadcast") if self.is_v2(topic) => self.broadcast(m).await,
             (topic, "presence") if self.is_v2(topic) => self.presence(m).await,
             (topic, "access_token") if self.channels.contains_key(topic) => {
-                // realtime-js 1.7 sends one (with a null token) after each
-                // heartbeat. Channels are not secured per token yet: accepted
-                // quietly, as the clients expect no reply.
+                self.refresh_token(m).await
             }
             (topic, event) => {
                 let reason = if self.channels.contains_key(topic) {
@@ -234,9 +238,57 @@ impl Session {
         }
     }
 
+    /// When channels are secured, a token in the payload (`access_token`,
+    /// or older clients' `user_token`) must verify. `None` (or null, which
+    /// realtime-js 1.7 sends) means the socket's own token stands.
+    fn check_token(&self, payload: &Value) -> Result<(), String> {
+        let Some(verifier) = &self.verifier else {
+            return Ok(());
+        };
+        let token = payload["access_token"]
+            .as_str()
+            .or_else(|| payload["user_token"].as_str());
+        match token {
+            Some(t) => verifier.verify(t).map(|_| ()).map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
+    }
+
+    /// An `access_token` push replaces the channel's token; one that does
+    /// not verify closes the channel with a `system` error the client can
+    /// read. The clients expect no reply.
+    async fn refresh_token(&mut self, m: Inbound) {
+        let Err(reason) = self.check_token(&m.payload) else {
+            return;
+        };
+        let Some(channel) = self.channels.remove(&m.topic) else {
+            return;
+        };
+        tracing::info!(socket = self.id, topic = %m.topic, %reason, "closing a channel: its new token was refused");
+        self.drop_channel(&channel);
+        let join_ref = channel.join_ref.as_deref();
+        let short = m.topic.strip_prefix("realtime:").unwrap_or(&m.topic);
+        let system = serde_json::json!({"extension": "system", "status": "error",
+            "message": reason, "channel": short});
+        self.push(join_ref, &m.topic, "system", &system.to_string())
+            .await;
+        self.send(frame::encode(
+            self.vsn,
+            join_ref,
+            join_ref,
+            &m.topic,
+            "phx_close",
+            "{}",
+        ))
+        .await;
+    }
+
     async fn join(&mut self, m: Inbound) {
         if !m.topic.starts_with("realtime:") {
             return self.reply_error(&m, "unmatched topic").await;
+        }
+        if let Err(reason) = self.check_token(&m.payload) {
+            return self.reply_error(&m, &reason).await;
         }
         if !self.channels.contains_key(&m.topic) && self.channels.len() >= self.limits.max_channels
         {

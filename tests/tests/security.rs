@@ -1,0 +1,185 @@
+//! Secured channels: who gets a socket and a channel, and what a client reads
+//! when its token is refused.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{encode, EncodingKey, Header};
+use realtime_tests::server::ServerProcess;
+use realtime_tests::ws::{PhxClient, WsEnd};
+use realtime_tests::TempPostgres;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Error as WsError;
+
+const SECRET: &str = "a-test-secret-of-reasonable-length";
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn token(claims: Value, secret: &str) -> String {
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn good() -> String {
+    token(
+        json!({"role": "authenticated", "exp": now() + 3600}),
+        SECRET,
+    )
+}
+
+/// The HTTP status of a refused upgrade, or 101.
+async fn upgrade_status(url: &str, header: Option<&str>) -> u16 {
+    let mut req = url.into_client_request().unwrap();
+    if let Some(h) = header {
+        req.headers_mut().insert("x-api-key", h.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok(_) => 101,
+        Err(WsError::Http(resp)) => resp.status().as_u16(),
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+async fn secured() -> (TempPostgres, tokio_postgres::Client, ServerProcess) {
+    let pg = tokio::task::spawn_blocking(TempPostgres::start)
+        .await
+        .unwrap()
+        .expect("start PostgreSQL");
+    let db = pg.connect().await.unwrap();
+    db.batch_execute(
+        "CREATE TABLE items (id int PRIMARY KEY);
+         CREATE PUBLICATION realtime_test FOR ALL TABLES;",
+    )
+    .await
+    .unwrap();
+    let mut env = ServerProcess::env_for(&pg, &["realtime_test"]);
+    env.insert("SECURE_CHANNELS".into(), "true".into());
+    env.insert("JWT_SECRET".into(), SECRET.into());
+    env.insert(
+        "JWT_CLAIM_VALIDATORS".into(),
+        r#"{"role":"authenticated"}"#.into(),
+    );
+    let server = tokio::task::spawn_blocking(move || ServerProcess::start(env))
+        .await
+        .unwrap();
+    (pg, db, server)
+}
+
+#[tokio::test]
+async fn the_upgrade_needs_a_valid_token() {
+    let (_pg, _db, server) = secured().await;
+    let base = server.ws_url("1.0.0");
+    let expired = token(json!({"role": "authenticated", "exp": now() - 10}), SECRET);
+    let forged = token(json!({"role": "authenticated"}), "another-secret");
+    let anon = token(json!({"role": "anon", "exp": now() + 3600}), SECRET);
+    assert_eq!(upgrade_status(&base, None).await, 403, "no token");
+    assert_eq!(
+        upgrade_status(&format!("{base}&apikey={forged}"), None).await,
+        403,
+        "bad signature"
+    );
+    assert_eq!(
+        upgrade_status(&format!("{base}&apikey={expired}"), None).await,
+        403,
+        "expired"
+    );
+    assert_eq!(
+        upgrade_status(&format!("{base}&apikey={anon}"), None).await,
+        403,
+        "claim mismatch"
+    );
+    assert_eq!(
+        upgrade_status(&format!("{base}&apikey={}", good()), None).await,
+        101
+    );
+    assert_eq!(
+        upgrade_status(&format!("{base}&token={}", good()), None).await,
+        101
+    );
+    assert_eq!(
+        upgrade_status(&base, Some(&good())).await,
+        101,
+        "x-api-key header"
+    );
+    let log = server.log();
+    assert!(
+        !log.contains(SECRET) && !log.contains(&good()),
+        "no secret or token in the log"
+    );
+}
+
+#[tokio::test]
+async fn join_and_access_token_tokens_are_checked() {
+    let (_pg, db, server) = secured().await;
+    let url = format!("{}&apikey={}", server.ws_url("1.0.0"), good());
+    let mut c = PhxClient::connect(&url).await.unwrap();
+
+    let expired = token(json!({"role": "authenticated", "exp": now() - 10}), SECRET);
+    let reply = c
+        .join("realtime:public:items", json!({"user_token": expired}))
+        .await;
+    assert_eq!(reply.payload["status"], "error");
+    assert!(reply.payload["response"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("expired"));
+
+    let reply = c
+        .join("realtime:public:items", json!({"access_token": good()}))
+        .await;
+    assert_eq!(reply.payload["status"], "ok");
+
+    // A fresh valid token and realtime-js 1.7's null token keep the channel.
+    c.push(
+        "realtime:public:items",
+        "access_token",
+        json!({"access_token": good()}),
+        None,
+    )
+    .await;
+    c.push(
+        "realtime:public:items",
+        "access_token",
+        json!({"access_token": null}),
+        None,
+    )
+    .await;
+    db.batch_execute("INSERT INTO items VALUES (1)")
+        .await
+        .unwrap();
+    assert_eq!(c.next_event().await.payload["record"]["id"], "1");
+
+    // A token that does not verify closes the channel with a readable error.
+    let forged = token(json!({"role": "authenticated"}), "another-secret");
+    c.push(
+        "realtime:public:items",
+        "access_token",
+        json!({"access_token": forged}),
+        None,
+    )
+    .await;
+    let m = c.next().await.unwrap();
+    assert_eq!(m.event, "system");
+    assert_eq!(m.payload["status"], "error");
+    assert!(
+        m.payload["message"].as_str().unwrap().contains("signature"),
+        "{m:?}"
+    );
+    assert_eq!(c.next().await.unwrap().event, "phx_close");
+    db.batch_execute("INSERT INTO items VALUES (2)")
+        .await
+        .unwrap();
+    match c.next_within(Duration::from_millis(500)).await {
+        Err(WsEnd::Timeout) => {}
+        other => panic!("the closed channel still receives: {other:?}"),
+    }
+}
