@@ -167,3 +167,103 @@ async fn realtime_js_v2_changes_broadcast_and_presence_through_its_own_api() {
     )
     .await;
 }
+
+/// The example between the markers in `file`, trimmed.
+fn example(text: &str) -> String {
+    let start = text
+        .find("// README example start\n")
+        .expect("start marker")
+        + "// README example start\n".len();
+    let end = text.find("// README example end").expect("end marker");
+    text[start..end].trim().to_string()
+}
+
+#[tokio::test]
+async fn the_readme_realtime_js_2_example_runs_as_written() {
+    let script = std::fs::read_to_string(js_dir().join("readme-example.mjs")).unwrap();
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    let code = example(&script);
+    assert!(
+        readme.contains(&code),
+        "README.md must show tests/js/readme-example.mjs's example verbatim:\n{code}"
+    );
+    assert!(
+        js_dir().join("node_modules").exists(),
+        "tests/js/node_modules is missing: run `npm ci --no-audit --no-fund` in tests/js (tests/setup.sh does)"
+    );
+
+    let pg = tokio::task::spawn_blocking(TempPostgres::start)
+        .await
+        .unwrap()
+        .expect("start PostgreSQL");
+    let db = pg.connect().await.unwrap();
+    db.batch_execute(
+        "CREATE TABLE messages (id bigint PRIMARY KEY, room_id int, body text, pinned bool);
+         CREATE PUBLICATION realtime_test FOR ALL TABLES;",
+    )
+    .await
+    .unwrap();
+    let env = ServerProcess::env_for(&pg, &["realtime_test"]);
+    let server = tokio::task::spawn_blocking(move || ServerProcess::start(env))
+        .await
+        .unwrap();
+
+    let mut node = tokio::process::Command::new("node")
+        .arg("readme-example.mjs")
+        .current_dir(js_dir())
+        .env(
+            "REALTIME_URL",
+            format!("ws://127.0.0.1:{}/socket", server.port),
+        )
+        .env("TOKEN", "not-checked-when-channels-are-not-secured")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run node");
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut lines = BufReader::new(node.stdout.take().unwrap()).lines();
+    let mut seen: Vec<serde_json::Value> = Vec::new();
+    let mut inserted = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while let Ok(Ok(Some(line))) = tokio::time::timeout_at(deadline, lines.next_line()).await {
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("{line}"));
+        if v["kind"] == "presence" && !inserted && v["value"]["alice"].is_array() {
+            // Subscribed, broadcast and tracked: now a row for room 1 and one
+            // for room 2 (filtered out).
+            db.batch_execute(
+                "INSERT INTO messages VALUES (1, 2, 'elsewhere', false);
+                 INSERT INTO messages VALUES (2, 1, 'hello', true);",
+            )
+            .await
+            .unwrap();
+            inserted = true;
+        }
+        seen.push(v);
+    }
+    let status = node.wait().await.unwrap();
+    let kinds: Vec<&str> = seen.iter().filter_map(|v| v["kind"].as_str()).collect();
+    assert!(status.success(), "example exited {status}; saw {seen:?}");
+    assert!(kinds.contains(&"status"), "{seen:?}");
+    let broadcast = seen
+        .iter()
+        .find(|v| v["kind"] == "broadcast")
+        .expect("own broadcast (self)");
+    assert_eq!(broadcast["value"], serde_json::json!({"x": 1}));
+    let presence = seen
+        .iter()
+        .find(|v| v["kind"] == "presence" && v["value"]["alice"].is_array())
+        .expect("presence sync with alice");
+    assert_eq!(
+        presence["value"]["alice"][0]["online_at"],
+        "2024-01-01T00:00:00Z"
+    );
+    let inserts: Vec<&serde_json::Value> = seen.iter().filter(|v| v["kind"] == "INSERT").collect();
+    assert_eq!(inserts.len(), 1, "only room 1 passes the filter: {seen:?}");
+    assert_eq!(
+        inserts[0]["value"],
+        serde_json::json!({"id": 2, "room_id": 1, "body": "hello", "pinned": true})
+    );
+}
