@@ -16,6 +16,7 @@ pub mod hub;
 pub mod phoenix;
 pub mod published;
 pub mod replication;
+pub mod tls;
 pub mod typed;
 
 use std::future::Future;

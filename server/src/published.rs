@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tokio::sync::Mutex;
 
-use crate::config::{Config, DbSsl};
+use crate::config::Config;
 use crate::filter::Comparison;
 
 /// A published table and how its columns compare.
@@ -94,13 +94,6 @@ impl PublishedTables {
 
     async fn connect(&self) -> Result<tokio_postgres::Client, String> {
         let db = &self.config.db;
-        if db.ssl != DbSsl::Disable {
-            return Err(
-                "postgres_changes bindings need the catalog connection, which does not support \
-                 DB_SSL yet; use legacy topics (realtime:schema:table) with DB_SSL"
-                    .into(),
-            );
-        }
         let mut pg = tokio_postgres::Config::new();
         pg.host(&db.host)
             .port(db.port)
@@ -108,15 +101,29 @@ impl PublishedTables {
             .user(&db.user)
             .password(db.password.expose())
             .application_name("realtime-server catalog");
-        let (client, connection) = pg
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|e| format!("connecting to the database for the catalog failed: {e}"))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "catalog connection ended");
+        let failed = |e: tokio_postgres::Error| {
+            format!("connecting to the database for the catalog failed: {e}")
+        };
+        let client = match crate::tls::connector(db.ssl) {
+            None => {
+                let (client, connection) =
+                    pg.connect(tokio_postgres::NoTls).await.map_err(failed)?;
+                tokio::spawn(watch(connection));
+                client
             }
-        });
+            Some(tls) => {
+                pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+                let (client, connection) = pg.connect(tls).await.map_err(failed)?;
+                tokio::spawn(watch(connection));
+                client
+            }
+        };
         Ok(client)
+    }
+}
+
+async fn watch<F: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(connection: F) {
+    if let Err(e) = connection.await {
+        tracing::warn!(error = %e, "catalog connection ended");
     }
 }

@@ -203,3 +203,123 @@ async fn scram_password_authentication_and_a_refused_password() {
         "the password never appears in the log"
     );
 }
+
+#[tokio::test]
+async fn db_ssl_require_encrypts_the_replication_and_catalog_connections() {
+    let (pg, db) = pg_with_publication().await;
+    // A self-signed certificate; PostgreSQL enables TLS on reload.
+    let dir = pg.dir();
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-x509",
+            "-days",
+            "1",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .arg("-out")
+        .arg(dir.join("server.crt"))
+        .arg("-keyout")
+        .arg(dir.join("server.key"))
+        .output()
+        .expect("openssl");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .unwrap()
+        .stdout
+        == b"0\n";
+    for f in ["server.crt", "server.key"] {
+        if root {
+            std::process::Command::new("chown")
+                .arg("postgres")
+                .arg(dir.join(f))
+                .status()
+                .unwrap();
+        }
+    }
+    std::process::Command::new("chmod")
+        .arg("600")
+        .arg(dir.join("server.key"))
+        .status()
+        .unwrap();
+    // The server's role may only connect over TLS.
+    let hba = pg.data_dir().join("pg_hba.conf");
+    let rest = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!("hostnossl all rt 127.0.0.1/32 reject\nhostnossl replication rt 127.0.0.1/32 reject\n{rest}"),
+    )
+    .unwrap();
+    // One statement per call: ALTER SYSTEM refuses a transaction block.
+    for sql in [
+        "ALTER SYSTEM SET ssl = on".to_string(),
+        format!(
+            "ALTER SYSTEM SET ssl_cert_file = '{}'",
+            dir.join("server.crt").display()
+        ),
+        format!(
+            "ALTER SYSTEM SET ssl_key_file = '{}'",
+            dir.join("server.key").display()
+        ),
+        "CREATE ROLE rt LOGIN REPLICATION".to_string(),
+        "GRANT SELECT ON ALL TABLES IN SCHEMA public TO rt".to_string(),
+    ] {
+        db.batch_execute(&sql).await.expect(&sql);
+    }
+    db.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+
+    let mut env = ServerProcess::env_for(&pg, &["realtime_test"]);
+    env.insert("DB_USER".into(), "rt".into());
+    env.insert("DB_SSL".into(), "require".into());
+    let server = tokio::task::spawn_blocking(move || ServerProcess::start(env))
+        .await
+        .unwrap();
+    // A postgres_changes binding needs the catalog connection too.
+    let mut c = PhxClient::connect(&server.ws_url("2.0.0")).await.unwrap();
+    let r = c
+        .push(
+            "realtime:items",
+            "phx_join",
+            json!({"config": {"postgres_changes": [{"event": "*", "schema": "public", "table": "items", "filter": "id=gt.1"}]}}),
+            Some("1"),
+        )
+        .await;
+    c.expect_reply(&r).await;
+    let system = c.next().await.unwrap();
+    assert_eq!(system.payload["status"], "ok", "{system:?}");
+    db.batch_execute("INSERT INTO items VALUES (5)")
+        .await
+        .unwrap();
+    loop {
+        let m = c.next().await.unwrap();
+        if m.event == "postgres_changes" {
+            assert_eq!(m.payload["data"]["record"]["id"], 5);
+            break;
+        }
+    }
+    let rows = db
+        .query(
+            "SELECT a.application_name, s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+             WHERE a.usename = 'rt' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let seen: Vec<(String, bool)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("realtime-server".to_string(), true),
+            ("realtime-server catalog".to_string(), true)
+        ]
+    );
+}
