@@ -1,4 +1,64 @@
-fn main() {
-    eprintln!("realtime-operator: not implemented yet");
+//! `realtime-operator run` runs the controller; `realtime-operator crd` prints the
+//! CustomResourceDefinition YAML (what `crds/` holds).
+//!
+//! `run` reads: `REALTIME_SERVER_IMAGE` (the default server image),
+//! `POD_NAMESPACE` (where the leader Lease lives, default `default`), `POD_NAME`
+//! (this candidate's identity, default the host name), `HEALTH_ADDRESS` (default
+//! `0.0.0.0:8080`), `CLEANUP_TIMEOUT_SECONDS` (default 300), `RUST_LOG`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use realtime_operator::lease::LeaseSettings;
+use realtime_operator::reconcile::Settings;
+
+fn usage() -> ! {
+    eprintln!("usage: realtime-operator run | crd");
     std::process::exit(2);
+}
+
+fn main() -> anyhow::Result<()> {
+    match std::env::args().nth(1).as_deref() {
+        Some("crd") => {
+            print!("{}", realtime_operator::crd::crd_yaml());
+            Ok(())
+        }
+        Some("run") => tokio::runtime::Runtime::new()?.block_on(run()),
+        _ => usage(),
+    }
+}
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+async fn run() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let health: SocketAddr = var("HEALTH_ADDRESS")
+        .unwrap_or_else(|| "0.0.0.0:8080".into())
+        .parse()
+        .map_err(|e| anyhow::anyhow!("HEALTH_ADDRESS: not an address:port: {e}"))?;
+    let cleanup_timeout = match var("CLEANUP_TIMEOUT_SECONDS") {
+        Some(v) => Duration::from_secs(v.parse().map_err(|_| {
+            anyhow::anyhow!("CLEANUP_TIMEOUT_SECONDS={v:?}: not a number of seconds")
+        })?),
+        None => realtime_operator::reconcile::DEFAULT_CLEANUP_TIMEOUT,
+    };
+    let settings = Settings {
+        default_image: var("REALTIME_SERVER_IMAGE"),
+        cleanup_timeout,
+    };
+    let identity = var("POD_NAME")
+        .or_else(|| var("HOSTNAME"))
+        .unwrap_or_else(|| format!("realtime-operator-{}", std::process::id()));
+    let lease = LeaseSettings::new(
+        &var("POD_NAMESPACE").unwrap_or_else(|| "default".into()),
+        &identity,
+    );
+    let client = kube::Client::try_default().await?;
+    realtime_operator::run::run(client, settings, lease, health).await
 }

@@ -4,6 +4,7 @@
 //! API server (etcd + kube-apiserver on loopback).
 
 pub mod k8s;
+pub mod operator;
 pub mod server;
 pub mod ws;
 

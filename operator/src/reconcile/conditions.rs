@@ -1,0 +1,92 @@
+//! Status conditions: building them so that `lastTransitionTime` only moves when
+//! a condition's status changes (a reconcile that finds nothing new writes
+//! nothing).
+
+use crate::crd::Condition;
+
+pub const DATABASE_READY: &str = "DatabaseReady";
+pub const PUBLICATION_READY: &str = "PublicationReady";
+pub const SLOTS_READY: &str = "SlotsReady";
+pub const AVAILABLE: &str = "Available";
+
+/// A wanted condition, before its transition time is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    pub type_: &'static str,
+    pub status: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+impl Wanted {
+    pub fn ok(type_: &'static str, reason: &str, message: impl Into<String>) -> Wanted {
+        Wanted {
+            type_,
+            status: true,
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+    pub fn not(type_: &'static str, reason: &str, message: impl Into<String>) -> Wanted {
+        Wanted {
+            type_,
+            status: false,
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The conditions to write: `wanted`, keeping each transition time from `old`
+/// when the status did not change; `now` (RFC 3339) otherwise.
+pub fn merge(
+    old: &[Condition],
+    wanted: &[Wanted],
+    generation: Option<i64>,
+    now: &str,
+) -> Vec<Condition> {
+    wanted
+        .iter()
+        .map(|w| {
+            let status = if w.status { "True" } else { "False" }.to_string();
+            let since = old
+                .iter()
+                .find(|c| c.type_ == w.type_ && c.status == status)
+                .map(|c| c.last_transition_time.clone())
+                .unwrap_or_else(|| now.to_string());
+            Condition {
+                type_: w.type_.into(),
+                status,
+                reason: w.reason.clone(),
+                message: w.message.clone(),
+                last_transition_time: since,
+                observed_generation: generation,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transition_time_moves_only_with_the_status() {
+        let w = [Wanted::ok(AVAILABLE, "Ready", "1/1")];
+        let first = merge(&[], &w, Some(1), "t1");
+        let again = merge(
+            &first,
+            &[Wanted::ok(AVAILABLE, "Ready", "2/2")],
+            Some(2),
+            "t2",
+        );
+        assert_eq!(again[0].last_transition_time, "t1");
+        let flipped = merge(
+            &again,
+            &[Wanted::not(AVAILABLE, "Down", "0/2")],
+            Some(2),
+            "t3",
+        );
+        assert_eq!(flipped[0].last_transition_time, "t3");
+    }
+}

@@ -1,0 +1,324 @@
+//! Step 3 of the pipeline, the database side: every SQL statement the operator
+//! runs lives in this module. Identifiers are always quoted with [`ident`];
+//! values go as parameters, or through [`literal`] where SQL wants a literal
+//! (`COMMENT`). Nothing here knows about Kubernetes.
+
+use std::time::Duration;
+
+use tokio_postgres::{Client, NoTls};
+
+use super::tls::MakeRustls;
+use super::validate::{PublicationTarget, QualifiedTable};
+
+/// How long a connection attempt may take before the database counts as unreachable.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Quotes an identifier: `my"table` -> `"my""table"`.
+pub fn ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Quotes a string literal (with `standard_conforming_strings`, on since 9.1).
+pub fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn table(t: &QualifiedTable) -> String {
+    format!("{}.{}", ident(&t.schema), ident(&t.table))
+}
+
+/// Where to connect.
+#[derive(Clone)]
+pub struct ConnParams {
+    pub host: String,
+    pub port: u16,
+    pub dbname: String,
+    pub user: String,
+    pub password: String,
+    pub ssl_mode: crate::crd::SslMode,
+}
+
+/// Connects (with TLS as `ssl_mode` says) and drives the connection on a task.
+pub async fn connect(p: &ConnParams) -> Result<Client, tokio_postgres::Error> {
+    use crate::crd::SslMode;
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(&p.host)
+        .port(p.port)
+        .dbname(&p.dbname)
+        .user(&p.user)
+        .password(&p.password)
+        .application_name("realtime-operator")
+        .connect_timeout(CONNECT_TIMEOUT);
+    let client = match p.ssl_mode {
+        SslMode::Disable => {
+            cfg.ssl_mode(tokio_postgres::config::SslMode::Disable);
+            spawn(cfg.connect(NoTls).await?)
+        }
+        SslMode::Require => {
+            cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
+            spawn(cfg.connect(MakeRustls::require()).await?)
+        }
+        SslMode::VerifyFull => {
+            cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
+            spawn(cfg.connect(MakeRustls::verify_full()).await?)
+        }
+    };
+    Ok(client)
+}
+
+fn spawn<C>((client, conn): (Client, C)) -> Client
+where
+    C: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "database connection ended");
+        }
+    });
+    client
+}
+
+/// `SHOW wal_level`.
+pub async fn wal_level(c: &Client) -> Result<String, tokio_postgres::Error> {
+    Ok(c.query_one("SHOW wal_level", &[]).await?.get(0))
+}
+
+/// `max_slot_wal_keep_size` (PostgreSQL 13+): `None` when unlimited (`-1`) or unknown.
+pub async fn max_slot_wal_keep_size(c: &Client) -> Result<Option<String>, tokio_postgres::Error> {
+    let row = c
+        .query_opt(
+            "SELECT setting FROM pg_settings WHERE name = 'max_slot_wal_keep_size'",
+            &[],
+        )
+        .await?;
+    Ok(row.map(|r| r.get::<_, String>(0)).filter(|s| s != "-1"))
+}
+
+/// A publication as it is in the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publication {
+    pub all_tables: bool,
+    /// Its comment: the ownership mark when the operator manages it.
+    pub comment: Option<String>,
+    /// Sorted.
+    pub tables: Vec<QualifiedTable>,
+}
+
+impl Publication {
+    pub fn target(&self) -> PublicationTarget {
+        if self.all_tables {
+            PublicationTarget::AllTables
+        } else {
+            PublicationTarget::Tables(self.tables.clone())
+        }
+    }
+}
+
+pub async fn publication(
+    c: &Client,
+    name: &str,
+) -> Result<Option<Publication>, tokio_postgres::Error> {
+    let Some(row) = c
+        .query_opt(
+            "SELECT puballtables, obj_description(oid, 'pg_publication') \
+             FROM pg_publication WHERE pubname = $1",
+            &[&name],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let rows = c
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_publication_tables \
+             WHERE pubname = $1 ORDER BY 1, 2",
+            &[&name],
+        )
+        .await?;
+    Ok(Some(Publication {
+        all_tables: row.get(0),
+        comment: row.get(1),
+        tables: rows
+            .iter()
+            .map(|r| QualifiedTable {
+                schema: r.get(0),
+                table: r.get(1),
+            })
+            .collect(),
+    }))
+}
+
+fn target_sql(target: &PublicationTarget) -> String {
+    match target {
+        PublicationTarget::AllTables => "FOR ALL TABLES".into(),
+        PublicationTarget::Tables(ts) => format!(
+            "FOR TABLE {}",
+            ts.iter().map(table).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+/// `CREATE PUBLICATION` with the ownership `mark` as its comment, in one transaction.
+pub async fn create_publication(
+    c: &mut Client,
+    name: &str,
+    target: &PublicationTarget,
+    mark: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let tx = c.transaction().await?;
+    tx.batch_execute(&format!(
+        "CREATE PUBLICATION {} {}; COMMENT ON PUBLICATION {} IS {}",
+        ident(name),
+        target_sql(target),
+        ident(name),
+        literal(mark)
+    ))
+    .await?;
+    tx.commit().await
+}
+
+/// Makes the publication publish `target`: `ALTER PUBLICATION ... SET TABLE`, or,
+/// when switching to or from all tables (which ALTER cannot), drop and create
+/// again in one transaction.
+pub async fn set_publication_target(
+    c: &mut Client,
+    name: &str,
+    current: &PublicationTarget,
+    target: &PublicationTarget,
+    mark: &str,
+) -> Result<(), tokio_postgres::Error> {
+    match (current, target) {
+        (PublicationTarget::Tables(_), PublicationTarget::Tables(_)) => {
+            c.batch_execute(&format!(
+                "ALTER PUBLICATION {} SET TABLE {}",
+                ident(name),
+                target_sql(target).trim_start_matches("FOR TABLE ")
+            ))
+            .await
+        }
+        _ => {
+            let tx = c.transaction().await?;
+            tx.batch_execute(&format!(
+                "DROP PUBLICATION {n}; CREATE PUBLICATION {n} {t}; COMMENT ON PUBLICATION {n} IS {m}",
+                n = ident(name),
+                t = target_sql(target),
+                m = literal(mark)
+            ))
+            .await?;
+            tx.commit().await
+        }
+    }
+}
+
+/// Records that the operator manages the publication (adoption).
+pub async fn mark_publication(
+    c: &Client,
+    name: &str,
+    mark: &str,
+) -> Result<(), tokio_postgres::Error> {
+    c.batch_execute(&format!(
+        "COMMENT ON PUBLICATION {} IS {}",
+        ident(name),
+        literal(mark)
+    ))
+    .await
+}
+
+pub async fn drop_publication(c: &Client, name: &str) -> Result<(), tokio_postgres::Error> {
+    c.batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", ident(name)))
+        .await
+}
+
+/// The table's replica identity (`d`efault, `n`othing, `f`ull, `i`ndex), `None`
+/// when the table does not exist.
+pub async fn replica_identity(
+    c: &Client,
+    t: &QualifiedTable,
+) -> Result<Option<char>, tokio_postgres::Error> {
+    let row = c
+        .query_opt(
+            "SELECT c.relreplident::text FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+            &[&t.schema, &t.table],
+        )
+        .await?;
+    Ok(row.and_then(|r| r.get::<_, String>(0).chars().next()))
+}
+
+pub async fn set_replica_identity_full(
+    c: &Client,
+    t: &QualifiedTable,
+) -> Result<(), tokio_postgres::Error> {
+    c.batch_execute(&format!("ALTER TABLE {} REPLICA IDENTITY FULL", table(t)))
+        .await
+}
+
+/// A logical replication slot as `pg_replication_slots` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    pub name: String,
+    pub active: bool,
+    pub active_pid: Option<i32>,
+    pub retained_wal_bytes: Option<i64>,
+    pub confirmed_flush_lsn: Option<String>,
+}
+
+/// Every logical slot, sorted by name.
+pub async fn slots(c: &Client) -> Result<Vec<Slot>, tokio_postgres::Error> {
+    let rows = c
+        .query(
+            "SELECT slot_name::text, active, active_pid, \
+             pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, \
+             confirmed_flush_lsn::text \
+             FROM pg_replication_slots WHERE slot_type = 'logical' ORDER BY 1",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Slot {
+            name: r.get(0),
+            active: r.get(1),
+            active_pid: r.get(2),
+            retained_wal_bytes: r.get(3),
+            confirmed_flush_lsn: r.get(4),
+        })
+        .collect())
+}
+
+/// A durable `pgoutput` slot.
+pub async fn create_slot(c: &Client, name: &str) -> Result<(), tokio_postgres::Error> {
+    c.execute(
+        "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+        &[&name],
+    )
+    .await
+    .map(drop)
+}
+
+pub async fn drop_slot(c: &Client, name: &str) -> Result<(), tokio_postgres::Error> {
+    c.execute("SELECT pg_drop_replication_slot($1)", &[&name])
+        .await
+        .map(drop)
+}
+
+/// Ends the walsender streaming from a slot (on deletion, so the slot can go).
+pub async fn terminate_backend(c: &Client, pid: i32) -> Result<(), tokio_postgres::Error> {
+    c.execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_and_literals_are_quoted() {
+        assert_eq!(ident(r#"my"pub"#), r#""my""pub""#);
+        assert_eq!(literal("it's"), "'it''s'");
+        let t = QualifiedTable::parse("Odd Schema.t\"x").unwrap();
+        assert_eq!(table(&t), r#""Odd Schema"."t""x""#);
+    }
+}

@@ -1,0 +1,244 @@
+//! The reconcile of one `RealtimeServer`, as a pipeline of small steps:
+//! read the referenced Secrets -> [`validate`] (pure) -> prepare the
+//! [`database`] (publication, replica identity, slots) -> [`build`] the children
+//! (pure) -> [`apply`] them (server-side apply) -> write the status. The
+//! [`finalizer`](kube::runtime::finalizer) wraps it: [`cleanup`] drops what this
+//! resource created in the database.
+
+pub mod apply;
+pub mod build;
+pub mod cleanup;
+pub mod conditions;
+pub mod database;
+pub mod secrets;
+pub mod steps;
+pub mod tls;
+pub mod validate;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{finalizer, Event as Finalizer};
+use kube::{Api, Client, Resource, ResourceExt};
+
+use crate::crd::{RealtimeServer, FINALIZER};
+use crate::metrics::Metrics;
+
+/// The one field manager of everything the operator writes.
+pub const FIELD_MANAGER: &str = "realtime-operator";
+/// First retry delay after a failed reconcile; doubles up to [`MAX_BACKOFF`].
+pub const MIN_BACKOFF: Duration = Duration::from_secs(2);
+/// Longest retry delay after failed reconciles.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// Longest retry delay while deletion waits for the database or for slots in use.
+pub const WAITING_RETRY: Duration = Duration::from_secs(5);
+/// A healthy resource is looked at again after this long, to refresh slot health.
+pub const RESYNC: Duration = Duration::from_secs(300);
+/// How long deletion waits for an unreachable database before giving up on
+/// dropping the slots (and saying so in a Warning Event).
+pub const DEFAULT_CLEANUP_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The operator's own configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The server image used when a spec names none (`REALTIME_SERVER_IMAGE`).
+    pub default_image: Option<String>,
+    pub cleanup_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            default_image: None,
+            cleanup_timeout: DEFAULT_CLEANUP_TIMEOUT,
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub settings: Settings,
+    pub metrics: Arc<Metrics>,
+    /// Whether the cluster serves `policy/v1` (asked once).
+    pdb_v1: tokio::sync::OnceCell<bool>,
+    /// Consecutive failures per resource, for the backoff.
+    failures: Mutex<HashMap<String, u32>>,
+    /// Resources already told (by an Event) that their PDB is skipped.
+    pdb_skip_told: Mutex<HashSet<String>>,
+}
+
+impl Context {
+    pub fn new(client: Client, settings: Settings, metrics: Arc<Metrics>) -> Context {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            settings,
+            metrics,
+            pdb_v1: tokio::sync::OnceCell::new(),
+            failures: Mutex::new(HashMap::new()),
+            pdb_skip_told: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Publishes an Event about `obj`; a failure to publish is only logged.
+    pub async fn event(
+        &self,
+        obj: &RealtimeServer,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        tracing::info!(resource = %key(obj), reason, "{note}");
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "publishing an Event failed");
+        }
+    }
+
+    /// Whether the cluster serves PodDisruptionBudgets in `policy/v1`.
+    pub async fn serves_pdb_v1(&self) -> bool {
+        *self
+            .pdb_v1
+            .get_or_init(|| async {
+                match self.client.list_api_group_resources("policy/v1").await {
+                    Ok(list) => list
+                        .resources
+                        .iter()
+                        .any(|r| r.name == "poddisruptionbudgets"),
+                    Err(_) => false,
+                }
+            })
+            .await
+    }
+
+    /// True the first time it is asked for `obj` (per operator process).
+    pub fn first_pdb_skip(&self, obj: &RealtimeServer) -> bool {
+        self.pdb_skip_told.lock().expect("lock").insert(key(obj))
+    }
+}
+
+/// `namespace/name`.
+pub fn key(obj: &RealtimeServer) -> String {
+    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+/// Everything that can fail a reconcile. Each variant is a reason label in metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API request failed: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("database: {what}: {source}")]
+    Database {
+        what: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("waiting: {0}")]
+    Waiting(String),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    pub fn db(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Error {
+        let what = what.into();
+        move |source| Error::Database { what, source }
+    }
+
+    /// The metrics label of this failure.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kubernetes",
+            Error::Database { .. } => "database",
+            Error::Waiting(_) => "waiting",
+            Error::Finalizer(e) => match e.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.reason(),
+                _ => "finalizer",
+            },
+        }
+    }
+}
+
+/// The controller's reconcile: the finalizer around [`steps::apply`] and
+/// [`cleanup::cleanup`].
+pub async fn reconcile(obj: Arc<RealtimeServer>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let ns = obj.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<RealtimeServer> = Api::namespaced(ctx.client.clone(), &ns);
+    let k = key(&obj);
+    let result = finalizer(&api, FINALIZER, obj, |event| async {
+        match event {
+            Finalizer::Apply(obj) => steps::apply(obj, ctx.clone()).await,
+            Finalizer::Cleanup(obj) => cleanup::cleanup(obj, ctx.clone()).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics.reconciled(started.elapsed());
+    if result.is_ok() {
+        ctx.failures.lock().expect("lock").remove(&k);
+    }
+    result
+}
+
+/// Failed reconciles retry with exponential backoff per resource.
+pub fn error_policy(obj: Arc<RealtimeServer>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.failed(err.reason());
+    let n = {
+        let mut f = ctx.failures.lock().expect("lock");
+        let n = f.entry(key(&obj)).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    // Waiting (slots in use, a database gone during deletion) is bounded by
+    // its own deadline: look again soon rather than backing off for minutes.
+    let delay = match err {
+        Error::Finalizer(e)
+            if matches!(
+                e.as_ref(),
+                kube::runtime::finalizer::Error::CleanupFailed(Error::Waiting(_))
+            ) =>
+        {
+            backoff(n).min(WAITING_RETRY)
+        }
+        _ => backoff(n),
+    };
+    tracing::warn!(resource = %key(&obj), error = %err, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// The delay after `n` consecutive failures.
+pub fn backoff(n: u32) -> Duration {
+    MIN_BACKOFF
+        .saturating_mul(1u32 << n.saturating_sub(1).min(16))
+        .min(MAX_BACKOFF)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        assert_eq!(backoff(1), Duration::from_secs(2));
+        assert_eq!(backoff(2), Duration::from_secs(4));
+        assert_eq!(backoff(30), MAX_BACKOFF);
+    }
+}

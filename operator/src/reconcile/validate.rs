@@ -1,0 +1,272 @@
+//! Step 2 of the pipeline: checks a spec without any I/O and turns it into the
+//! [`Validated`] values the later steps use (resolved defaults, parsed table
+//! names, derived database names). Every problem is reported at once, each in a
+//! sentence that names the field and says what is expected.
+
+use crate::crd::RealtimeServerSpec;
+use crate::names;
+
+/// The largest replica count: slot names leave room for five ordinal digits.
+pub const MAX_REPLICAS: i32 = 99_999;
+const SERVICE_TYPES: &[&str] = &["ClusterIP", "NodePort", "LoadBalancer"];
+const PULL_POLICIES: &[&str] = &["Always", "IfNotPresent", "Never"];
+
+/// A table as `schema.table`, unquoted; SQL quotes it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct QualifiedTable {
+    pub schema: String,
+    pub table: String,
+}
+
+impl std::fmt::Display for QualifiedTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.schema, self.table)
+    }
+}
+
+impl QualifiedTable {
+    /// `schema.table`, or `table` in schema `public`.
+    pub fn parse(s: &str) -> Result<QualifiedTable, String> {
+        let (schema, table) = match s.split_once('.') {
+            Some((schema, table)) => (schema, table),
+            None => ("public", s),
+        };
+        for part in [schema, table] {
+            if part.is_empty() || part.len() > names::MAX_IDENTIFIER || part.contains('\0') {
+                return Err(format!(
+                    "{s:?} is not a table name: expected schema.table, each part 1 to 63 bytes"
+                ));
+            }
+        }
+        Ok(QualifiedTable {
+            schema: schema.into(),
+            table: table.into(),
+        })
+    }
+}
+
+/// What the publication should publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublicationTarget {
+    AllTables,
+    /// Sorted and without duplicates.
+    Tables(Vec<QualifiedTable>),
+}
+
+/// A spec that passed validation, with every default resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Validated {
+    pub publication: String,
+    pub target: PublicationTarget,
+    /// Sorted and without duplicates.
+    pub replica_identity_full: Vec<QualifiedTable>,
+    pub slot_prefix: String,
+    pub replicas: i32,
+    pub image: String,
+}
+
+/// Checks `spec` of the resource `namespace/name`; `default_image` is the
+/// operator's configured server image.
+pub fn validate(
+    namespace: &str,
+    name: &str,
+    spec: &RealtimeServerSpec,
+    default_image: Option<&str>,
+) -> Result<Validated, Vec<String>> {
+    let mut errors = Vec::new();
+
+    if !(0..=MAX_REPLICAS).contains(&spec.replicas) {
+        errors.push(format!(
+            "spec.replicas={}: expected 0 to {MAX_REPLICAS}",
+            spec.replicas
+        ));
+    }
+    if spec.database.host.trim().is_empty() {
+        errors.push("spec.database.host is empty: set the PostgreSQL host name".into());
+    }
+    if spec.database.port == 0 {
+        errors.push("spec.database.port=0: expected a port number 1 to 65535".into());
+    }
+    if spec.database.name.is_empty() || spec.database.user.is_empty() {
+        errors.push("spec.database.name and spec.database.user must not be empty".into());
+    }
+    let pw = &spec.database.password_secret_ref;
+    if pw.name.is_empty() || pw.key.is_empty() {
+        errors.push(
+            "spec.database.passwordSecretRef needs both name and key (a Secret in this namespace)"
+                .into(),
+        );
+    }
+
+    let publication = spec
+        .publication
+        .name
+        .clone()
+        .unwrap_or_else(|| names::default_publication(namespace, name));
+    if publication.is_empty()
+        || publication.len() > names::MAX_IDENTIFIER
+        || publication.contains('\0')
+    {
+        errors.push(format!(
+            "spec.publication.name={publication:?}: expected 1 to 63 bytes"
+        ));
+    }
+
+    let mut tables = Vec::new();
+    for t in &spec.publication.tables {
+        match QualifiedTable::parse(t) {
+            Ok(q) => tables.push(q),
+            Err(e) => errors.push(format!("spec.publication.tables: {e}")),
+        }
+    }
+    tables.sort();
+    tables.dedup();
+    let target = match (
+        spec.publication.all_tables,
+        spec.publication.tables.is_empty(),
+    ) {
+        (true, true) => PublicationTarget::AllTables,
+        (true, false) => {
+            errors.push("spec.publication: set either allTables or tables, not both".into());
+            PublicationTarget::AllTables
+        }
+        (false, true) => {
+            errors.push(
+                "spec.publication.tables is empty: list the tables to stream as schema.table, \
+                 or set allTables: true"
+                    .into(),
+            );
+            PublicationTarget::Tables(Vec::new())
+        }
+        (false, false) => PublicationTarget::Tables(tables),
+    };
+
+    let mut replica_identity_full = Vec::new();
+    for t in &spec.publication.replica_identity_full {
+        match QualifiedTable::parse(t) {
+            Ok(q) => replica_identity_full.push(q),
+            Err(e) => errors.push(format!("spec.publication.replicaIdentityFull: {e}")),
+        }
+    }
+    replica_identity_full.sort();
+    replica_identity_full.dedup();
+
+    if spec.auth.secure_channels && spec.auth.jwt_secret_ref.is_none() {
+        errors.push(
+            "spec.auth.secureChannels is true but spec.auth.jwtSecretRef is not set: name the \
+             Secret key holding the JWT secret, or set secureChannels: false"
+                .into(),
+        );
+    }
+    if !SERVICE_TYPES.contains(&spec.service.type_.as_str()) {
+        errors.push(format!(
+            "spec.service.type={:?}: expected one of {SERVICE_TYPES:?}",
+            spec.service.type_
+        ));
+    }
+    if !(1..=65535).contains(&spec.service.port) {
+        errors.push(format!(
+            "spec.service.port={}: expected 1 to 65535",
+            spec.service.port
+        ));
+    }
+    if let Some(p) = &spec.image_pull_policy {
+        if !PULL_POLICIES.contains(&p.as_str()) {
+            errors.push(format!(
+                "spec.imagePullPolicy={p:?}: expected one of {PULL_POLICIES:?}"
+            ));
+        }
+    }
+    let image = spec
+        .image
+        .clone()
+        .or_else(|| default_image.map(str::to_owned))
+        .unwrap_or_default();
+    if image.is_empty() {
+        errors.push(
+            "spec.image is not set and the operator has no default image (REALTIME_SERVER_IMAGE)"
+                .into(),
+        );
+    }
+
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Validated {
+        publication,
+        target,
+        replica_identity_full,
+        slot_prefix: names::slot_prefix(namespace, name),
+        replicas: spec.replicas,
+        image,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::crd::*;
+
+    pub(crate) fn spec() -> RealtimeServerSpec {
+        serde_json::from_value(serde_json::json!({
+            "database": {
+                "host": "db.example",
+                "passwordSecretRef": {"name": "db", "key": "password"}
+            },
+            "publication": {"tables": ["public.messages", "rooms"]},
+            "auth": {"secureChannels": false},
+            "image": "realtime-server:test",
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn defaults_are_resolved() {
+        let v = validate("default", "chat", &spec(), None).unwrap();
+        assert_eq!(v.publication, "realtime_default_chat");
+        assert_eq!(v.slot_prefix, "rts_default_chat");
+        assert_eq!(v.replicas, 1);
+        assert_eq!(
+            v.target,
+            PublicationTarget::Tables(vec![
+                QualifiedTable::parse("public.messages").unwrap(),
+                QualifiedTable::parse("public.rooms").unwrap(),
+            ])
+        );
+    }
+
+    #[test]
+    fn no_tables_and_not_all_tables_is_rejected() {
+        let mut s = spec();
+        s.publication.tables.clear();
+        let e = validate("default", "chat", &s, None).unwrap_err();
+        assert!(e[0].contains("allTables"), "{e:?}");
+    }
+
+    #[test]
+    fn secure_channels_need_a_jwt_secret() {
+        let mut s = spec();
+        s.auth.secure_channels = true;
+        let e = validate("default", "chat", &s, None).unwrap_err();
+        assert!(e.iter().any(|m| m.contains("jwtSecretRef")), "{e:?}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let mut s = spec();
+        s.replicas = -1;
+        s.service.type_ = "Headless".into();
+        s.image = None;
+        s.publication.tables = vec!["a.".into()];
+        let e = validate("default", "chat", &s, None).unwrap_err();
+        assert_eq!(e.len(), 4, "{e:?}");
+    }
+
+    #[test]
+    fn the_operator_default_image_is_used() {
+        let mut s = spec();
+        s.image = None;
+        let v = validate("default", "chat", &s, Some("img:1")).unwrap();
+        assert_eq!(v.image, "img:1");
+    }
+}

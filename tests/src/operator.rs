@@ -1,0 +1,316 @@
+//! Helpers for the operator's tests: a real API server with the CRD installed, a
+//! real PostgreSQL, the operator's controller running in-process as a task, and
+//! waits on what a user would look at (conditions, slots, objects).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{EnvVar, Secret};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::ByteString;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{conditions, wait::await_condition};
+use kube::{Api, Client, CustomResourceExt};
+use realtime_operator::crd::{Condition, RealtimeServer};
+use realtime_operator::metrics::Metrics;
+use realtime_operator::reconcile::{Context, Settings};
+use serde_json::Value;
+
+use crate::k8s::KubeApiServer;
+use crate::TempPostgres;
+
+/// The namespace the tests use.
+pub const NS: &str = "default";
+/// The image the tests' operator defaults to (nothing pulls it: no kubelet).
+pub const IMAGE: &str = "realtime-server:test";
+
+/// Installs the CRD and waits until it is established.
+pub async fn install_crd(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = RealtimeServer::crd();
+    let name = crd.metadata.name.clone().unwrap();
+    crds.patch(
+        &name,
+        &PatchParams::apply("realtime-test").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("apply the CRD");
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        await_condition(crds, &name, conditions::is_crd_established()),
+    )
+    .await
+    .expect("CRD established in time")
+    .expect("watch the CRD");
+}
+
+/// Polls `f` until it gives `Some`, or panics naming `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A real API server and PostgreSQL, the CRD installed, and a Secret `db`
+/// holding the (unused with trust auth) password under `password`.
+pub struct OperatorEnv {
+    pub k8s: KubeApiServer,
+    pub pg: TempPostgres,
+    pub client: Client,
+    pub db: tokio_postgres::Client,
+    controller: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    )>,
+}
+
+impl OperatorEnv {
+    pub async fn start() -> OperatorEnv {
+        let pg = tokio::task::spawn_blocking(TempPostgres::start)
+            .await
+            .unwrap()
+            .expect("start PostgreSQL");
+        let k8s = KubeApiServer::start().await.expect("start the API server");
+        let client = k8s.client();
+        install_crd(&client).await;
+        let db = pg.connect().await.expect("connect to PostgreSQL");
+        let env = OperatorEnv {
+            k8s,
+            pg,
+            client,
+            db,
+            controller: None,
+        };
+        env.put_secret("db", "password", "unused-with-trust-auth")
+            .await;
+        env
+    }
+
+    /// The operator's settings in the tests: a short cleanup timeout.
+    pub fn settings() -> Settings {
+        Settings {
+            default_image: Some(IMAGE.into()),
+            cleanup_timeout: Duration::from_secs(8),
+        }
+    }
+
+    /// A reconcile context, for driving `reconcile` by hand.
+    pub fn context(&self) -> Arc<Context> {
+        Arc::new(Context::new(
+            self.client.clone(),
+            Self::settings(),
+            Arc::new(Metrics::default()),
+        ))
+    }
+
+    /// Starts the controller as a task (stopped on drop).
+    pub fn run_controller(&mut self) {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(realtime_operator::run::controller(
+            self.client.clone(),
+            Self::settings(),
+            Arc::new(Metrics::default()),
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        self.controller = Some((tx, task));
+    }
+
+    pub async fn put_secret(&self, name: &str, key: &str, value: &str) {
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), NS);
+        let s = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            data: Some(BTreeMap::from([(
+                key.to_string(),
+                ByteString(value.as_bytes().to_vec()),
+            )])),
+            ..Default::default()
+        };
+        secrets
+            .patch(
+                name,
+                &PatchParams::apply("realtime-test").force(),
+                &Patch::Apply(&s),
+            )
+            .await
+            .expect("apply the Secret");
+    }
+
+    pub fn api(&self) -> Api<RealtimeServer> {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    /// Creates a RealtimeServer from a JSON spec.
+    pub async fn create(&self, name: &str, spec: Value) -> RealtimeServer {
+        let obj: RealtimeServer = serde_json::from_value(serde_json::json!({
+            "apiVersion": "realtime.dev/v1alpha1",
+            "kind": "RealtimeServer",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": spec,
+        }))
+        .expect("a valid RealtimeServer");
+        self.api()
+            .create(&PostParams::default(), &obj)
+            .await
+            .expect("create the RealtimeServer")
+    }
+
+    /// Merges `patch` into the spec.
+    pub async fn patch_spec(&self, name: &str, patch: Value) {
+        self.api()
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({ "spec": patch })),
+            )
+            .await
+            .expect("patch the spec");
+    }
+
+    pub async fn condition(&self, name: &str, type_: &str) -> Option<Condition> {
+        let obj = self.api().get_opt(name).await.ok()??;
+        obj.status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == type_)
+    }
+
+    /// Waits until condition `type_` has `status` and `reason`; returns it.
+    pub async fn wait_condition(
+        &self,
+        name: &str,
+        type_: &str,
+        status: &str,
+        reason: &str,
+    ) -> Condition {
+        let mut last = None;
+        let what = format!("{name}: {type_}={status} ({reason})");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let c = self.condition(name, type_).await;
+            if let Some(c) = &c {
+                if c.status == status && c.reason == reason {
+                    return c.clone();
+                }
+            }
+            last = c.or(last);
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; last seen: {last:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Logical slot names in PostgreSQL, sorted.
+    pub async fn slots(&self) -> Vec<String> {
+        self.db
+            .query(
+                "SELECT slot_name::text FROM pg_replication_slots WHERE plugin = 'pgoutput' ORDER BY 1",
+                &[],
+            )
+            .await
+            .expect("list slots")
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
+    /// The tables of a publication as `schema.table`, sorted; `None` if it does not exist.
+    pub async fn publication_tables(&self, name: &str) -> Option<Vec<String>> {
+        let exists = self
+            .db
+            .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
+            .await
+            .expect("read pg_publication")
+            .is_some();
+        if !exists {
+            return None;
+        }
+        Some(
+            self.db
+                .query(
+                    "SELECT schemaname || '.' || tablename FROM pg_publication_tables \
+                     WHERE pubname = $1 ORDER BY 1",
+                    &[&name],
+                )
+                .await
+                .expect("read pg_publication_tables")
+                .iter()
+                .map(|r| r.get(0))
+                .collect(),
+        )
+    }
+
+    /// Reasons of the Events about `name`.
+    pub async fn event_reasons(&self, name: &str) -> Vec<(String, String)> {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), NS);
+        events
+            .list(&ListParams::default())
+            .await
+            .expect("list events")
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect()
+    }
+}
+
+impl Drop for OperatorEnv {
+    fn drop(&mut self) {
+        if let Some((tx, task)) = self.controller.take() {
+            let _ = tx.send(());
+            task.abort();
+        }
+    }
+}
+
+/// Resolves an env list as the kubelet would: `value`, `secretKeyRef` from
+/// `secrets` (`name` -> key -> value), `fieldRef metadata.name` from `pod_name`.
+pub fn resolve_env(
+    env: &[EnvVar],
+    secrets: &BTreeMap<String, BTreeMap<String, String>>,
+    pod_name: &str,
+) -> BTreeMap<String, String> {
+    env.iter()
+        .map(|e| {
+            let value = if let Some(v) = &e.value {
+                v.clone()
+            } else {
+                let from = e.value_from.as_ref().expect("value or valueFrom");
+                if let Some(s) = &from.secret_key_ref {
+                    secrets
+                        .get(&s.name)
+                        .and_then(|m| m.get(&s.key))
+                        .unwrap_or_else(|| panic!("secret {}/{} for {}", s.name, s.key, e.name))
+                        .clone()
+                } else if let Some(f) = &from.field_ref {
+                    assert_eq!(f.field_path, "metadata.name", "{}", e.name);
+                    pod_name.to_string()
+                } else {
+                    panic!("unsupported valueFrom for {}", e.name)
+                }
+            };
+            (e.name.clone(), value)
+        })
+        .collect()
+}

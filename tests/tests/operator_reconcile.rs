@@ -1,0 +1,471 @@
+//! The operator's reconcile against a real API server (v1.20, no kubelet) and a
+//! real PostgreSQL: what a user sees in the database, in the cluster and in the
+//! resource's status after declaring, changing and deleting a RealtimeServer.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::DeleteParams;
+use kube::Api;
+use realtime_tests::operator::{wait_for, OperatorEnv, NS};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn spec(tables: &[&str]) -> serde_json::Value {
+    json!({
+        "database": {
+            "host": "127.0.0.1",
+            "port": 0,
+            "passwordSecretRef": {"name": "db", "key": "password"},
+        },
+        "publication": {"tables": tables},
+        "auth": {"secureChannels": false},
+    })
+}
+
+async fn env_with_tables() -> OperatorEnv {
+    let env = OperatorEnv::start().await;
+    env.db
+        .batch_execute(
+            "CREATE TABLE messages (id bigint PRIMARY KEY, body text);
+             CREATE TABLE rooms (id bigint PRIMARY KEY, name text);",
+        )
+        .await
+        .expect("create tables");
+    env
+}
+
+fn with_port(mut spec: serde_json::Value, env: &OperatorEnv) -> serde_json::Value {
+    spec["database"]["port"] = json!(env.pg.port());
+    spec
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_realtimeserver_is_rolled_out_followed_scaled_and_cleaned_up() {
+    let mut env = env_with_tables().await;
+    env.run_controller();
+    let mut s = with_port(spec(&["public.messages", "rooms"]), &env);
+    s["replicas"] = json!(2);
+    s["reclaimPolicy"] = json!("Delete");
+    s["publication"]["replicaIdentityFull"] = json!(["public.messages"]);
+    env.create("chat", s).await;
+
+    for t in ["DatabaseReady", "PublicationReady", "SlotsReady"] {
+        env.wait_condition(
+            "chat",
+            t,
+            "True",
+            match t {
+                "DatabaseReady" => "Connected",
+                _ => "Ready",
+            },
+        )
+        .await;
+    }
+    // No kubelet: no pod is ever ready, and the condition says so.
+    let available = env
+        .wait_condition("chat", "Available", "False", "ReplicasNotReady")
+        .await;
+    assert!(available.message.contains("0/2"), "{available:?}");
+
+    // The database.
+    assert_eq!(
+        env.publication_tables("realtime_default_chat").await,
+        Some(vec![
+            "public.messages".to_string(),
+            "public.rooms".to_string()
+        ])
+    );
+    let ident: String = env
+        .db
+        .query_one(
+            "SELECT relreplident::text FROM pg_class WHERE oid = 'public.messages'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ident, "f", "messages is REPLICA IDENTITY FULL");
+    assert_eq!(
+        env.slots().await,
+        vec!["rts_default_chat_0", "rts_default_chat_1"]
+    );
+
+    // The cluster.
+    let sts: Api<StatefulSet> = Api::namespaced(env.client.clone(), NS);
+    let sts = sts.get("chat").await.expect("the StatefulSet exists");
+    assert_eq!(sts.spec.as_ref().unwrap().replicas, Some(2));
+    let owner = &sts.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("RealtimeServer", "chat")
+    );
+    let svc: Api<Service> = Api::namespaced(env.client.clone(), NS);
+    let svc = svc.get("chat").await.expect("the Service exists");
+    assert_eq!(svc.spec.unwrap().ports.unwrap()[0].port, 4000);
+
+    // The status.
+    let obj = env.api().get("chat").await.unwrap();
+    let status = obj.status.unwrap();
+    assert_eq!(status.observed_generation, obj.metadata.generation);
+    assert_eq!(status.publication.as_deref(), Some("realtime_default_chat"));
+    assert!(status.publication_owned);
+    assert_eq!(
+        status
+            .slots
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>(),
+        vec!["rts_default_chat_0", "rts_default_chat_1"]
+    );
+    assert!(status
+        .slots
+        .iter()
+        .all(|s| !s.active && s.confirmed_flush_lsn.is_some()));
+    assert_eq!(
+        status.endpoint.as_deref(),
+        Some("ws://chat.default.svc:4000/socket/websocket")
+    );
+
+    // v1.20 has no policy/v1: the PDB is skipped, with an Event saying why.
+    let events = wait_for("the PDB Event", WAIT, || async {
+        let ev = env.event_reasons("chat").await;
+        ev.iter()
+            .any(|(r, _)| r == "PodDisruptionBudgetSkipped")
+            .then_some(ev)
+    })
+    .await;
+    assert!(
+        events.iter().any(|(r, _)| r == "PublicationCreated"),
+        "{events:?}"
+    );
+    assert!(events.iter().any(|(r, _)| r == "SlotCreated"), "{events:?}");
+    // The test cluster keeps WAL for slots without limit: the user is warned.
+    assert!(
+        events.iter().any(|(r, _)| r == "UnlimitedWalRetention"),
+        "{events:?}"
+    );
+
+    // The table list changes: the publication follows.
+    env.patch_spec("chat", json!({"publication": {"tables": ["public.rooms"]}}))
+        .await;
+    wait_for("the publication to follow the spec", WAIT, || async {
+        (env.publication_tables("realtime_default_chat").await
+            == Some(vec!["public.rooms".to_string()]))
+        .then_some(())
+    })
+    .await;
+
+    // Scale 2 -> 1: the slot of replica 1 is dropped (its pod never existed here).
+    env.patch_spec("chat", json!({"replicas": 1})).await;
+    wait_for("slot 1 to be dropped", WAIT, || async {
+        (env.slots().await == vec!["rts_default_chat_0"]).then_some(())
+    })
+    .await;
+    wait_for("the StatefulSet to scale", WAIT, || async {
+        let sts: Api<StatefulSet> = Api::namespaced(env.client.clone(), NS);
+        (sts.get("chat").await.ok()?.spec?.replicas == Some(1)).then_some(())
+    })
+    .await;
+
+    // Delete: slots and (reclaimPolicy Delete) the publication go, the finalizer is released.
+    env.api()
+        .delete("chat", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_for("the resource to be gone", WAIT, || async {
+        env.api()
+            .get_opt("chat")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(
+        env.slots().await.is_empty(),
+        "slots left: {:?}",
+        env.slots().await
+    );
+    assert_eq!(env.publication_tables("realtime_default_chat").await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn problems_are_reported_in_conditions_a_person_can_act_on() {
+    let mut env = env_with_tables().await;
+    // A user with a password, and password authentication for it.
+    env.db
+        .batch_execute("CREATE ROLE app LOGIN REPLICATION PASSWORD 'right'")
+        .await
+        .unwrap();
+    let hba = env.pg.data_dir().join("pg_hba.conf");
+    let old = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!("host all app 127.0.0.1/32 scram-sha-256\n{old}"),
+    )
+    .unwrap();
+    env.db
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+    env.put_secret("wrong", "password", "not-the-password")
+        .await;
+    env.run_controller();
+
+    // A Secret that does not exist.
+    let mut s = with_port(spec(&["public.messages"]), &env);
+    s["database"]["passwordSecretRef"]["name"] = json!("missing");
+    env.create("nosecret", s).await;
+    // A wrong password.
+    let mut s = with_port(spec(&["public.messages"]), &env);
+    s["database"]["user"] = json!("app");
+    s["database"]["passwordSecretRef"]["name"] = json!("wrong");
+    env.create("badpass", s).await;
+    // An invalid spec: no tables.
+    env.create("invalid", with_port(spec(&[]), &env)).await;
+    // A table that does not exist.
+    env.create("notable", with_port(spec(&["public.nope"]), &env))
+        .await;
+
+    let c = env
+        .wait_condition("nosecret", "DatabaseReady", "False", "SecretNotFound")
+        .await;
+    assert!(c.message.contains("default/missing"), "{c:?}");
+    let c = env
+        .wait_condition("badpass", "DatabaseReady", "False", "AuthenticationFailed")
+        .await;
+    assert!(c.message.contains("password"), "{c:?}");
+    let c = env
+        .wait_condition("invalid", "DatabaseReady", "False", "InvalidSpec")
+        .await;
+    assert!(c.message.contains("allTables"), "{c:?}");
+    let a = env.condition("invalid", "Available").await.unwrap();
+    assert_eq!(
+        (a.status.as_str(), a.reason.as_str()),
+        ("False", "InvalidSpec")
+    );
+    let c = env
+        .wait_condition("notable", "PublicationReady", "False", "PublicationError")
+        .await;
+    assert!(
+        c.message.contains("public.nope") || c.message.contains("nope"),
+        "{c:?}"
+    );
+    wait_for("the InvalidSpec Event", WAIT, || async {
+        env.event_reasons("invalid")
+            .await
+            .iter()
+            .any(|(r, _)| r == "InvalidSpec")
+            .then_some(())
+    })
+    .await;
+
+    // Fixing the Secret (it is watched) fixes the resource.
+    env.put_secret("missing", "password", "x").await;
+    env.wait_condition("nosecret", "SlotsReady", "True", "Ready")
+        .await;
+    env.put_secret("wrong", "password", "right").await;
+    env.wait_condition("badpass", "DatabaseReady", "True", "Connected")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_level_replica_is_reported_with_what_to_run() {
+    let mut env = env_with_tables().await;
+    env.db
+        .batch_execute("ALTER SYSTEM SET wal_level = replica")
+        .await
+        .unwrap();
+    let pg = &env.pg;
+    pg.stop("fast").unwrap();
+    pg.restart().unwrap();
+    env.db = env.pg.connect().await.unwrap();
+    env.run_controller();
+    env.create("chat", with_port(spec(&["public.messages"]), &env))
+        .await;
+    let c = env
+        .wait_condition("chat", "DatabaseReady", "False", "WalLevelNotLogical")
+        .await;
+    assert!(
+        c.message.contains("ALTER SYSTEM SET wal_level = logical") && c.message.contains("restart"),
+        "{c:?}"
+    );
+    let p = env.condition("chat", "PublicationReady").await.unwrap();
+    assert_eq!(p.status, "False");
+    assert!(env.slots().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_publication_is_only_taken_over_when_adopted() {
+    let mut env = env_with_tables().await;
+    env.db
+        .batch_execute("CREATE PUBLICATION theirs FOR TABLE rooms")
+        .await
+        .unwrap();
+    env.run_controller();
+    let mut s = with_port(spec(&["public.messages"]), &env);
+    s["publication"]["name"] = json!("theirs");
+    env.create("chat", s).await;
+    let c = env
+        .wait_condition("chat", "PublicationReady", "False", "PublicationNotOwned")
+        .await;
+    assert!(c.message.contains("adopt"), "{c:?}");
+    assert_eq!(
+        env.publication_tables("theirs").await,
+        Some(vec!["public.rooms".to_string()]),
+        "left alone"
+    );
+    assert!(env.slots().await.is_empty());
+
+    env.patch_spec("chat", json!({"publication": {"adopt": true}}))
+        .await;
+    env.wait_condition("chat", "PublicationReady", "True", "Ready")
+        .await;
+    assert_eq!(
+        env.publication_tables("theirs").await,
+        Some(vec!["public.messages".to_string()])
+    );
+    // A second resource cannot take it from the first, even with adopt.
+    let mut s = with_port(spec(&["public.rooms"]), &env);
+    s["publication"]["name"] = json!("theirs");
+    s["publication"]["adopt"] = json!(true);
+    env.create("other", s).await;
+    env.wait_condition("other", "PublicationReady", "False", "PublicationConflict")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_reconcile_with_nothing_changed_writes_nothing() {
+    let env = env_with_tables().await;
+    let ctx = env.context();
+    let mut s = with_port(spec(&["public.messages"]), &env);
+    s["replicas"] = json!(2);
+    env.create("chat", s).await;
+    let versions = || async {
+        let sts: Api<StatefulSet> = Api::namespaced(env.client.clone(), NS);
+        let svc: Api<Service> = Api::namespaced(env.client.clone(), NS);
+        (
+            env.api()
+                .get("chat")
+                .await
+                .unwrap()
+                .metadata
+                .resource_version,
+            sts.get("chat")
+                .await
+                .ok()
+                .and_then(|o| o.metadata.resource_version),
+            svc.get("chat")
+                .await
+                .ok()
+                .and_then(|o| o.metadata.resource_version),
+        )
+    };
+    // First the finalizer, then the work.
+    for _ in 0..2 {
+        let obj = env.api().get("chat").await.unwrap();
+        realtime_operator::reconcile::reconcile(std::sync::Arc::new(obj), ctx.clone())
+            .await
+            .expect("reconcile");
+    }
+    let before = versions().await;
+    assert!(before.1.is_some() && before.2.is_some(), "{before:?}");
+    let obj = env.api().get("chat").await.unwrap();
+    realtime_operator::reconcile::reconcile(std::sync::Arc::new(obj), ctx.clone())
+        .await
+        .expect("reconcile again");
+    assert_eq!(versions().await, before, "resourceVersions changed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletion_is_not_blocked_forever_by_an_unreachable_database() {
+    let mut env = env_with_tables().await;
+    env.run_controller();
+    env.create("chat", with_port(spec(&["public.messages"]), &env))
+        .await;
+    env.wait_condition("chat", "SlotsReady", "True", "Ready")
+        .await;
+    env.pg.stop("fast").unwrap();
+    env.api()
+        .delete("chat", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for("the resource to be released", WAIT, || async {
+        env.api()
+            .get_opt("chat")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let events = env.event_reasons("chat").await;
+    let left = events
+        .iter()
+        .find(|(r, _)| r == "SlotsLeftBehind")
+        .unwrap_or_else(|| panic!("a SlotsLeftBehind Event: {events:?}"));
+    assert!(left.1.contains("rts_default_chat_0"), "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_password_rolls_the_pods() {
+    let mut env = env_with_tables().await;
+    env.run_controller();
+    env.create("chat", with_port(spec(&["public.messages"]), &env))
+        .await;
+    env.wait_condition("chat", "SlotsReady", "True", "Ready")
+        .await;
+    let sts: Api<StatefulSet> = Api::namespaced(env.client.clone(), NS);
+    let hash = |s: StatefulSet| -> Option<String> {
+        s.spec?
+            .template
+            .metadata?
+            .annotations?
+            .get("realtime.dev/config-hash")
+            .cloned()
+    };
+    let before = wait_for("the config hash", WAIT, || async {
+        hash(sts.get_opt("chat").await.ok()??)
+    })
+    .await;
+    // Trust auth ignores the password: only the pods' configuration changes.
+    env.put_secret("db", "password", "rotated").await;
+    let after = wait_for("a new config hash", WAIT, || async {
+        let h = hash(sts.get_opt("chat").await.ok()??)?;
+        (h != before).then_some(h)
+    })
+    .await;
+    assert_ne!(before, after);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_that_never_reached_its_database_is_deleted_at_once() {
+    let mut env = env_with_tables().await;
+    env.run_controller();
+    let mut s = with_port(spec(&["public.messages"]), &env);
+    s["database"]["passwordSecretRef"]["name"] = json!("missing");
+    env.create("chat", s).await;
+    env.wait_condition("chat", "DatabaseReady", "False", "SecretNotFound")
+        .await;
+    env.api()
+        .delete("chat", &DeleteParams::default())
+        .await
+        .unwrap();
+    // Well within the cleanup timeout of the tests' operator.
+    wait_for(
+        "the resource to be released",
+        Duration::from_secs(5),
+        || async {
+            env.api()
+                .get_opt("chat")
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+}
