@@ -18,6 +18,9 @@ fn usage() -> ! {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Both ring (kube) and aws-lc-rs (the server's crates) are linked, so
+    // rustls needs to be told which provider the process uses.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match std::env::args().nth(1).as_deref() {
         Some("crd") => {
             print!("{}", realtime_operator::crd::crd_yaml());

@@ -177,25 +177,27 @@ impl Change {
             out.push_str(",\"old_record\":");
             push_legacy_row(&mut out, t, old);
         }
-        out.push_str(",\"errors\":");
-        if self.errors.is_empty() {
-            out.push_str("null");
-        } else {
-            out.push('[');
-            for (i, e) in self.errors.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                push_json_str(&mut out, e);
-            }
-            out.push(']');
-        }
+        push_errors(&mut out, &self.errors);
         out.push('}');
         out
     }
 }
 
 fn push_legacy_row(out: &mut String, table: &TableInfo, row: &Row) {
+    push_row(out, table, row, |out, col, text| match col.kind {
+        TypeKind::Timestamp | TypeKind::TimestampTz => push_json_str(out, &iso_timestamp(text)),
+        _ => push_json_str(out, text),
+    })
+}
+
+/// Appends a row as a JSON object, leaving out absent cells; `value` writes
+/// a column's text as JSON (the two wire forms differ only there).
+pub(crate) fn push_row(
+    out: &mut String,
+    table: &TableInfo,
+    row: &Row,
+    value: impl Fn(&mut String, &ColumnInfo, &str),
+) {
     out.push('{');
     let mut first = true;
     for (col, cell) in table.columns.iter().zip(row) {
@@ -212,18 +214,27 @@ fn push_legacy_row(out: &mut String, table: &TableInfo, row: &Row) {
             Cell::Absent => unreachable!("skipped above"),
             Cell::Null => out.push_str("null"),
             Cell::UnchangedToast => push_json_str(out, UNCHANGED_TOAST),
-            Cell::Text(bytes) => {
-                let text = String::from_utf8_lossy(bytes);
-                match col.kind {
-                    TypeKind::Timestamp | TypeKind::TimestampTz => {
-                        push_json_str(out, &iso_timestamp(&text))
-                    }
-                    _ => push_json_str(out, &text),
-                }
-            }
+            Cell::Text(bytes) => value(out, col, &String::from_utf8_lossy(bytes)),
         }
     }
     out.push('}');
+}
+
+/// Appends `"errors":null` or `"errors":[...]`.
+pub(crate) fn push_errors(out: &mut String, errors: &[String]) {
+    out.push_str(",\"errors\":");
+    if errors.is_empty() {
+        out.push_str("null");
+        return;
+    }
+    out.push('[');
+    for (i, e) in errors.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_json_str(out, e);
+    }
+    out.push(']');
 }
 
 /// Appends `s` as a JSON string literal.

@@ -6,7 +6,9 @@
 //! arrays of their element kind, timestamps as ISO-8601 UTC strings,
 //! everything else as strings.
 
-use crate::change::{iso_timestamp, push_json_str, Cell, Change, ChangeKind, Row, TableInfo};
+use crate::change::{
+    iso_timestamp, push_errors, push_json_str, push_row, Change, ChangeKind, Row, TableInfo,
+};
 use crate::replication::catalog::TypeKind;
 
 /// Appends the typed JSON of `text`, a value of `kind`.
@@ -174,26 +176,9 @@ fn push_array(out: &mut String, elem: &TypeKind, items: &[ArrayItem]) {
 }
 
 fn push_typed_row(out: &mut String, table: &TableInfo, row: &Row) {
-    out.push('{');
-    let mut first = true;
-    for (col, cell) in table.columns.iter().zip(row) {
-        if *cell == Cell::Absent {
-            continue;
-        }
-        if !first {
-            out.push(',');
-        }
-        first = false;
-        push_json_str(out, &col.name);
-        out.push(':');
-        match cell {
-            Cell::Absent => unreachable!("skipped above"),
-            Cell::Null => out.push_str("null"),
-            Cell::UnchangedToast => push_json_str(out, crate::change::UNCHANGED_TOAST),
-            Cell::Text(bytes) => push_typed(out, &col.kind, &String::from_utf8_lossy(bytes)),
-        }
-    }
-    out.push('}');
+    push_row(out, table, row, |out, col, text| {
+        push_typed(out, &col.kind, text)
+    })
 }
 
 /// The `data` object of a `postgres_changes` push.
@@ -230,19 +215,7 @@ pub fn postgres_changes_data(change: &Change) -> String {
         out.push_str(",\"old_record\":");
         push_typed_row(&mut out, t, old);
     }
-    out.push_str(",\"errors\":");
-    if change.errors.is_empty() {
-        out.push_str("null");
-    } else {
-        out.push('[');
-        for (i, e) in change.errors.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            push_json_str(&mut out, e);
-        }
-        out.push(']');
-    }
+    push_errors(&mut out, &change.errors);
     out.push('}');
     out
 }

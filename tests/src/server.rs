@@ -176,3 +176,32 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
     Some((status, body))
 }
+
+/// A throwaway PostgreSQL with a schema and a publication `realtime_test`,
+/// and the server streaming it: what most end-to-end tests start from.
+pub struct Stack {
+    pub db: tokio_postgres::Client,
+    pub server: ServerProcess,
+    pub pg: TempPostgres,
+}
+
+impl Stack {
+    /// Applies `schema_sql`, then `publication_sql` (which creates
+    /// `realtime_test`), and starts a server on it.
+    pub async fn start(schema_sql: &str, publication_sql: &str) -> Stack {
+        let pg = tokio::task::spawn_blocking(TempPostgres::start)
+            .await
+            .expect("start task")
+            .expect("start PostgreSQL");
+        let db = pg.connect().await.expect("connect");
+        db.batch_execute(schema_sql).await.expect("schema");
+        db.batch_execute(publication_sql)
+            .await
+            .expect("publication");
+        let env = ServerProcess::env_for(&pg, &["realtime_test"]);
+        let server = tokio::task::spawn_blocking(move || ServerProcess::start(env))
+            .await
+            .expect("server task");
+        Stack { db, server, pg }
+    }
+}

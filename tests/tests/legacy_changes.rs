@@ -3,38 +3,16 @@
 
 use std::time::Duration;
 
-use realtime_tests::server::ServerProcess;
+use realtime_tests::server::{ServerProcess, Stack};
 use realtime_tests::ws::{Msg, PhxClient};
-use realtime_tests::TempPostgres;
 use serde_json::{json, Value};
 
-struct Env {
-    db: tokio_postgres::Client,
-    server: ServerProcess,
-    _pg: TempPostgres,
-}
-
-/// A cluster with `schema_sql` applied and a publication `realtime_test` for
-/// all tables, and a server streaming it.
-async fn setup(schema_sql: &str) -> Env {
-    let pg = tokio::task::spawn_blocking(TempPostgres::start)
-        .await
-        .unwrap()
-        .expect("start PostgreSQL");
-    let db = pg.connect().await.expect("connect");
-    db.batch_execute(schema_sql).await.expect("schema");
-    db.batch_execute("CREATE PUBLICATION realtime_test FOR ALL TABLES")
-        .await
-        .expect("publication");
-    let env = ServerProcess::env_for(&pg, &["realtime_test"]);
-    let server = tokio::task::spawn_blocking(move || ServerProcess::start(env))
-        .await
-        .unwrap();
-    Env {
-        db,
-        server,
-        _pg: pg,
-    }
+async fn setup(schema_sql: &str) -> Stack {
+    Stack::start(
+        schema_sql,
+        "CREATE PUBLICATION realtime_test FOR ALL TABLES",
+    )
+    .await
 }
 
 async fn joined(server: &ServerProcess, vsn: &str, topics: &[&str]) -> PhxClient {

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use tokio_postgres::{Client, NoTls};
 
-use super::tls::MakeRustls;
+use realtime_server::config::DbSsl;
+
 use super::validate::{PublicationTarget, QualifiedTable};
 
 /// How long a connection attempt may take before the database counts as unreachable.
@@ -54,13 +55,16 @@ pub async fn connect(p: &ConnParams) -> Result<Client, tokio_postgres::Error> {
             cfg.ssl_mode(tokio_postgres::config::SslMode::Disable);
             spawn(cfg.connect(NoTls).await?)
         }
-        SslMode::Require => {
+        SslMode::Require | SslMode::VerifyFull => {
+            // The servers' own TLS connector, so both sides mean the same by
+            // each mode.
+            let mode = match p.ssl_mode {
+                SslMode::Require => DbSsl::Require,
+                _ => DbSsl::VerifyFull,
+            };
+            let tls = realtime_server::tls::connector(mode).expect("a TLS mode gives a connector");
             cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
-            spawn(cfg.connect(MakeRustls::require()).await?)
-        }
-        SslMode::VerifyFull => {
-            cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
-            spawn(cfg.connect(MakeRustls::verify_full()).await?)
+            spawn(cfg.connect(tls).await?)
         }
     };
     Ok(client)

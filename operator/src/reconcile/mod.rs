@@ -12,7 +12,6 @@ pub mod conditions;
 pub mod database;
 pub mod secrets;
 pub mod steps;
-pub mod tls;
 pub mod validate;
 
 use std::collections::{HashMap, HashSet};
