@@ -30,6 +30,9 @@ use crate::phoenix::socket::{SocketContext, SocketLimits};
 use crate::published::PublishedTables;
 use crate::replication::stream::{self, StreamStatus};
 
+/// How long a shutdown waits for sockets to send their close frames.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Serves until `shutdown` resolves: binds the listener, streams from the
 /// database (reconnecting as needed) and serves sockets.
 pub async fn serve(
@@ -92,6 +95,12 @@ pub async fn serve_with(
         .graceful(shutdown)
         .run();
     server.await;
+    // Upgraded sockets are not part of warp's graceful shutdown: wait (a
+    // bounded time) until every writer has sent its close frame.
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    while hub.live_writers() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     // What was confirmed stays confirmed; the slot resumes from there.
     replication.abort();
     Ok(())

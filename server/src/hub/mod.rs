@@ -77,6 +77,18 @@ pub struct Registration {
     pub cancel: CancellationToken,
     /// Set when the server is shutting down (then a cancel means 1001).
     pub shutting_down: Arc<AtomicBool>,
+    /// Held by the socket's writer until it has written its last frame, so
+    /// a shutdown can wait for the close frames to leave.
+    pub writer_guard: WriterGuard,
+}
+
+/// Counts a live socket writer; dropped when the writer ends.
+pub struct WriterGuard(Arc<AtomicU64>);
+
+impl Drop for WriterGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 pub struct Hub {
@@ -84,6 +96,7 @@ pub struct Hub {
     next_id: AtomicU64,
     queue_depth: usize,
     shutting_down: Arc<AtomicBool>,
+    writers: Arc<AtomicU64>,
     pub stats: HubStats,
 }
 
@@ -94,6 +107,7 @@ impl Hub {
             next_id: AtomicU64::new(1),
             queue_depth,
             shutting_down: Arc::new(AtomicBool::new(false)),
+            writers: Arc::new(AtomicU64::new(0)),
             stats: HubStats::default(),
         }
     }
@@ -115,6 +129,10 @@ impl Hub {
             tx,
             cancel,
             shutting_down: self.shutting_down.clone(),
+            writer_guard: {
+                self.writers.fetch_add(1, Ordering::SeqCst);
+                WriterGuard(self.writers.clone())
+            },
         }
     }
 
@@ -137,6 +155,12 @@ impl Hub {
 
     pub fn unsubscribe_legacy(&self, id: SocketId, key: &LegacyTopic) {
         self.write().legacy.remove(key, id);
+    }
+
+    /// Socket writers still running (a shutdown waits for them to finish
+    /// sending their close frames).
+    pub fn live_writers(&self) -> u64 {
+        self.writers.load(Ordering::SeqCst)
     }
 
     pub fn socket_count(&self) -> usize {

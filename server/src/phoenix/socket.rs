@@ -94,6 +94,7 @@ pub async fn serve(ws: WebSocket, vsn: Vsn, ctx: Arc<SocketContext>) {
         reg.rx,
         reg.cancel.clone(),
         reg.shutting_down.clone(),
+        reg.writer_guard,
     ));
     let mut session = Session {
         id: reg.id,
@@ -546,6 +547,7 @@ async fn write_loop(
     mut rx: mpsc::Receiver<Outbound>,
     cancel: tokio_util::sync::CancellationToken,
     shutting_down: Arc<std::sync::atomic::AtomicBool>,
+    _guard: crate::hub::WriterGuard,
 ) {
     loop {
         let first = tokio::select! {
