@@ -49,6 +49,13 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
+    if let Some(mb) = config.max_replication_lag_mb {
+        tracing::warn!(
+            max_replication_lag_mb = mb,
+            "MAX_REPLICATION_LAG_MB is accepted but not enforced yet: the slot is never \
+             dropped for lag; watch pg_replication_slots and set max_slot_wal_keep_size"
+        );
+    }
     let hub = Arc::new(Hub::new(config.socket_queue_depth));
     let status = Arc::new(StreamStatus::default());
     let verifier = match (&config.jwt_secret, config.secure_channels) {
