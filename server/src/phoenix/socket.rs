@@ -273,15 +273,7 @@ impl Session {
             "message": reason, "channel": short});
         self.push(join_ref, &m.topic, "system", &system.to_string())
             .await;
-        self.send(frame::encode(
-            self.vsn,
-            join_ref,
-            join_ref,
-            &m.topic,
-            "phx_close",
-            "{}",
-        ))
-        .await;
+        self.push_close(join_ref, &m.topic).await;
     }
 
     async fn join(&mut self, m: Inbound) {
@@ -459,6 +451,20 @@ impl Session {
         })
     }
 
+    /// `phx_close` for a channel that ended; Phoenix sends it with the
+    /// channel's join_ref as both refs.
+    async fn push_close(&self, join_ref: Option<&RawValue>, topic: &str) {
+        self.send(frame::encode(
+            self.vsn,
+            join_ref,
+            join_ref,
+            topic,
+            "phx_close",
+            "{}",
+        ))
+        .await;
+    }
+
     /// A push from the server on a channel (`ref` null).
     async fn push(&self, join_ref: Option<&RawValue>, topic: &str, event: &str, payload: &str) {
         self.send(frame::encode(
@@ -521,15 +527,7 @@ impl Session {
         self.drop_channel(&channel);
         let join_ref = channel.join_ref.as_deref();
         self.reply(&m, join_ref, true, "{}").await;
-        self.send(frame::encode(
-            self.vsn,
-            join_ref,
-            join_ref,
-            &m.topic,
-            "phx_close",
-            "{}",
-        ))
-        .await;
+        self.push_close(join_ref, &m.topic).await;
     }
 }
 
