@@ -111,14 +111,7 @@ async fn drop_all(obj: &RealtimeServer, ctx: &Context) -> Result<Vec<String>, Er
         Err(secrets::Problem::Api(e)) => return Err(e.into()),
         Err(secrets::Problem::Missing(m)) => return Err(Error::Waiting(m)),
     };
-    let params = ConnParams {
-        host: obj.spec.database.host.clone(),
-        port: obj.spec.database.port,
-        dbname: obj.spec.database.name.clone(),
-        user: obj.spec.database.user.clone(),
-        ssl_mode: obj.spec.database.ssl_mode,
-        password: resolved.db_password,
-    };
+    let params = ConnParams::from_spec(&obj.spec.database, resolved.db_password);
     let client = db::connect(&params).await.map_err(|e| {
         Error::Waiting(format!(
             "cannot connect to {}:{}: {}",

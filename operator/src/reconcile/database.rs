@@ -39,6 +39,20 @@ pub struct ConnParams {
     pub ssl_mode: crate::crd::SslMode,
 }
 
+impl ConnParams {
+    /// The resource's database, with the password read from its Secret.
+    pub fn from_spec(db: &crate::crd::DatabaseSpec, password: String) -> ConnParams {
+        ConnParams {
+            host: db.host.clone(),
+            port: db.port,
+            dbname: db.name.clone(),
+            user: db.user.clone(),
+            ssl_mode: db.ssl_mode,
+            password,
+        }
+    }
+}
+
 /// Connects (with TLS as `ssl_mode` says) and drives the connection on a task.
 pub async fn connect(p: &ConnParams) -> Result<Client, tokio_postgres::Error> {
     use crate::crd::SslMode;

@@ -168,14 +168,7 @@ pub async fn apply(obj: Arc<RealtimeServer>, ctx: Arc<Context>) -> Result<Action
     };
 
     // The database.
-    let params = ConnParams {
-        host: obj.spec.database.host.clone(),
-        port: obj.spec.database.port,
-        dbname: obj.spec.database.name.clone(),
-        user: obj.spec.database.user.clone(),
-        ssl_mode: obj.spec.database.ssl_mode,
-        password: resolved.db_password.clone(),
-    };
+    let params = ConnParams::from_spec(&obj.spec.database, resolved.db_password.clone());
     let where_ = format!(
         "{}@{}:{}/{}",
         params.user, params.host, params.port, params.dbname
