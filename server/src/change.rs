@@ -14,7 +14,7 @@ use crate::replication::catalog::TypeKind;
 use crate::replication::pgoutput::ReplicaIdentity;
 
 /// Seconds from the Unix epoch to PostgreSQL's epoch (2000-01-01 UTC).
-const PG_EPOCH_UNIX_SECS: i64 = 946_684_800;
+pub const PG_EPOCH_UNIX_SECS: i64 = 946_684_800;
 
 /// The placeholder for a TOASTed value that an UPDATE did not change and that
 /// the old row does not carry.

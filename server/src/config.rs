@@ -25,7 +25,8 @@
 //! | `SLOT_NAME` | unset | durable replication slot to stream from and resume (`[a-z0-9_]`, 1-63 bytes); unset: a temporary slot |
 //! | `POD_NAME` | - | the pod's name (downward API); its trailing ordinal replaces `{ordinal}` in `SLOT_NAME` |
 //! | `TEMPORARY_SLOT` | `false` | force a temporary slot even when `SLOT_NAME` is set |
-//! | `MAX_REPLICATION_LAG_MB` | 0 (off) | past this retained WAL at connect, drop and recreate the slot |
+//! | `MAX_REPLICATION_LAG_MB` | 0 (off) | past this retained WAL (at connect) or unconfirmed WAL (while streaming), drop and recreate the slot |
+//! | `RESUME_DELAY_MS` | 5000 | with a durable slot, wait this long after the process starts before streaming, so clients reconnecting after a restart rejoin before the backlog arrives; 0 streams at once |
 //! | `SECURE_CHANNELS` | `true` | require a JWT; when true, `JWT_SECRET` must be set |
 //! | `JWT_SECRET` | - | HMAC secret that signs client tokens (secret) |
 //! | `JWT_CLAIM_VALIDATORS` | `{}` | JSON object: every pair must equal a claim of the token |
@@ -59,6 +60,9 @@ pub const DEFAULT_DB_USER: &str = "postgres";
 pub const DEFAULT_DB_PASSWORD: &str = "postgres";
 /// Default `PUBLICATIONS`: the publication Supabase projects create.
 pub const DEFAULT_PUBLICATION: &str = "supabase_realtime";
+/// Default `RESUME_DELAY_MS`: realtime-js retries a lost socket after 1, 2
+/// and 5 s, so most clients are back within this after a restart.
+pub const DEFAULT_RESUME_DELAY_MS: u64 = 5000;
 /// Default `MAX_RECORD_BYTES` (1 MiB): the seed's limit; a larger record is sent
 /// with its large values left out, which keeps one wide row from stalling every socket.
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 1024 * 1024;
@@ -104,6 +108,7 @@ pub const VARIABLES: &[&str] = &[
     "POD_NAME",
     "TEMPORARY_SLOT",
     "MAX_REPLICATION_LAG_MB",
+    "RESUME_DELAY_MS",
     "SECURE_CHANNELS",
     "JWT_SECRET",
     "JWT_CLAIM_VALIDATORS",
@@ -133,6 +138,8 @@ pub struct Config {
     pub slot: SlotConfig,
     /// `None` when unset or 0: no lag check.
     pub max_replication_lag_mb: Option<u64>,
+    /// With a durable slot, how long the first session waits before streaming.
+    pub resume_delay: Duration,
     pub secure_channels: bool,
     /// Always `Some` when `secure_channels` is true.
     pub jwt_secret: Option<Secret>,
@@ -461,6 +468,10 @@ impl Config {
         );
         let secret_key_base = r.secret("SECRET_KEY_BASE");
 
+        let resume_delay_ms = r.parse("RESUME_DELAY_MS", DEFAULT_RESUME_DELAY_MS, |v| {
+            parse_number::<u64>(v, "a whole number of milliseconds (0 streams at once)")
+        });
+
         let max_record_bytes = r.positive("MAX_RECORD_BYTES", DEFAULT_MAX_RECORD_BYTES, "bytes");
 
         let backoff_min = r.positive(
@@ -501,6 +512,7 @@ impl Config {
             publications,
             slot,
             max_replication_lag_mb,
+            resume_delay: Duration::from_millis(resume_delay_ms),
             secure_channels,
             jwt_secret,
             jwt_claim_validators,

@@ -2,8 +2,9 @@
 //!
 //! Owns what an HTTP client sees before a socket exists: the upgrade (with the
 //! serializer choice and, when channels are secured, the token check that
-//! answers 403), `/healthz` (the process is alive) and `/readyz` (the
-//! replication stream is live). The socket itself is `phoenix::socket`.
+//! answers 403), `/healthz` (the process is alive), `/readyz` (the
+//! replication stream is live) and `/metrics` (Prometheus text). The socket
+//! itself is `phoenix::socket`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -14,6 +15,7 @@ use warp::{Filter, Rejection, Reply};
 
 use crate::auth::JwtVerifier;
 use crate::hub::Hub;
+use crate::metrics::{Metrics, METRICS};
 use crate::phoenix::frame::Vsn;
 use crate::phoenix::socket::{self, SocketContext};
 use crate::replication::stream::StreamStatus;
@@ -69,6 +71,16 @@ pub fn routes(
         .map(api_broadcast);
 
     let healthz = warp::path!("healthz").map(|| "ok");
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(with_state.clone())
+        .map(|s: Arc<AppState>| {
+            warp::reply::with_header(
+                METRICS.render(&s.hub, &s.status),
+                "content-type",
+                "text/plain; version=0.0.4; charset=utf-8",
+            )
+        });
     let readyz = warp::path!("readyz")
         .and(with_state)
         .map(|s: Arc<AppState>| {
@@ -89,6 +101,7 @@ pub fn routes(
     ws.or(api_broadcast)
         .or(healthz)
         .or(readyz)
+        .or(metrics)
         .or(index)
         .or(extra)
         .recover(handle_rejection)
@@ -117,11 +130,17 @@ fn upgrade(
             None => Err(crate::auth::AuthError::Missing),
         };
         if let Err(e) = result {
+            Metrics::inc(&METRICS.auth_failures);
             tracing::info!(reason = %e, "refused a socket: bad token");
             return text(StatusCode::FORBIDDEN, e.to_string());
         }
     }
     if state.hub.socket_count() >= state.max_connections {
+        Metrics::inc(&METRICS.connections_refused);
+        tracing::warn!(
+            limit = state.max_connections,
+            "refused a socket: MAX_CONNECTIONS reached"
+        );
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
@@ -130,6 +149,7 @@ fn upgrade(
             ),
         );
     }
+    Metrics::inc(&METRICS.connections_accepted);
     let ctx = state.sockets.clone();
     let max = ctx.limits.max_frame_bytes;
     ws.max_message_size(max)
@@ -167,6 +187,7 @@ fn api_broadcast(
             None => Err(crate::auth::AuthError::Missing),
         };
         if let Err(e) = result {
+            Metrics::inc(&METRICS.auth_failures);
             return text(StatusCode::FORBIDDEN, e.to_string());
         }
     }

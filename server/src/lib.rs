@@ -13,6 +13,7 @@ pub mod dev;
 pub mod filter;
 pub mod http;
 pub mod hub;
+pub mod metrics;
 pub mod phoenix;
 pub mod published;
 pub mod replication;
@@ -28,7 +29,7 @@ use crate::http::AppState;
 use crate::hub::Hub;
 use crate::phoenix::socket::{SocketContext, SocketLimits};
 use crate::published::PublishedTables;
-use crate::replication::stream::{self, StreamStatus};
+use crate::replication::stream::{self, StreamControl, StreamStatus};
 
 /// How long a shutdown waits for sockets to send their close frames.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -49,13 +50,6 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    if let Some(mb) = config.max_replication_lag_mb {
-        tracing::warn!(
-            max_replication_lag_mb = mb,
-            "MAX_REPLICATION_LAG_MB is accepted but not enforced yet: the slot is never \
-             dropped for lag; watch pg_replication_slots and set max_slot_wal_keep_size"
-        );
-    }
     let hub = Arc::new(Hub::new(config.socket_queue_depth));
     let status = Arc::new(StreamStatus::default());
     let verifier = match (&config.jwt_secret, config.secure_channels) {
@@ -88,12 +82,23 @@ pub async fn serve_with(
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (PORT, BIND_ADDRESS): {e}"))?;
     tracing::info!(%addr, "listening");
 
-    let replication = tokio::spawn(stream::run(config.clone(), hub.clone(), status));
-    // On the signal: close every socket with 1001 first (an upgraded socket
-    // would otherwise hold the graceful shutdown open), then stop accepting.
+    let control = StreamControl::default();
+    let replication = tokio::spawn(stream::run(
+        config.clone(),
+        hub.clone(),
+        status,
+        control.clone(),
+    ));
+    // On the signal: stop the stream first (nothing more is dispatched, so
+    // nothing more is confirmed), then close every socket with 1001 after its
+    // queued frames (an upgraded socket would otherwise hold the graceful
+    // shutdown open), then stop accepting.
     let closing_hub = hub.clone();
+    let stopping = control.clone();
     let shutdown = async move {
         shutdown.await;
+        stopping.stop.cancel();
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, stopping.halted.cancelled()).await;
         tracing::info!(sockets = closing_hub.socket_count(), "closing sockets");
         closing_hub.close_all();
     };
@@ -108,7 +113,14 @@ pub async fn serve_with(
     while hub.live_writers() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    // What was confirmed stays confirmed; the slot resumes from there.
-    replication.abort();
+    // The stream sends its final confirmed position, then closes; what was
+    // confirmed stays confirmed and a durable slot resumes from there.
+    let mut replication = replication;
+    if tokio::time::timeout(SHUTDOWN_GRACE, &mut replication)
+        .await
+        .is_err()
+    {
+        replication.abort();
+    }
     Ok(())
 }

@@ -21,6 +21,7 @@ use crate::auth::JwtVerifier;
 use crate::change::ChangeKind;
 use crate::filter::Filter;
 use crate::hub::{Binding, Hub, LegacyTopic, Outbound, SocketId, CLOSE_SLOW_CONSUMER};
+use crate::metrics::{ChannelGauge, Metrics, METRICS};
 use crate::phoenix::frame::{self, Inbound, Vsn};
 use crate::published::PublishedTables;
 
@@ -68,6 +69,8 @@ enum ChannelKind {
 struct Channel {
     join_ref: Option<Box<RawValue>>,
     kind: ChannelKind,
+    /// Counts the channel at `/metrics` while it is joined.
+    _open: ChannelGauge,
 }
 
 struct Session {
@@ -131,6 +134,7 @@ pub async fn serve(ws: WebSocket, vsn: Vsn, ctx: Arc<SocketContext>) {
             continue;
         }
         if msg.as_bytes().len() > session.limits.max_frame_bytes {
+            Metrics::inc(&METRICS.bad_frames);
             session.close(1009, "frame too large").await;
             break;
         }
@@ -142,6 +146,7 @@ pub async fn serve(ws: WebSocket, vsn: Vsn, ctx: Arc<SocketContext>) {
         match decoded {
             Ok(inbound) => session.handle(inbound).await,
             Err(e) => {
+                Metrics::inc(&METRICS.bad_frames);
                 tracing::info!(socket = session.id, error = %e, "closing a socket that sent a malformed frame");
                 let code = if msg.is_binary() { 1003 } else { 1007 };
                 session.close(code, &e.to_string()).await;
@@ -250,7 +255,10 @@ impl Session {
             .as_str()
             .or_else(|| payload["user_token"].as_str());
         match token {
-            Some(t) => verifier.verify(t).map(|_| ()).map_err(|e| e.to_string()),
+            Some(t) => verifier.verify(t).map(|_| ()).map_err(|e| {
+                Metrics::inc(&METRICS.auth_failures);
+                e.to_string()
+            }),
             None => Ok(()),
         }
     }
@@ -316,6 +324,7 @@ impl Session {
             Channel {
                 join_ref,
                 kind: ChannelKind::Legacy(key),
+                _open: ChannelGauge::open(),
             },
         );
     }
@@ -375,6 +384,7 @@ impl Session {
                     ack,
                     presence_key,
                 },
+                _open: ChannelGauge::open(),
             },
         );
         if !requested.is_empty() {
@@ -477,6 +487,7 @@ impl Session {
         let Some(Channel {
             kind: ChannelKind::V2 { topic, ack, .. },
             join_ref,
+            ..
         }) = self.channels.get(&m.topic)
         else {
             return;
@@ -497,6 +508,7 @@ impl Session {
                     ..
                 },
             join_ref,
+            ..
         }) = self.channels.get(&m.topic)
         else {
             return;
@@ -531,6 +543,19 @@ impl Session {
     }
 }
 
+/// Queues one text frame on the sink and counts it; false when the socket
+/// is gone.
+async fn feed(sink: &mut futures::stream::SplitSink<WebSocket, Message>, text: &str) -> bool {
+    if sink.feed(Message::text(text)).await.is_err() {
+        return false;
+    }
+    Metrics::inc(&METRICS.messages_sent);
+    METRICS
+        .bytes_sent
+        .fetch_add(text.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    true
+}
+
 /// A close reason must fit a control frame (123 bytes).
 fn truncate_reason(reason: &str) -> String {
     let mut end = reason.len().min(123);
@@ -552,6 +577,13 @@ async fn write_loop(
             biased;
             _ = cancel.cancelled() => {
                 let close = if shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
+                    // What is queued was confirmed to PostgreSQL: send it
+                    // before saying goodbye (the shutdown bounds the wait).
+                    while let Ok(Outbound::Frame(text)) = rx.try_recv() {
+                        if !feed(&mut sink, &text).await {
+                            return;
+                        }
+                    }
                     Message::close_with(CLOSE_GOING_AWAY, "server shutting down")
                 } else {
                     let reason = "slow consumer: the send queue is full; reconnect";
@@ -570,7 +602,7 @@ async fn write_loop(
         loop {
             match item {
                 Outbound::Frame(text) => {
-                    if sink.feed(Message::text(&*text)).await.is_err() {
+                    if !feed(&mut sink, &text).await {
                         return;
                     }
                 }

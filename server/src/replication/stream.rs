@@ -23,12 +23,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pgwire_replication::{
-    Lsn, PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig,
+    FeedbackObserver, Lsn, PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent,
+    TlsConfig,
 };
+use tokio_util::sync::CancellationToken;
 
 use crate::change::{self, Cell, Change, ChangeKind, ColumnInfo, Row, TableInfo};
 use crate::config::{Config, DbSsl, SlotConfig};
 use crate::hub::Hub;
+use crate::metrics::{Metrics, SlotRecreation, METRICS};
 use crate::replication::catalog::{TypeCatalog, TypeRow};
 use crate::replication::pgoutput::{
     self, Message, OldTuple, OldTupleKind, Relation, Tuple, TupleValue,
@@ -91,19 +94,99 @@ pub enum ReplicationError {
     UnknownRelation { kind: &'static str, id: u32 },
     #[error("the replication stream ended")]
     Ended,
+    #[error(
+        "replication lag {lag_mb} MB exceeds MAX_REPLICATION_LAG_MB={max_mb}: the slot will be \
+         dropped and recreated"
+    )]
+    LagExceeded { lag_mb: u64, max_mb: u64 },
 }
 
-/// Streams forever: reconnects after every failure with exponential backoff
-/// (`DB_RECONNECT_BACKOFF_MIN` .. `_MAX`) and jitter.
-pub async fn run(config: Arc<Config>, hub: Arc<Hub>, status: Arc<StreamStatus>) {
+impl ReplicationError {
+    /// PostgreSQL removed WAL the slot still needed (SQLSTATE 58P01).
+    pub fn wal_removed(&self) -> bool {
+        matches!(self, ReplicationError::Connection { source: PgWireError::Server(m), .. } if m.contains("58P01"))
+    }
+}
+
+/// Tells the stream to stop, and hears when it has stopped dispatching.
+#[derive(Debug, Clone, Default)]
+pub struct StreamControl {
+    /// Cancelled by the server on shutdown.
+    pub stop: CancellationToken,
+    /// Cancelled by the stream once it dispatches nothing more.
+    pub halted: CancellationToken,
+}
+
+/// What survives from one session to the next within the process.
+#[derive(Debug, Default)]
+struct Carry {
+    /// Delivered changes, so a reconnect does not deliver them twice.
+    delivered: Delivered,
+    /// The slot must be dropped and recreated at the next connect, and why.
+    recreate: Option<SlotRecreation>,
+    /// The first session of a process waits `RESUME_DELAY_MS` before
+    /// streaming from a durable slot; reconnects do not (their sockets stayed).
+    started_once: bool,
+}
+
+/// How far the changes handed to the hub go, in commit order.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Delivered {
+    /// Commit LSN of the last transaction handed over whole.
+    pub through: Lsn,
+    /// The transaction being handed over: its commit LSN and how many of its
+    /// changes were handed over.
+    pub partial: Option<(Lsn, u64)>,
+}
+
+impl Delivered {
+    /// How many leading changes of the transaction committing at `lsn` were
+    /// already delivered (`u64::MAX`: all of them).
+    pub fn already(&self, lsn: Lsn) -> u64 {
+        match self.partial {
+            _ if lsn <= self.through => u64::MAX,
+            Some((p, n)) if p == lsn => n,
+            _ => 0,
+        }
+    }
+}
+
+/// Streams until `control.stop`: reconnects after every failure with
+/// exponential backoff (`DB_RECONNECT_BACKOFF_MIN` .. `_MAX`) and jitter.
+pub async fn run(
+    config: Arc<Config>,
+    hub: Arc<Hub>,
+    status: Arc<StreamStatus>,
+    control: StreamControl,
+) {
     let mut backoff = config.reconnect_backoff_min;
+    let mut carry = Carry::default();
     loop {
         let started = Instant::now();
-        let result = session(&config, &hub, &status).await;
+        Metrics::inc(&METRICS.replication_sessions);
+        let result = session(&config, &hub, &status, &control, &mut carry).await;
         status.set_live(false);
+        if control.stop.is_cancelled() {
+            break;
+        }
+        Metrics::inc(&METRICS.replication_failures);
         match result {
             Ok(()) => tracing::warn!("replication stream ended; reconnecting"),
-            Err(e) => tracing::error!(error = %e, "replication failed; reconnecting"),
+            Err(e) => {
+                if e.wal_removed() {
+                    tracing::error!(
+                        error = %e,
+                        "the WAL this slot needs was removed (SQLSTATE 58P01): the slot will be \
+                         dropped and recreated, and changes committed in between are lost"
+                    );
+                    carry.recreate = Some(SlotRecreation::WalRemoved);
+                } else {
+                    tracing::error!(error = %e, "replication failed; reconnecting");
+                }
+                if let ReplicationError::LagExceeded { .. } = e {
+                    carry.recreate = Some(SlotRecreation::Lag);
+                }
+            }
         }
         if started.elapsed() >= HEALTHY_SESSION {
             backoff = config.reconnect_backoff_min;
@@ -113,9 +196,13 @@ pub async fn run(config: Arc<Config>, hub: Arc<Hub>, status: Arc<StreamStatus>) 
             wait_ms = wait.as_millis() as u64,
             "waiting before reconnecting"
         );
-        tokio::time::sleep(wait).await;
+        tokio::select! {
+            _ = control.stop.cancelled() => break,
+            _ = tokio::time::sleep(wait) => {}
+        }
         backoff = (backoff * 2).min(config.reconnect_backoff_max);
     }
+    control.halted.cancel();
 }
 
 /// A wait between half and all of `d`, so many servers do not reconnect in
@@ -161,6 +248,8 @@ async fn session(
     config: &Config,
     hub: &Hub,
     status: &StreamStatus,
+    control: &StreamControl,
+    carry: &mut Carry,
 ) -> Result<(), ReplicationError> {
     let db = &config.db;
     let target = format!("{}:{}/{} as {}", db.host, db.port, db.name, db.user);
@@ -187,7 +276,10 @@ async fn session(
     .with_options(SESSION_OPTIONS)
     .with_application_name("realtime-server")
     .with_status_interval(STATUS_INTERVAL)
-    .with_wakeup_interval(IDLE_WAKEUP);
+    .with_wakeup_interval(IDLE_WAKEUP)
+    // An observer makes `feedback_pending_since` report whether the last
+    // confirmed position has reached PostgreSQL (waited for at shutdown).
+    .with_feedback_observer(FeedbackObserver::new(|_| {}));
 
     tracing::info!(%target, slot = %slot, temporary, "connecting for replication");
     let mut client = ReplicationClient::connect_gated(rcfg)
@@ -231,6 +323,7 @@ async fn session(
         elem: text(r, 4).parse().unwrap_or(0),
     }));
 
+    let max_lag = config.max_replication_lag_mb.map(|mb| mb * 1024 * 1024);
     if temporary {
         client
             .simple_query(&format!(
@@ -239,61 +332,159 @@ async fn session(
             .await
             .map_err(conn_err)?;
     } else {
+        // `to_jsonb` reads wal_status where it exists (PostgreSQL 13+).
         let existing = client
             .simple_query(&format!(
-                "SELECT plugin FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
+                "SELECT plugin, to_jsonb(s)->>'wal_status', \
+                 pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), restart_lsn)::bigint \
+                 FROM pg_catalog.pg_replication_slots s WHERE slot_name = {}",
                 literal(&slot)
             ))
             .await
             .map_err(conn_err)?;
-        match existing.first() {
-            Some(row) if text(row, 0) != "pgoutput" => {
+        let mut create = true;
+        if let Some(row) = existing.first() {
+            if text(row, 0) != "pgoutput" {
                 return Err(ReplicationError::WrongPlugin {
                     slot,
                     plugin: text(row, 0),
-                })
+                });
             }
-            Some(_) => tracing::info!(slot = %slot, "resuming from the durable slot"),
-            None => {
-                client
-                    .simple_query(&format!("CREATE_REPLICATION_SLOT {slot} LOGICAL pgoutput"))
-                    .await
-                    .map_err(conn_err)?;
-                tracing::info!(slot = %slot, "created durable slot");
+            let retained: u64 = text(row, 2).parse().unwrap_or(0);
+            let why = if text(row, 1) == "lost" {
+                Some(SlotRecreation::Invalidated)
+            } else if let Some(why) = carry.recreate {
+                Some(why)
+            } else if max_lag.is_some_and(|max| retained > max) {
+                Some(SlotRecreation::Lag)
+            } else {
+                None
+            };
+            match why {
+                None => {
+                    create = false;
+                    tracing::info!(slot = %slot, retained_wal_bytes = retained, "resuming from the durable slot");
+                }
+                Some(why) => {
+                    tracing::error!(
+                        slot = %slot,
+                        reason = why.as_str(),
+                        retained_wal_mb = retained / (1024 * 1024),
+                        max_replication_lag_mb = ?config.max_replication_lag_mb,
+                        "dropping and recreating the replication slot: {}; changes committed \
+                         before now that were not yet delivered are skipped",
+                        match why {
+                            SlotRecreation::Invalidated => "PostgreSQL invalidated it (wal_status \
+                                lost: it retained more than max_slot_wal_keep_size)",
+                            SlotRecreation::WalRemoved => "the WAL it needs was removed",
+                            SlotRecreation::Lag => "it retains more WAL than MAX_REPLICATION_LAG_MB",
+                        }
+                    );
+                    client
+                        .simple_query(&format!("DROP_REPLICATION_SLOT {slot}"))
+                        .await
+                        .map_err(conn_err)?;
+                    METRICS.slot_recreated(why);
+                }
             }
         }
+        if create {
+            client
+                .simple_query(&format!("CREATE_REPLICATION_SLOT {slot} LOGICAL pgoutput"))
+                .await
+                .map_err(conn_err)?;
+            tracing::info!(slot = %slot, "created durable slot");
+        }
+        carry.recreate = None;
     }
+
+    // After a restart, give reconnecting clients time to rejoin before the
+    // backlog in the slot is delivered. The stream is ready meanwhile, so
+    // Kubernetes routes them here.
+    if !temporary && !carry.started_once && !config.resume_delay.is_zero() {
+        status.set_live(true);
+        tracing::info!(
+            delay_ms = config.resume_delay.as_millis() as u64,
+            "waiting RESUME_DELAY_MS before streaming, so clients can rejoin"
+        );
+        tokio::select! {
+            _ = control.stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(config.resume_delay) => {}
+        }
+    }
+    carry.started_once = true;
 
     client.start().await.map_err(conn_err)?;
     client.wait_started().await.map_err(conn_err)?;
     status.set_live(true);
     tracing::info!(slot = %slot, publications = ?config.publications, "streaming");
 
-    let mut decoder = ChangeBuilder::default();
+    let mut decoder = ChangeBuilder::new(config.max_record_bytes);
+    // The transaction being received: its commit LSN, how many of its
+    // changes were seen, how many of those were delivered before.
+    let mut tx = (Lsn::ZERO, 0u64, 0u64);
+    let mut wal_end_seen = Lsn::ZERO;
+    let mut applied = Lsn::ZERO;
     loop {
-        let event = match client.recv().await.map_err(conn_err)? {
-            Some(event) => event,
-            None => return Err(ReplicationError::Ended),
+        let event = tokio::select! {
+            biased;
+            _ = control.stop.cancelled() => {
+                control.halted.cancel();
+                finish(&mut client, applied).await;
+                return Ok(());
+            }
+            event = client.recv() => event.map_err(conn_err)?,
+        };
+        let Some(event) = event else {
+            return Err(ReplicationError::Ended);
         };
         match event {
             ReplicationEvent::Begin {
-                commit_time_micros, ..
-            } => decoder.begin(commit_time_micros),
-            ReplicationEvent::XLogData { data, .. } => {
-                decoder.message(pgoutput::decode(data)?, &mut catalog, |change| {
-                    hub.dispatch(&change)
-                })?;
+                final_lsn,
+                commit_time_micros,
+                ..
+            } => {
+                decoder.begin(commit_time_micros);
+                tx = (final_lsn, 0, carry.delivered.already(final_lsn));
+                Metrics::inc(&METRICS.transactions);
             }
-            ReplicationEvent::Commit { end_lsn, .. } => {
+            ReplicationEvent::XLogData { data, wal_end, .. } => {
+                wal_end_seen = wal_end_seen.max(wal_end);
+                let (lsn, seen, skip) = &mut tx;
+                let mut handed = 0u64;
+                decoder.message(pgoutput::decode(data)?, &mut catalog, |change| {
+                    *seen += 1;
+                    if *seen <= *skip {
+                        Metrics::inc(&METRICS.duplicate_changes_skipped);
+                        return;
+                    }
+                    hub.dispatch(&change);
+                    handed += 1;
+                })?;
+                if handed > 0 {
+                    carry.delivered.partial = Some((*lsn, *seen));
+                    METRICS.observe_lag(decoder.lag_micros());
+                }
+            }
+            ReplicationEvent::Commit { lsn, end_lsn, .. } => {
                 decoder.in_transaction = false;
+                carry.delivered = Delivered {
+                    through: carry.delivered.through.max(lsn),
+                    partial: None,
+                };
+                applied = applied.max(end_lsn);
                 client.update_applied_lsn(end_lsn);
+                check_lag(wal_end_seen.max(end_lsn), applied, max_lag)?;
             }
             ReplicationEvent::KeepAlive { wal_end, .. } => {
+                wal_end_seen = wal_end_seen.max(wal_end);
                 // Between transactions everything before wal_end that concerns
                 // the publications has been handed over.
                 if !decoder.in_transaction && wal_end > Lsn::ZERO {
+                    applied = applied.max(wal_end);
                     client.update_applied_lsn(wal_end);
                 }
+                check_lag(wal_end_seen, applied, max_lag)?;
             }
             ReplicationEvent::Message { .. } => {}
             ReplicationEvent::StoppedAt { .. } => return Ok(()),
@@ -301,19 +492,82 @@ async fn session(
     }
 }
 
+/// Publishes the unconfirmed WAL and fails the session past
+/// `MAX_REPLICATION_LAG_MB`.
+fn check_lag(wal_end: Lsn, applied: Lsn, max: Option<u64>) -> Result<(), ReplicationError> {
+    let lag = wal_end.as_u64().saturating_sub(applied.as_u64());
+    METRICS
+        .lag_bytes
+        .store(lag, std::sync::atomic::Ordering::Relaxed);
+    match max {
+        Some(max) if applied > Lsn::ZERO && lag > max => Err(ReplicationError::LagExceeded {
+            lag_mb: lag / (1024 * 1024),
+            max_mb: max / (1024 * 1024),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Ends a session on shutdown: lets the last confirmed position reach
+/// PostgreSQL (one status interval at most), then closes the stream cleanly.
+async fn finish(client: &mut ReplicationClient, applied: Lsn) {
+    let deadline = Instant::now() + STATUS_INTERVAL * 2;
+    while client.feedback_pending_since().is_some() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    match tokio::time::timeout(Duration::from_secs(2), client.shutdown()).await {
+        Ok(Ok(())) => tracing::info!(confirmed_lsn = %applied, "replication stream closed"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "closing the replication stream"),
+        Err(_) => tracing::warn!("the replication stream did not close within 2 s"),
+    }
+}
+
+/// Values this long or shorter stay in a record cut down to
+/// `MAX_RECORD_BYTES` (the seed's rule).
+const SMALL_VALUE_BYTES: usize = 64;
+
 /// Turns decoded messages into changes: keeps the relation cache and the
-/// current transaction's commit time.
-#[derive(Default)]
+/// current transaction's commit time, and cuts records over
+/// `MAX_RECORD_BYTES` down.
 pub struct ChangeBuilder {
     relations: HashMap<u32, Arc<TableInfo>>,
     commit_timestamp: Arc<str>,
+    commit_time_micros: i64,
+    max_record_bytes: usize,
     pub in_transaction: bool,
 }
 
+impl Default for ChangeBuilder {
+    fn default() -> Self {
+        Self::new(crate::config::DEFAULT_MAX_RECORD_BYTES)
+    }
+}
+
 impl ChangeBuilder {
+    pub fn new(max_record_bytes: usize) -> Self {
+        ChangeBuilder {
+            relations: HashMap::new(),
+            commit_timestamp: Arc::from(""),
+            commit_time_micros: 0,
+            max_record_bytes,
+            in_transaction: false,
+        }
+    }
+
     pub fn begin(&mut self, commit_time_micros: i64) {
         self.commit_timestamp = change::commit_timestamp(commit_time_micros).into();
+        self.commit_time_micros = commit_time_micros;
         self.in_transaction = true;
+    }
+
+    /// Microseconds from the current transaction's commit until now.
+    pub fn lag_micros(&self) -> u64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        let commit = self.commit_time_micros + change::PG_EPOCH_UNIX_SECS * 1_000_000;
+        (now - commit).max(0) as u64
     }
 
     /// Handles one message; calls `emit` for each row change it carries.
@@ -383,15 +637,56 @@ impl ChangeBuilder {
         record: Option<Row>,
         old_record: Option<Row>,
     ) -> Change {
-        Change {
+        let mut change = Change {
             kind,
             table,
             commit_timestamp: self.commit_timestamp.clone(),
             record,
             old_record,
             errors: Vec::new(),
+        };
+        limit_record(&mut change, self.max_record_bytes);
+        change
+    }
+}
+
+/// A change whose row images hold more than `max` bytes of values loses its
+/// values over 64 bytes, and says so in `errors`, so a huge row never
+/// reaches every subscriber whole.
+fn limit_record(change: &mut Change, max: usize) {
+    let size = |row: &Option<Row>| -> usize {
+        row.iter()
+            .flatten()
+            .map(|c| match c {
+                Cell::Text(b) => b.len(),
+                _ => 0,
+            })
+            .sum()
+    };
+    let total = size(&change.record) + size(&change.old_record);
+    if total <= max {
+        return;
+    }
+    let mut dropped: Vec<&str> = Vec::new();
+    for row in [&mut change.record, &mut change.old_record]
+        .into_iter()
+        .flatten()
+    {
+        for (i, cell) in row.iter_mut().enumerate() {
+            if matches!(cell, Cell::Text(b) if b.len() > SMALL_VALUE_BYTES) {
+                *cell = Cell::Absent;
+                let name = change.table.columns[i].name.as_str();
+                if !dropped.contains(&name) {
+                    dropped.push(name);
+                }
+            }
         }
     }
+    change.errors.push(format!(
+        "Error 413: Payload Too Large: the row is {total} bytes, over MAX_RECORD_BYTES={max}; \
+         left out the values over {SMALL_VALUE_BYTES} bytes of: {}",
+        dropped.join(", ")
+    ));
 }
 
 fn table_info(rel: Relation, catalog: &mut TypeCatalog) -> TableInfo {
