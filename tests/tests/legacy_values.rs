@@ -419,3 +419,52 @@ async fn a_million_row_transaction_reaches_a_subscriber_completely() {
     }
     insert.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_row_over_max_record_bytes_arrives_without_its_large_values() {
+    let pg = tokio::task::spawn_blocking(realtime_tests::TempPostgres::start)
+        .await
+        .unwrap()
+        .expect("start PostgreSQL");
+    let db = pg.connect().await.unwrap();
+    db.batch_execute(
+        "CREATE TABLE docs (id int PRIMARY KEY, title text, body text);
+         ALTER TABLE docs REPLICA IDENTITY FULL;
+         CREATE PUBLICATION realtime_test FOR ALL TABLES;",
+    )
+    .await
+    .unwrap();
+    let mut env = ServerProcess::env_for(&pg, &["realtime_test"]);
+    env.insert("MAX_RECORD_BYTES".into(), "4096".into());
+    let server = tokio::task::spawn_blocking(move || ServerProcess::start(env))
+        .await
+        .unwrap();
+    let mut c = subscribe(&server, "realtime:public:docs").await;
+    db.batch_execute(
+        "INSERT INTO docs VALUES (1, 'small', repeat('b', 5000));
+         INSERT INTO docs VALUES (2, 'small', repeat('b', 100));
+         UPDATE docs SET title = 'renamed' WHERE id = 1;",
+    )
+    .await
+    .unwrap();
+
+    let big = c.next_event().await.payload;
+    assert_eq!(big["record"], json!({"id": "1", "title": "small"}));
+    let errors = big["errors"].as_array().expect("errors");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let e = errors[0].as_str().unwrap();
+    assert!(e.starts_with("Error 413: Payload Too Large"), "{e}");
+    assert!(
+        e.contains("MAX_RECORD_BYTES=4096") && e.contains("body"),
+        "{e}"
+    );
+
+    let small = c.next_event().await.payload;
+    assert_eq!(small["record"]["body"], "b".repeat(100));
+    assert_eq!(small["errors"], Value::Null);
+
+    // The old row counts too: both images lose the large value.
+    let update = c.next_event().await.payload;
+    assert_eq!(update["record"], json!({"id": "1", "title": "renamed"}));
+    assert_eq!(update["old_record"], json!({"id": "1", "title": "small"}));
+}
