@@ -120,6 +120,7 @@ fn upgrade(
         Ok(v) => v,
         Err(e) => return text(StatusCode::BAD_REQUEST, e),
     };
+    let mut socket_exp = None;
     if let Some(verifier) = &state.verifier {
         let token = query
             .get("apikey")
@@ -129,10 +130,13 @@ fn upgrade(
             Some(t) => verifier.verify(t),
             None => Err(crate::auth::AuthError::Missing),
         };
-        if let Err(e) = result {
-            Metrics::inc(&METRICS.auth_failures);
-            tracing::info!(reason = %e, "refused a socket: bad token");
-            return text(StatusCode::FORBIDDEN, e.to_string());
+        match result {
+            Ok(claims) => socket_exp = claims.exp,
+            Err(e) => {
+                Metrics::inc(&METRICS.auth_failures);
+                tracing::info!(reason = %e, "refused a socket: bad token");
+                return text(StatusCode::FORBIDDEN, e.to_string());
+            }
         }
     }
     if state.hub.socket_count() >= state.max_connections {
@@ -154,7 +158,7 @@ fn upgrade(
     let max = ctx.limits.max_frame_bytes;
     ws.max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| socket::serve(socket, vsn, ctx))
+        .on_upgrade(move |socket| socket::serve(socket, vsn, ctx, socket_exp))
         .into_response()
 }
 

@@ -183,3 +183,42 @@ async fn join_and_access_token_tokens_are_checked() {
         other => panic!("the closed channel still receives: {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_channel_is_closed_when_its_token_expires_unless_refreshed() {
+    let (_pg, db, server) = secured().await;
+    let url = format!("{}&apikey={}", server.ws_url("1.0.0"), good());
+    let short = || token(json!({"role": "authenticated", "exp": now() + 2}), SECRET);
+
+    // Joined with a token that expires in 2 s, never refreshed.
+    let mut c = PhxClient::connect(&url).await.unwrap();
+    let reply = c
+        .join("realtime:public:items", json!({"user_token": short()}))
+        .await;
+    assert_eq!(reply.payload["status"], "ok");
+    let m = c.next_within(Duration::from_secs(6)).await.unwrap();
+    assert_eq!(m.event, "system", "{m:?}");
+    assert_eq!(m.payload["status"], "error");
+    assert_eq!(m.payload["message"], "access token has expired");
+    assert_eq!(c.next().await.unwrap().event, "phx_close");
+
+    // Joined the same way, then refreshed with a long-lived token: it stays.
+    let mut d = PhxClient::connect(&url).await.unwrap();
+    let reply = d
+        .join("realtime:public:items", json!({"user_token": short()}))
+        .await;
+    assert_eq!(reply.payload["status"], "ok");
+    d.push(
+        "realtime:public:items",
+        "access_token",
+        json!({"access_token": good()}),
+        None,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    db.batch_execute("INSERT INTO items VALUES (10)")
+        .await
+        .unwrap();
+    let m = d.next().await.unwrap();
+    assert_eq!(m.event, "INSERT", "the refreshed channel stayed: {m:?}");
+}

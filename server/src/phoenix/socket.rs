@@ -69,6 +69,9 @@ enum ChannelKind {
 struct Channel {
     join_ref: Option<Box<RawValue>>,
     kind: ChannelKind,
+    /// When the token the channel was joined (or last refreshed) with
+    /// expires, in seconds since the Unix epoch: then it is closed.
+    expires_at: Option<u64>,
     /// Counts the channel at `/metrics` while it is joined.
     _open: ChannelGauge,
 }
@@ -83,10 +86,13 @@ struct Session {
     channels: HashMap<String, Channel>,
     limits: SocketLimits,
     next_presence: u64,
+    /// `exp` of the token the socket connected with.
+    socket_exp: Option<u64>,
 }
 
 /// Serves one upgraded WebSocket until either side closes it.
-pub async fn serve(ws: WebSocket, vsn: Vsn, ctx: Arc<SocketContext>) {
+/// `socket_exp` is the `exp` of the token checked at the upgrade.
+pub async fn serve(ws: WebSocket, vsn: Vsn, ctx: Arc<SocketContext>, socket_exp: Option<u64>) {
     let hub = ctx.hub.clone();
     let limits = ctx.limits.clone();
     let reg = hub.register();
@@ -109,12 +115,18 @@ pub async fn serve(ws: WebSocket, vsn: Vsn, ctx: Arc<SocketContext>) {
         channels: HashMap::new(),
         limits,
         next_presence: 0,
+        socket_exp,
     };
     tracing::debug!(socket = session.id, ?vsn, "socket connected");
 
     loop {
+        let expiry = session.next_expiry();
         let next = tokio::select! {
             _ = cancel.cancelled() => break,
+            _ = sleep_until_unix(expiry.unwrap_or(u64::MAX)), if expiry.is_some() => {
+                session.expire_channels().await;
+                continue;
+            }
             next = tokio::time::timeout(IDLE_TIMEOUT, stream.next()) => next,
         };
         let msg = match next {
@@ -247,50 +259,92 @@ impl Session {
     /// When channels are secured, a token in the payload (`access_token`,
     /// or older clients' `user_token`) must verify. `None` (or null, which
     /// realtime-js 1.7 sends) means the socket's own token stands.
-    fn check_token(&self, payload: &Value) -> Result<(), String> {
+    /// On success, when the token that now stands expires.
+    fn check_token(&self, payload: &Value) -> Result<Option<u64>, String> {
         let Some(verifier) = &self.verifier else {
-            return Ok(());
+            return Ok(None);
         };
         let token = payload["access_token"]
             .as_str()
             .or_else(|| payload["user_token"].as_str());
         match token {
-            Some(t) => verifier.verify(t).map(|_| ()).map_err(|e| {
+            Some(t) => verifier.verify(t).map(|c| c.exp).map_err(|e| {
                 Metrics::inc(&METRICS.auth_failures);
                 e.to_string()
             }),
-            None => Ok(()),
+            None => Ok(self.socket_exp),
         }
+    }
+
+    /// The earliest expiry among the joined channels.
+    fn next_expiry(&self) -> Option<u64> {
+        self.channels.values().filter_map(|c| c.expires_at).min()
+    }
+
+    /// Closes every channel whose token has expired, each with a `system`
+    /// error the client can read, as a refused token does.
+    async fn expire_channels(&mut self) {
+        let now = unix_now();
+        let expired: Vec<String> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| c.expires_at.is_some_and(|e| e <= now))
+            .map(|(t, _)| t.clone())
+            .collect();
+        for topic in expired {
+            if let Some(channel) = self.channels.remove(&topic) {
+                tracing::info!(socket = self.id, %topic, "closing a channel: its token expired");
+                self.close_channel(&topic, channel, "access token has expired")
+                    .await;
+            }
+        }
+    }
+
+    /// Ends a channel the server refuses to keep: a `system` error naming
+    /// the reason, then `phx_close`.
+    async fn close_channel(&mut self, topic: &str, channel: Channel, reason: &str) {
+        self.drop_channel(&channel);
+        let join_ref = channel.join_ref.as_deref();
+        let short = topic.strip_prefix("realtime:").unwrap_or(topic);
+        let system = serde_json::json!({"extension": "system", "status": "error",
+            "message": reason, "channel": short});
+        self.push(join_ref, topic, "system", &system.to_string())
+            .await;
+        self.push_close(join_ref, topic).await;
     }
 
     /// An `access_token` push replaces the channel's token; one that does
     /// not verify closes the channel with a `system` error the client can
     /// read. The clients expect no reply.
     async fn refresh_token(&mut self, m: Inbound) {
-        let Err(reason) = self.check_token(&m.payload) else {
-            return;
+        let reason = match self.check_token(&m.payload) {
+            Ok(exp) => {
+                // A new token moves the channel's expiry; a null one (as
+                // realtime-js 1.7 sends) leaves it.
+                let new_token =
+                    m.payload["access_token"].is_string() || m.payload["user_token"].is_string();
+                if let (true, Some(channel)) = (new_token, self.channels.get_mut(&m.topic)) {
+                    channel.expires_at = exp;
+                }
+                return;
+            }
+            Err(reason) => reason,
         };
         let Some(channel) = self.channels.remove(&m.topic) else {
             return;
         };
         tracing::info!(socket = self.id, topic = %m.topic, %reason, "closing a channel: its new token was refused");
-        self.drop_channel(&channel);
-        let join_ref = channel.join_ref.as_deref();
-        let short = m.topic.strip_prefix("realtime:").unwrap_or(&m.topic);
-        let system = serde_json::json!({"extension": "system", "status": "error",
-            "message": reason, "channel": short});
-        self.push(join_ref, &m.topic, "system", &system.to_string())
-            .await;
-        self.push_close(join_ref, &m.topic).await;
+        self.close_channel(&m.topic, channel, &reason).await;
     }
 
     async fn join(&mut self, m: Inbound) {
         if !m.topic.starts_with("realtime:") {
             return self.reply_error(&m, "unmatched topic").await;
         }
-        if let Err(reason) = self.check_token(&m.payload) {
-            return self.reply_error(&m, &reason).await;
-        }
+        let expires_at = match self.check_token(&m.payload) {
+            Ok(exp) => exp,
+            Err(reason) => return self.reply_error(&m, &reason).await,
+        };
         if !self.channels.contains_key(&m.topic) && self.channels.len() >= self.limits.max_channels
         {
             let reason = format!(
@@ -300,12 +354,12 @@ impl Session {
             return self.reply_error(&m, &reason).await;
         }
         match m.payload.get("config").filter(|c| c.is_object()).cloned() {
-            None => self.join_legacy(m).await,
-            Some(config) => self.join_v2(m, &config).await,
+            None => self.join_legacy(m, expires_at).await,
+            Some(config) => self.join_v2(m, &config, expires_at).await,
         }
     }
 
-    async fn join_legacy(&mut self, m: Inbound) {
+    async fn join_legacy(&mut self, m: Inbound, expires_at: Option<u64>) {
         let join_ref = m.join_ref.clone();
         let key = match LegacyTopic::parse(&m.topic) {
             Ok(key) => key,
@@ -324,12 +378,13 @@ impl Session {
             Channel {
                 join_ref,
                 kind: ChannelKind::Legacy(key),
+                expires_at,
                 _open: ChannelGauge::open(),
             },
         );
     }
 
-    async fn join_v2(&mut self, m: Inbound, config: &Value) {
+    async fn join_v2(&mut self, m: Inbound, config: &Value, expires_at: Option<u64>) {
         let join_ref = m.join_ref.clone();
         let topic: Arc<str> = m.topic.as_str().into();
         let self_broadcast = config["broadcast"]["self"].as_bool().unwrap_or(false);
@@ -384,6 +439,7 @@ impl Session {
                     ack,
                     presence_key,
                 },
+                expires_at,
                 _open: ChannelGauge::open(),
             },
         );
@@ -554,6 +610,23 @@ async fn feed(sink: &mut futures::stream::SplitSink<WebSocket, Message>, text: &
         .bytes_sent
         .fetch_add(text.len() as u64, std::sync::atomic::Ordering::Relaxed);
     true
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Sleeps until `at` (seconds since the Unix epoch); a token is valid up to
+/// and excluding its `exp` second.
+async fn sleep_until_unix(at: u64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let wait = Duration::from_secs(at).saturating_sub(now);
+    tokio::time::sleep(wait).await;
 }
 
 /// A close reason must fit a control frame (123 bytes).
