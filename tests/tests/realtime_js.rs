@@ -6,6 +6,8 @@
 //! - 2.x: `realtime-js-v2.test.mjs`, once for 2.8.4 and once for the newest
 //!   2.x (with the `ws` transport and vsn 2.0.0): postgres_changes with every
 //!   filter operator, typed values, Broadcast and Presence.
+//! - 2.x with secured channels: `realtime-js-secured.test.mjs` (tokens at
+//!   connect and join, a forged token, a token expiring under a channel).
 //!
 //! Needs Node (tested with 20) and `npm ci` in tests/js; tests/setup.sh sets up both.
 
@@ -87,6 +89,18 @@ fn js_dir() -> PathBuf {
 /// `realtime_test` publication, runs `node --test` on `file` in tests/js, and
 /// expects it to pass exactly `passes` tests.
 async fn run_node_test(file: &str, schema: &str, packages: &[&str], passes: usize) {
+    run_node_test_with(file, schema, packages, passes, None).await
+}
+
+/// [`run_node_test`], with channels secured by `jwt_secret` when given (the
+/// Node test gets it as `JWT_SECRET` to sign its tokens).
+async fn run_node_test_with(
+    file: &str,
+    schema: &str,
+    packages: &[&str],
+    passes: usize,
+    jwt_secret: Option<&str>,
+) {
     let js = js_dir();
     for package in packages {
         assert!(
@@ -103,7 +117,11 @@ async fn run_node_test(file: &str, schema: &str, packages: &[&str], passes: usiz
         .expect("start PostgreSQL");
     let db = pg.connect().await.expect("connect");
     db.batch_execute(schema).await.expect("schema");
-    let env = ServerProcess::env_for(&pg, &["realtime_test"]);
+    let mut env = ServerProcess::env_for(&pg, &["realtime_test"]);
+    if let Some(secret) = jwt_secret {
+        env.insert("SECURE_CHANNELS".into(), "true".into());
+        env.insert("JWT_SECRET".into(), secret.into());
+    }
     let server = tokio::task::spawn_blocking(move || ServerProcess::start(env))
         .await
         .unwrap();
@@ -118,16 +136,43 @@ async fn run_node_test(file: &str, schema: &str, packages: &[&str], passes: usiz
             format!("ws://127.0.0.1:{}/socket", server.port),
         )
         .env("DATABASE_URL", pg.url())
+        .env("JWT_SECRET", jwt_secret.unwrap_or_default())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("spawn `node` (install Node; tests/setup.sh does)");
-    let output = match tokio::time::timeout(NODE_TIMEOUT, child.wait_with_output()).await {
-        Ok(output) => output.expect("wait for node"),
-        Err(_) => panic!("node --test {file} did not finish within {NODE_TIMEOUT:?} (killed)"),
+    // Read both pipes while waiting, so a run that hangs still shows what it
+    // printed.
+    let mut child = child;
+    let read = |pipe: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>| {
+        tokio::spawn(async move {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = tokio::io::AsyncReadExt::read_to_end(&mut p, &mut buf).await;
+            }
+            buf
+        })
     };
+    let out = read(child.stdout.take().map(|p| Box::new(p) as _));
+    let err = read(child.stderr.take().map(|p| Box::new(p) as _));
+    let status = tokio::time::timeout(NODE_TIMEOUT, child.wait()).await;
+    if status.is_err() {
+        let _ = child.kill().await;
+    }
+    let output = std::process::Output {
+        status: child.wait().await.expect("wait for node"),
+        stdout: out.await.unwrap(),
+        stderr: err.await.unwrap(),
+    };
+    if status.is_err() {
+        panic!(
+            "node --test {file} did not finish within {NODE_TIMEOUT:?} (killed):\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -164,6 +209,20 @@ async fn realtime_js_v2_changes_broadcast_and_presence_through_its_own_api() {
         &schema_v2(),
         &["realtime-js-2-8", "realtime-js-2-latest", "ws"],
         6 + 7,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn realtime_js_v2_passes_its_token_and_sees_expiry_when_channels_are_secured() {
+    // Per version: token at connect and join, a forged token, expiry.
+    run_node_test_with(
+        "realtime-js-secured.test.mjs",
+        "CREATE TABLE secured_items (id bigint PRIMARY KEY);
+         CREATE PUBLICATION realtime_test FOR ALL TABLES;",
+        &["realtime-js-2-8", "realtime-js-2-latest", "ws"],
+        2 * 3,
+        Some("a-secret-of-at-least-32-characters-long"),
     )
     .await;
 }
