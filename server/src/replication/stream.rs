@@ -768,3 +768,21 @@ fn fill_unchanged_toast(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replayed_transaction_is_skipped_whole_or_up_to_where_it_stopped() {
+        let mut d = Delivered::default();
+        assert_eq!(d.already(Lsn(100)), 0, "nothing delivered yet");
+        d.through = Lsn(100);
+        assert_eq!(d.already(Lsn(100)), u64::MAX, "delivered whole");
+        assert_eq!(d.already(Lsn(50)), u64::MAX, "older: delivered whole");
+        assert_eq!(d.already(Lsn(200)), 0, "newer: not delivered");
+        d.partial = Some((Lsn(200), 7));
+        assert_eq!(d.already(Lsn(200)), 7, "the first 7 changes were delivered");
+        assert_eq!(d.already(Lsn(300)), 0);
+    }
+}
