@@ -70,6 +70,18 @@ pub fn routes(
         .and(with_state.clone())
         .map(api_broadcast);
 
+    // The newest realtime-js `httpSend()`: one event per request, the body
+    // is the payload; topic and event in the path.
+    let api_broadcast_event = warp::path!("api" / "broadcast" / String / "events" / String)
+        .and(warp::post())
+        .and(warp::header::optional::<String>("apikey"))
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::header::optional::<String>("content-type"))
+        .and(warp::body::content_length_limit(1024 * 1024))
+        .and(warp::body::bytes())
+        .and(with_state.clone())
+        .map(api_broadcast_event);
+
     let healthz = warp::path!("healthz").map(|| "ok");
     let metrics = warp::path!("metrics")
         .and(warp::get())
@@ -99,6 +111,7 @@ pub fn routes(
         .map(|| warp::reply::html(crate::dev::page::INDEX_HTML));
 
     ws.or(api_broadcast)
+        .or(api_broadcast_event)
         .or(healthz)
         .or(readyz)
         .or(metrics)
@@ -175,43 +188,152 @@ struct BroadcastMessage {
     payload: serde_json::Value,
 }
 
+/// When channels are secured, the bearer token (or `apikey` header) of an
+/// HTTP broadcast must verify; the refusal to send otherwise.
+fn check_http_token(
+    state: &AppState,
+    apikey: Option<String>,
+    authorization: Option<String>,
+) -> Result<(), warp::reply::Response> {
+    let Some(verifier) = &state.verifier else {
+        return Ok(());
+    };
+    let bearer = authorization
+        .as_deref()
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let result = match bearer.or(apikey) {
+        Some(t) => verifier.verify(&t),
+        None => Err(crate::auth::AuthError::Missing),
+    };
+    result.map(|_| ()).map_err(|e| {
+        Metrics::inc(&METRICS.auth_failures);
+        json_error(StatusCode::FORBIDDEN, &e.to_string())
+    })
+}
+
+/// Sends one broadcast to the members of `topic` (with or without the
+/// `realtime:` prefix).
+fn relay_broadcast(state: &AppState, topic: &str, event: &str, payload: &serde_json::Value) {
+    let topic = if topic.starts_with("realtime:") {
+        topic.to_string()
+    } else {
+        format!("realtime:{topic}")
+    };
+    let payload = serde_json::json!({"type": "broadcast", "event": event, "payload": payload});
+    state
+        .hub
+        .relay(&topic, None, "broadcast", &payload.to_string());
+}
+
+fn accepted() -> warp::reply::Response {
+    warp::reply::with_status(
+        warp::reply::json(&serde_json::json!({})),
+        StatusCode::ACCEPTED,
+    )
+    .into_response()
+}
+
+fn json_error(status: StatusCode, message: &str) -> warp::reply::Response {
+    warp::reply::with_status(
+        warp::reply::json(&serde_json::json!({ "error": message })),
+        status,
+    )
+    .into_response()
+}
+
 fn api_broadcast(
     apikey: Option<String>,
     authorization: Option<String>,
     body: BroadcastRequest,
     state: Arc<AppState>,
 ) -> warp::reply::Response {
-    if let Some(verifier) = &state.verifier {
-        let bearer = authorization
-            .as_deref()
-            .and_then(|a| a.strip_prefix("Bearer "))
-            .map(str::to_string);
-        let result = match bearer.or(apikey) {
-            Some(t) => verifier.verify(&t),
-            None => Err(crate::auth::AuthError::Missing),
-        };
-        if let Err(e) = result {
-            Metrics::inc(&METRICS.auth_failures);
-            return text(StatusCode::FORBIDDEN, e.to_string());
-        }
+    if let Err(refused) = check_http_token(&state, apikey, authorization) {
+        return refused;
     }
     for m in body.messages {
-        let topic = if m.topic.starts_with("realtime:") {
-            m.topic
-        } else {
-            format!("realtime:{}", m.topic)
-        };
-        let payload =
-            serde_json::json!({"type": "broadcast", "event": m.event, "payload": m.payload});
-        state
-            .hub
-            .relay(&topic, None, "broadcast", &payload.to_string());
+        relay_broadcast(&state, &m.topic, &m.event, &m.payload);
     }
-    warp::reply::with_status(
-        warp::reply::json(&serde_json::json!({})),
-        StatusCode::ACCEPTED,
-    )
-    .into_response()
+    accepted()
+}
+
+fn api_broadcast_event(
+    topic: String,
+    event: String,
+    apikey: Option<String>,
+    authorization: Option<String>,
+    content_type: Option<String>,
+    body: bytes::Bytes,
+    state: Arc<AppState>,
+) -> warp::reply::Response {
+    if let Err(refused) = check_http_token(&state, apikey, authorization) {
+        return refused;
+    }
+    let decode = |s: &str| {
+        percent_decode(s).ok_or_else(|| {
+            json_error(
+                StatusCode::BAD_REQUEST,
+                &format!("the path segment {s:?} is not valid percent-encoded UTF-8"),
+            )
+        })
+    };
+    let (topic, event) = match (decode(&topic), decode(&event)) {
+        (Ok(t), Ok(e)) => (t, e),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    if content_type
+        .as_deref()
+        .is_some_and(|c| c.starts_with("application/octet-stream"))
+    {
+        return json_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "binary broadcast payloads are not supported by this server: send JSON",
+        );
+    }
+    let payload: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                &format!("the body is not JSON: {e}"),
+            )
+        }
+    };
+    relay_broadcast(&state, &topic, &event, &payload);
+    accepted()
+}
+
+/// Decodes `%XX` escapes (warp hands path segments over still encoded).
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn path_segments_are_percent_decoded() {
+        assert_eq!(percent_decode("room%3A1").as_deref(), Some("room:1"));
+        assert_eq!(percent_decode("caf%C3%A9").as_deref(), Some("café"));
+        assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
+        assert_eq!(percent_decode("bad%2"), None);
+        assert_eq!(percent_decode("bad%zz"), None);
+        assert_eq!(percent_decode("%FF"), None);
+    }
 }
 
 fn text(status: StatusCode, body: String) -> warp::reply::Response {

@@ -435,6 +435,14 @@ for (const version of VERSIONS) {
       assert.equal(await chA.send({ type: 'broadcast', event: 'rest', payload: { via: 'http' } }), 'ok');
       await until(() => got.length >= 1, 'the REST broadcast');
       assert.deepEqual(got, [{ type: 'broadcast', event: 'rest', payload: { via: 'http' } }]);
+      if (typeof chA.httpSend === 'function') {
+        // The newest client's httpSend(): POST /api/broadcast/<topic>/events/<event>.
+        assert.deepEqual(await chA.httpSend('rest', { via: 'httpSend' }), { success: true });
+        await until(() => got.length >= 2, 'the httpSend broadcast');
+        assert.deepEqual(got[1], { type: 'broadcast', event: 'rest', payload: { via: 'httpSend' } });
+        const binary = await chA.httpSend('rest', new Uint8Array([1, 2])).catch((e) => e);
+        assert.match(String(binary?.error ?? binary?.message ?? binary), /binary broadcast payloads/);
+      }
     });
 
     it('presence between clients: sync, join, and leave when a client disconnects', async () => {
