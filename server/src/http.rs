@@ -189,12 +189,12 @@ struct BroadcastMessage {
 }
 
 /// When channels are secured, the bearer token (or `apikey` header) of an
-/// HTTP broadcast must verify; the refusal to send otherwise.
+/// HTTP broadcast must verify; why not otherwise.
 fn check_http_token(
     state: &AppState,
     apikey: Option<String>,
     authorization: Option<String>,
-) -> Result<(), warp::reply::Response> {
+) -> Result<(), String> {
     let Some(verifier) = &state.verifier else {
         return Ok(());
     };
@@ -208,7 +208,7 @@ fn check_http_token(
     };
     result.map(|_| ()).map_err(|e| {
         Metrics::inc(&METRICS.auth_failures);
-        json_error(StatusCode::FORBIDDEN, &e.to_string())
+        e.to_string()
     })
 }
 
@@ -248,8 +248,8 @@ fn api_broadcast(
     body: BroadcastRequest,
     state: Arc<AppState>,
 ) -> warp::reply::Response {
-    if let Err(refused) = check_http_token(&state, apikey, authorization) {
-        return refused;
+    if let Err(reason) = check_http_token(&state, apikey, authorization) {
+        return json_error(StatusCode::FORBIDDEN, &reason);
     }
     for m in body.messages {
         relay_broadcast(&state, &m.topic, &m.event, &m.payload);
@@ -266,20 +266,17 @@ fn api_broadcast_event(
     body: bytes::Bytes,
     state: Arc<AppState>,
 ) -> warp::reply::Response {
-    if let Err(refused) = check_http_token(&state, apikey, authorization) {
-        return refused;
+    if let Err(reason) = check_http_token(&state, apikey, authorization) {
+        return json_error(StatusCode::FORBIDDEN, &reason);
     }
-    let decode = |s: &str| {
-        percent_decode(s).ok_or_else(|| {
-            json_error(
-                StatusCode::BAD_REQUEST,
-                &format!("the path segment {s:?} is not valid percent-encoded UTF-8"),
-            )
-        })
-    };
-    let (topic, event) = match (decode(&topic), decode(&event)) {
-        (Ok(t), Ok(e)) => (t, e),
-        (Err(r), _) | (_, Err(r)) => return r,
+    let (topic, event) = match (percent_decode(&topic), percent_decode(&event)) {
+        (Some(t), Some(e)) => (t, e),
+        _ => return json_error(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "the path /api/broadcast/{topic}/events/{event} is not valid percent-encoded UTF-8"
+            ),
+        ),
     };
     if content_type
         .as_deref()
@@ -321,6 +318,20 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+fn text(status: StatusCode, body: String) -> warp::reply::Response {
+    warp::reply::with_status(body, status).into_response()
+}
+
+async fn handle_rejection(err: Rejection) -> Result<warp::reply::Response, Infallible> {
+    if err.is_not_found() {
+        return Ok(text(StatusCode::NOT_FOUND, "not found".into()));
+    }
+    Ok(text(
+        StatusCode::BAD_REQUEST,
+        format!("bad request: {err:?}"),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::percent_decode;
@@ -334,18 +345,4 @@ mod tests {
         assert_eq!(percent_decode("bad%zz"), None);
         assert_eq!(percent_decode("%FF"), None);
     }
-}
-
-fn text(status: StatusCode, body: String) -> warp::reply::Response {
-    warp::reply::with_status(body, status).into_response()
-}
-
-async fn handle_rejection(err: Rejection) -> Result<warp::reply::Response, Infallible> {
-    if err.is_not_found() {
-        return Ok(text(StatusCode::NOT_FOUND, "not found".into()));
-    }
-    Ok(text(
-        StatusCode::BAD_REQUEST,
-        format!("bad request: {err:?}"),
-    ))
 }
