@@ -271,12 +271,14 @@ fn api_broadcast_event(
     }
     let (topic, event) = match (percent_decode(&topic), percent_decode(&event)) {
         (Some(t), Some(e)) => (t, e),
-        _ => return json_error(
-            StatusCode::BAD_REQUEST,
-            &format!(
+        _ => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                &format!(
                 "the path /api/broadcast/{topic}/events/{event} is not valid percent-encoded UTF-8"
             ),
-        ),
+            )
+        }
     };
     if content_type
         .as_deref()

@@ -254,7 +254,7 @@ async fn sigkill_during_a_stream_loses_no_committed_change() {
 }
 
 #[tokio::test]
-async fn postgres_restarts_fast_and_immediate_lose_nothing_and_keep_sockets_open() {
+async fn a_cut_connection_and_postgres_restarts_lose_nothing_and_keep_sockets_open() {
     const TOTAL: u32 = 2500;
     let (pg, _db) = pg_with_numbers().await;
     let server = start(server_env(&pg, "faults_pg_restart")).await;
@@ -269,7 +269,24 @@ async fn postgres_restarts_fast_and_immediate_lose_nothing_and_keep_sockets_open
     let written = Arc::new(AtomicU32::new(0));
     let writer = spawn_writer(pg.clone(), TOTAL, written.clone());
 
-    for (mode, after) in [("fast", 400), ("immediate", 1200)] {
+    // First the replication connection is cut (its walsender terminated).
+    wait_until("numbers arrived", Duration::from_secs(60), || {
+        seen.lock().unwrap().numbers.len() >= 200
+    })
+    .await;
+    let admin = pg.connect().await.unwrap();
+    let cut = admin
+        .execute(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+             WHERE slot_name = 'faults_pg_restart'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(cut, 1, "the walsender was terminated");
+    drop(admin);
+    // Then PostgreSQL is stopped and started again, fast and immediate.
+    for (mode, after) in [("fast", 600), ("immediate", 1300)] {
         wait_until("numbers arrived", Duration::from_secs(60), || {
             seen.lock().unwrap().numbers.len() >= after
         })
@@ -320,7 +337,7 @@ async fn postgres_restarts_fast_and_immediate_lose_nothing_and_keep_sockets_open
         "a reconnect to the database redelivered {dup:?}"
     );
     server.wait_ready(Duration::from_secs(10));
-    assert!(metric(&server, "realtime_replication_failures_total") >= 2.0);
+    assert!(metric(&server, "realtime_replication_failures_total") >= 3.0);
     assert!(metric(&server, "realtime_changes_received_total") >= TOTAL as f64);
     assert!(metric(&server, "realtime_messages_sent_total") >= TOTAL as f64);
 }
