@@ -146,6 +146,33 @@ fn spawn_reader(
     })
 }
 
+/// A client subscribed to `numbers` (joined), then a writer inserting
+/// 1..=total.
+struct Stream {
+    seen: Arc<Mutex<Seen>>,
+    reader: tokio::task::JoinHandle<()>,
+    written: Arc<AtomicU32>,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+async fn numbered_stream(pg: &Arc<TempPostgres>, url: String, total: u32) -> Stream {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let joined = Arc::new(AtomicBool::new(false));
+    let reader = spawn_reader(url, total, seen.clone(), joined.clone());
+    wait_until("the client joined", Duration::from_secs(20), || {
+        joined.load(Ordering::SeqCst)
+    })
+    .await;
+    let written = Arc::new(AtomicU32::new(0));
+    let writer = spawn_writer(pg.clone(), total, written.clone());
+    Stream {
+        seen,
+        reader,
+        written,
+        writer,
+    }
+}
+
 /// Every number 1..=total, first occurrences in order; returns the
 /// duplicates (numbers seen more than once).
 fn check_all_in_order(numbers: &[u32], total: u32) -> Vec<u32> {
@@ -196,15 +223,12 @@ async fn sigkill_during_a_stream_loses_no_committed_change() {
     env.insert("RESUME_DELAY_MS".into(), "3000".into());
     let mut server = start(env.clone()).await;
 
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let joined = Arc::new(AtomicBool::new(false));
-    let reader = spawn_reader(server.ws_url("1.0.0"), TOTAL, seen.clone(), joined.clone());
-    wait_until("the client joined", Duration::from_secs(20), || {
-        joined.load(Ordering::SeqCst)
-    })
-    .await;
-    let written = Arc::new(AtomicU32::new(0));
-    let writer = spawn_writer(pg.clone(), TOTAL, written.clone());
+    let Stream {
+        seen,
+        reader,
+        written,
+        writer,
+    } = numbered_stream(&pg, server.ws_url("1.0.0"), TOTAL).await;
 
     wait_until("300 numbers arrived", Duration::from_secs(60), || {
         seen.lock().unwrap().numbers.len() >= 300
@@ -259,15 +283,12 @@ async fn a_cut_connection_and_postgres_restarts_lose_nothing_and_keep_sockets_op
     let (pg, _db) = pg_with_numbers().await;
     let server = start(server_env(&pg, "faults_pg_restart")).await;
 
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let joined = Arc::new(AtomicBool::new(false));
-    let reader = spawn_reader(server.ws_url("2.0.0"), TOTAL, seen.clone(), joined.clone());
-    wait_until("the client joined", Duration::from_secs(20), || {
-        joined.load(Ordering::SeqCst)
-    })
-    .await;
-    let written = Arc::new(AtomicU32::new(0));
-    let writer = spawn_writer(pg.clone(), TOTAL, written.clone());
+    let Stream {
+        seen,
+        reader,
+        written: _,
+        writer,
+    } = numbered_stream(&pg, server.ws_url("2.0.0"), TOTAL).await;
 
     // First the replication connection is cut (its walsender terminated).
     wait_until("numbers arrived", Duration::from_secs(60), || {
