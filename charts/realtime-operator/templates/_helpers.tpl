@@ -43,7 +43,7 @@ The rules of every RealtimeServer namespace: exactly what the operator calls
 # Watch RealtimeServers, add/remove the finalizer (patch), write status.
 - apiGroups: [realtime.dev]
   resources: [realtimeservers]
-  verbs: [get, list, watch, patch]
+  verbs: [list, watch, patch]
 - apiGroups: [realtime.dev]
   resources: [realtimeservers/status]
   verbs: [patch]
@@ -52,17 +52,18 @@ The rules of every RealtimeServer namespace: exactly what the operator calls
 - apiGroups: [realtime.dev]
   resources: [realtimeservers/finalizers]
   verbs: [update]
-# The server pods (server-side apply; deleted first on cleanup).
+# The server pods: watched (list/watch), server-side applied (create/patch:
+# an apply that creates needs create), deleted first on cleanup.
 - apiGroups: [apps]
   resources: [statefulsets]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, list, watch, create, patch]
+  verbs: [list, watch, create, patch]
 # Applied with 2+ replicas where policy/v1 is served; deleted below 2.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
-  verbs: [get, create, patch, delete]
+  verbs: [create, patch, delete]
 # Readiness of the server pods; a slot is dropped only once its pod is gone.
 - apiGroups: [""]
   resources: [pods]
