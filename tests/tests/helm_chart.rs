@@ -873,3 +873,50 @@ fn deploy_manifest_is_the_chart_rendered_with_its_defaults() {
     let deploy = find(&docs, "Deployment", "realtime-operator");
     assert_eq!(deploy["metadata"]["namespace"], "realtime-system");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_install_as_the_readme_says_succeeds_on_the_api_server() {
+    let k8s = KubeApiServer::start().await.expect("start the API server");
+    let kubeconfig = k8s.kubeconfig_path().to_str().unwrap().to_string();
+    let chart = chart_dir();
+    // README: helm install realtime-operator charts/realtime-operator
+    //   --namespace realtime-system --create-namespace
+    let out = tokio::task::spawn_blocking(move || {
+        helm(&[
+            "install",
+            "realtime-operator",
+            chart.to_str().unwrap(),
+            "--namespace",
+            "realtime-system",
+            "--create-namespace",
+            "--kubeconfig",
+            &kubeconfig,
+        ])
+    })
+    .await
+    .unwrap()
+    .unwrap_or_else(|e| panic!("helm install failed:\n{e}\n{}", k8s.log_tails()));
+    assert!(out.contains("STATUS: deployed"), "{out}");
+    assert!(
+        out.contains("It watches RealtimeServers in every namespace."),
+        "NOTES.txt: {out}"
+    );
+    let crds: Api<CustomResourceDefinition> = Api::all(k8s.client());
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        await_condition(
+            crds,
+            "realtimeservers.realtime.dev",
+            conditions::is_crd_established(),
+        ),
+    )
+    .await
+    .expect("the chart's CRD established in time")
+    .expect("watch the CRD");
+    let deploys: Api<Deployment> = Api::namespaced(k8s.client(), "realtime-system");
+    let d = deploys
+        .get("realtime-operator")
+        .await
+        .expect("the Deployment");
+    assert_eq!(d.spec.unwrap().replicas, Some(1));
+}
