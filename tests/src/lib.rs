@@ -3,6 +3,7 @@
 //! child process, a Phoenix Channels WebSocket client, and a real Kubernetes
 //! API server (etcd + kube-apiserver on loopback).
 
+pub mod chart;
 pub mod k8s;
 pub mod operator;
 pub mod server;

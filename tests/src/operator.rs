@@ -106,6 +106,7 @@ impl OperatorEnv {
         Settings {
             default_image: Some(IMAGE.into()),
             cleanup_timeout: Duration::from_secs(8),
+            watch_namespace: None,
         }
     }
 

@@ -40,12 +40,23 @@ pub const RESYNC: Duration = Duration::from_secs(300);
 /// dropping the slots (and saying so in a Warning Event).
 pub const DEFAULT_CLEANUP_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// The server image the operator runs when neither the spec nor
+/// `REALTIME_SERVER_IMAGE` names one: the image built from `server/Dockerfile`,
+/// tagged with this release's version (the Helm chart's default too).
+pub const DEFAULT_SERVER_IMAGE: &str = concat!(
+    "ghcr.io/realtime-dev/realtime-server:",
+    env!("CARGO_PKG_VERSION")
+);
+
 /// The operator's own configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// The server image used when a spec names none (`REALTIME_SERVER_IMAGE`).
     pub default_image: Option<String>,
     pub cleanup_timeout: Duration,
+    /// The one namespace to watch (`WATCH_NAMESPACE`); `None`: every namespace.
+    /// Watching one namespace needs only a Role there, no ClusterRole.
+    pub watch_namespace: Option<String>,
 }
 
 impl Default for Settings {
@@ -53,6 +64,7 @@ impl Default for Settings {
         Settings {
             default_image: None,
             cleanup_timeout: DEFAULT_CLEANUP_TIMEOUT,
+            watch_namespace: None,
         }
     }
 }
