@@ -359,6 +359,13 @@ impl Hub {
         }
     }
 
+    /// Closes a socket whose own replies filled its queue (a client that
+    /// sends requests without reading the answers); counted like any other
+    /// slow consumer.
+    pub fn close_slow_consumer(&self, id: SocketId) {
+        self.close_slow(vec![id]);
+    }
+
     fn close_slow(&self, ids: Vec<SocketId>) {
         let index = self.read();
         for id in ids {

@@ -111,6 +111,7 @@ pub async fn serve(ws: WebSocket, vsn: Vsn, ctx: Arc<SocketContext>) {
 
     loop {
         let next = tokio::select! {
+            biased;
             _ = cancel.cancelled() => break,
             next = tokio::time::timeout(IDLE_TIMEOUT, stream.next()) => next,
         };
@@ -121,7 +122,11 @@ pub async fn serve(ws: WebSocket, vsn: Vsn, ctx: Arc<SocketContext>) {
                     .await;
                 break;
             }
-            Ok(None) | Ok(Some(Err(_))) => break,
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                session.close_after_read_error(&e).await;
+                break;
+            }
             Ok(Some(Ok(msg))) => msg,
         };
         if msg.is_close() {
@@ -131,7 +136,7 @@ pub async fn serve(ws: WebSocket, vsn: Vsn, ctx: Arc<SocketContext>) {
             continue;
         }
         if msg.as_bytes().len() > session.limits.max_frame_bytes {
-            session.close(1009, "frame too large").await;
+            session.close_frame_too_large().await;
             break;
         }
         let decoded = match msg.to_str() {
@@ -167,14 +172,40 @@ pub async fn serve(ws: WebSocket, vsn: Vsn, ctx: Arc<SocketContext>) {
 
 impl Session {
     async fn send(&self, frame: Arc<str>) {
-        let _ = self.tx.send(Outbound::Frame(frame)).await;
+        self.enqueue(Outbound::Frame(frame));
     }
 
     async fn close(&self, code: u16, reason: &str) {
-        let _ = self
-            .tx
-            .send(Outbound::Close(code, truncate_reason(reason)))
+        self.enqueue(Outbound::Close(code, truncate_reason(reason)));
+    }
+
+    /// Queues without waiting: a client that sends requests faster than it
+    /// reads their answers fills its own queue and is closed as a slow
+    /// consumer, as when changes fill it, instead of stalling this loop.
+    fn enqueue(&self, item: Outbound) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(item) {
+            self.hub.close_slow_consumer(self.id);
+        }
+    }
+
+    async fn close_frame_too_large(&self) {
+        let limit = self.limits.max_frame_bytes;
+        tracing::info!(socket = self.id, limit, "closing a socket that sent a frame over the limit");
+        self.close(1009, &format!("frame too large: the limit is {limit} bytes"))
             .await;
+    }
+
+    /// The WebSocket layer refused what the client sent: a frame over the
+    /// size limit (1009), or a frame that breaks RFC 6455 (1002). A broken
+    /// connection gets the close too, which then goes nowhere.
+    async fn close_after_read_error(&self, e: &warp::Error) {
+        // warp hides tungstenite's error type; its text names the capacity error.
+        let text = e.to_string();
+        if text.contains("Message too long") || text.contains("Space limit exceeded") {
+            return self.close_frame_too_large().await;
+        }
+        tracing::debug!(socket = self.id, error = %text, "socket read failed");
+        self.close(1002, &format!("protocol error: {text}")).await;
     }
 
     async fn reply(&self, m: &Inbound, join_ref: Option<&RawValue>, ok: bool, response: &str) {
@@ -540,6 +571,21 @@ fn truncate_reason(reason: &str) -> String {
     reason[..end].to_string()
 }
 
+/// How long a writer that is closing its socket waits for the client to take
+/// the close frame. A client that stopped reading never does: past this its
+/// connection is dropped, and with it the frames queued for it.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// How a writer's draining of its queue ended.
+enum Ending {
+    /// The session or the hub asked for this close frame.
+    Close(Message),
+    /// Every sender is gone: the session ended.
+    QueueEnded,
+    /// The connection failed.
+    Broken,
+}
+
 async fn write_loop(
     mut sink: futures::stream::SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Outbound>,
@@ -547,36 +593,52 @@ async fn write_loop(
     shutting_down: Arc<std::sync::atomic::AtomicBool>,
     _guard: crate::hub::WriterGuard,
 ) {
+    // The hub's cancel interrupts a write that is blocked on a client that
+    // does not read, so a slow consumer is closed at once.
+    let ending = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => Ending::Close(
+            if shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
+                Message::close_with(CLOSE_GOING_AWAY, "server shutting down")
+            } else {
+                let reason = "slow consumer: the send queue is full; reconnect";
+                Message::close_with(CLOSE_SLOW_CONSUMER, reason)
+            },
+        ),
+        ending = drain(&mut sink, &mut rx) => ending,
+    };
+    let finished = match ending {
+        Ending::Close(close) => tokio::time::timeout(CLOSE_GRACE, sink.send(close)).await,
+        Ending::QueueEnded => tokio::time::timeout(CLOSE_GRACE, sink.close()).await,
+        Ending::Broken => return,
+    };
+    if finished.is_err() {
+        tracing::info!(
+            "dropped a connection whose client did not take its close frame within {CLOSE_GRACE:?}"
+        );
+    }
+}
+
+/// Writes queued frames, batching up to [`WRITE_BATCH`] per flush, until a
+/// close is queued or the queue ends.
+async fn drain(
+    sink: &mut futures::stream::SplitSink<WebSocket, Message>,
+    rx: &mut mpsc::Receiver<Outbound>,
+) -> Ending {
     loop {
-        let first = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => {
-                let close = if shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
-                    Message::close_with(CLOSE_GOING_AWAY, "server shutting down")
-                } else {
-                    let reason = "slow consumer: the send queue is full; reconnect";
-                    Message::close_with(CLOSE_SLOW_CONSUMER, reason)
-                };
-                let _ = sink.send(close).await;
-                return;
-            }
-            item = rx.recv() => item,
-        };
-        let Some(mut item) = first else {
-            let _ = sink.close().await;
-            return;
+        let Some(mut item) = rx.recv().await else {
+            return Ending::QueueEnded;
         };
         let mut n = 0;
         loop {
             match item {
                 Outbound::Frame(text) => {
                     if sink.feed(Message::text(&*text)).await.is_err() {
-                        return;
+                        return Ending::Broken;
                     }
                 }
                 Outbound::Close(code, reason) => {
-                    let _ = sink.send(Message::close_with(code, reason)).await;
-                    return;
+                    return Ending::Close(Message::close_with(code, reason));
                 }
             }
             n += 1;
@@ -589,7 +651,7 @@ async fn write_loop(
             }
         }
         if sink.flush().await.is_err() {
-            return;
+            return Ending::Broken;
         }
     }
 }
