@@ -50,6 +50,7 @@ pub struct Inbound {
 pub struct FrameError(pub String);
 
 #[derive(serde::Deserialize)]
+#[serde(expecting = "an object {topic, event, payload, ref}")]
 struct V1Frame {
     topic: Option<String>,
     event: Option<String>,
@@ -61,13 +62,26 @@ struct V1Frame {
     join_ref: Option<Box<RawValue>>,
 }
 
-type V2Frame = (
+#[derive(serde::Deserialize)]
+#[serde(expecting = "an array [join_ref, ref, topic, event, payload]")]
+struct V2Frame(
     Option<Box<RawValue>>,
     Option<Box<RawValue>>,
     Option<String>,
     Option<String>,
     Value,
 );
+
+/// The reason a client reads in the close frame (at most 123 bytes with the
+/// `malformed frame: ` prefix): text that is not JSON, or JSON that is not a
+/// frame of the socket's serializer, with serde's position.
+fn json_error(e: serde_json::Error) -> FrameError {
+    if e.is_syntax() || e.is_eof() {
+        FrameError(format!("not JSON: {e}"))
+    } else {
+        FrameError(e.to_string())
+    }
+}
 
 fn non_null(raw: Option<Box<RawValue>>) -> Option<Box<RawValue>> {
     raw.filter(|r| r.get() != "null")
@@ -77,20 +91,13 @@ impl Inbound {
     pub fn decode(vsn: Vsn, text: &str) -> Result<Inbound, FrameError> {
         let (join_ref, msg_ref, topic, event, payload) = match vsn {
             Vsn::V1 => {
-                let f: V1Frame = serde_json::from_str(text).map_err(|e| {
-                    FrameError(format!(
-                        "expected a JSON object {{topic, event, payload, ref}}: {e}"
-                    ))
-                })?;
+                let f: V1Frame = serde_json::from_str(text).map_err(json_error)?;
                 (f.join_ref, f.msg_ref, f.topic, f.event, f.payload)
             }
             Vsn::V2 => {
-                let f: V2Frame = serde_json::from_str(text).map_err(|e| {
-                    FrameError(format!(
-                        "expected a JSON array [join_ref, ref, topic, event, payload]: {e}"
-                    ))
-                })?;
-                f
+                let V2Frame(join_ref, msg_ref, topic, event, payload) =
+                    serde_json::from_str(text).map_err(json_error)?;
+                (join_ref, msg_ref, topic, event, payload)
             }
         };
         let topic = topic
