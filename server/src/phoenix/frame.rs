@@ -91,6 +91,14 @@ impl Inbound {
     pub fn decode(vsn: Vsn, text: &str) -> Result<Inbound, FrameError> {
         let (join_ref, msg_ref, topic, event, payload) = match vsn {
             Vsn::V1 => {
+                // serde would read an array into the struct field by field.
+                if text.trim_start().starts_with('[') {
+                    return Err(FrameError(
+                        "a JSON array is a vsn=2.0.0 frame; vsn=1.0.0 takes an object \
+                         {topic, event, payload, ref}"
+                            .into(),
+                    ));
+                }
                 let f: V1Frame = serde_json::from_str(text).map_err(json_error)?;
                 (f.join_ref, f.msg_ref, f.topic, f.event, f.payload)
             }
@@ -274,6 +282,13 @@ mod tests {
             .0
             .contains("no topic"));
         assert!(Inbound::decode(Vsn::V2, r#"{"topic":"x"}"#).is_err());
+        assert!(
+            Inbound::decode(Vsn::V1, r#"["realtime:*","phx_join",{},"1"]"#)
+                .unwrap_err()
+                .0
+                .contains("vsn=2.0.0 frame"),
+            "v1 takes no arrays, which serde would read field by field"
+        );
         assert!(Inbound::decode(Vsn::V2, r#"[null,null,"t"]"#).is_err());
     }
 
