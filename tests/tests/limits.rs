@@ -73,7 +73,10 @@ impl Env {
         let m = c.next_event().await;
         assert_eq!(
             (m.event.as_str(), &m.payload["record"]),
-            ("INSERT", &json!({"id": id.to_string(), "body": "still served"})),
+            (
+                "INSERT",
+                &json!({"id": id.to_string(), "body": "still served"})
+            ),
             "after {after}: a well-behaved client receives the insert"
         );
     }
@@ -90,7 +93,9 @@ async fn close_of(c: &mut PhxClient) -> (u16, String) {
 /// Pushes `event` and returns the payload of its reply, which must be the
 /// next frame.
 async fn answer(c: &mut PhxClient, topic: &str, event: &str, payload: Value) -> Value {
-    let r = c.push(topic, event, payload, Some(&format!("{topic}-join"))).await;
+    let r = c
+        .push(topic, event, payload, Some(&format!("{topic}-join")))
+        .await;
     let m = c.next().await.expect("a reply");
     assert_eq!(
         (m.event.as_str(), &m.msg_ref),
@@ -285,7 +290,10 @@ async fn bad_requests_get_an_error_reply_and_the_socket_goes_on() {
         ok(),
         "a second join of a joined topic replaces it and is not a new channel"
     );
-    assert_eq!(answer(&mut c, "realtime:*", "phx_leave", json!({})).await, ok());
+    assert_eq!(
+        answer(&mut c, "realtime:*", "phx_leave", json!({})).await,
+        ok()
+    );
     let close = c.next().await.expect("phx_close after the leave");
     assert_eq!(
         (close.topic.as_str(), close.event.as_str()),
@@ -296,7 +304,10 @@ async fn bad_requests_get_an_error_reply_and_the_socket_goes_on() {
         ok(),
         "a leave frees a channel"
     );
-    assert_eq!(answer(&mut c, "phoenix", "heartbeat", json!({})).await, ok());
+    assert_eq!(
+        answer(&mut c, "phoenix", "heartbeat", json!({})).await,
+        ok()
+    );
 
     // The socket that was refused all this still receives changes.
     env.db
@@ -357,10 +368,19 @@ async fn a_flood_of_joins_and_leaves_is_answered_in_order() {
     });
     for i in 0..PAIRS {
         let j = format!("j{i}");
-        assert_eq!(next_json(&mut rx).await, json!([j, j, TOPIC, "phx_reply", ok()]));
+        assert_eq!(
+            next_json(&mut rx).await,
+            json!([j, j, TOPIC, "phx_reply", ok()])
+        );
         let l = format!("l{i}");
-        assert_eq!(next_json(&mut rx).await, json!([j, l, TOPIC, "phx_reply", ok()]));
-        assert_eq!(next_json(&mut rx).await, json!([j, j, TOPIC, "phx_close", {}]));
+        assert_eq!(
+            next_json(&mut rx).await,
+            json!([j, l, TOPIC, "phx_reply", ok()])
+        );
+        assert_eq!(
+            next_json(&mut rx).await,
+            json!([j, j, TOPIC, "phx_close", {}])
+        );
     }
     for i in 0..TOPICS {
         let j = format!("t{i}");

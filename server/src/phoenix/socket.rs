@@ -190,9 +190,16 @@ impl Session {
 
     async fn close_frame_too_large(&self) {
         let limit = self.limits.max_frame_bytes;
-        tracing::info!(socket = self.id, limit, "closing a socket that sent a frame over the limit");
-        self.close(1009, &format!("frame too large: the limit is {limit} bytes"))
-            .await;
+        tracing::info!(
+            socket = self.id,
+            limit,
+            "closing a socket that sent a frame over the limit"
+        );
+        self.close(
+            1009,
+            &format!("frame too large: the limit is {limit} bytes"),
+        )
+        .await;
     }
 
     /// The WebSocket layer refused what the client sent: a frame over the
