@@ -328,3 +328,138 @@ mod tests {
         assert!(e("at=gt.yesterday").contains("timestamp"));
     }
 }
+
+/// Properties of the filter parser over arbitrary client input: it never
+/// panics, and a valid filter parses to what it says.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn cols(c: &str) -> Option<Comparison> {
+        match c {
+            "id" => Some(Comparison::Number),
+            "name" => Some(Comparison::Text),
+            "at" => Some(Comparison::Time),
+            "day" => Some(Comparison::Date),
+            "ok" => Some(Comparison::Bool),
+            _ => None,
+        }
+    }
+
+    const OPS: [(&str, Op); 7] = [
+        ("eq", Op::Eq),
+        ("neq", Op::Neq),
+        ("lt", Op::Lt),
+        ("lte", Op::Lte),
+        ("gt", Op::Gt),
+        ("gte", Op::Gte),
+        ("in", Op::In),
+    ];
+
+    /// Filters made of the grammar's own pieces, mostly well-formed.
+    fn filterish() -> impl Strategy<Value = String> {
+        (
+            prop_oneof![
+                Just("id"),
+                Just("name"),
+                Just("at"),
+                Just("day"),
+                Just("ok"),
+                Just(" id "),
+                Just("nope"),
+                Just(""),
+            ],
+            prop_oneof![Just("="), Just(""), Just("=="), Just(".")],
+            prop_oneof![Just("eq"), Just("in"), Just("gte"), Just("like"), Just("")],
+            prop_oneof![Just("."), Just(""), Just("..")],
+            "[-+0-9a-zT:.,() \"eEZ]{0,30}",
+        )
+            .prop_map(|(c, eq, op, dot, v)| format!("{c}{eq}{op}{dot}{v}"))
+    }
+
+    fn check_never_panics(text: &str, row: &str) {
+        if let Ok(f) = Filter::parse(text, cols) {
+            assert!(!f.values.is_empty(), "{text:?} parsed to no value");
+            let _ = f.matches(Some(row));
+            let _ = f.matches(None);
+            let _ = f.eq_keys();
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_text_parses_or_is_refused(text in any::<String>(), row in any::<String>()) {
+            check_never_panics(&text, &row);
+        }
+
+        #[test]
+        fn filter_like_text_parses_or_is_refused(text in filterish(), row in "[-+0-9a-zT:. ]{0,30}") {
+            check_never_panics(&text, &row);
+        }
+
+        #[test]
+        fn number_filters_say_what_they_compare(n in any::<i64>(), row in any::<i64>(), op in 0..6usize) {
+            let (name, op) = OPS[op];
+            let f = Filter::parse(&format!("id={name}.{n}"), cols)
+                .map_err(|e| TestCaseError::fail(e.0))?;
+            prop_assert_eq!(&f, &Filter {
+                column: "id".into(), op, kind: Comparison::Number, values: vec![Value::Int(n.into())],
+            });
+            let want = match op {
+                Op::Eq => row == n,
+                Op::Neq => row != n,
+                Op::Lt => row < n,
+                Op::Lte => row <= n,
+                Op::Gt => row > n,
+                Op::Gte => row >= n,
+                Op::In => unreachable!(),
+            };
+            prop_assert_eq!(f.matches(Some(&row.to_string())), want);
+        }
+
+        #[test]
+        fn text_eq_takes_the_rest_verbatim(v in any::<String>()) {
+            let f = Filter::parse(&format!("name=eq.{v}"), cols)
+                .map_err(|e| TestCaseError::fail(e.0))?;
+            prop_assert_eq!(&f.values, &vec![Value::Text(v.clone())]);
+            prop_assert!(f.matches(Some(&v)));
+            prop_assert_eq!(f.eq_keys(), Some(vec![v]));
+        }
+
+        #[test]
+        fn in_lists_hold_each_value(ns in prop::collection::vec(any::<i64>(), 1..8), other in any::<i64>()) {
+            let list = ns.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
+            let f = Filter::parse(&format!("id=in.({list})"), cols)
+                .map_err(|e| TestCaseError::fail(e.0))?;
+            prop_assert_eq!(f.op, Op::In);
+            prop_assert_eq!(&f.values, &ns.iter().map(|&n| Value::Int(n.into())).collect::<Vec<_>>());
+            for n in &ns {
+                prop_assert!(f.matches(Some(&n.to_string())));
+            }
+            prop_assert_eq!(f.matches(Some(&other.to_string())), ns.contains(&other));
+            prop_assert_eq!(f.eq_keys(), Some(ns.iter().map(i64::to_string).collect()));
+        }
+
+        #[test]
+        fn text_in_lists_hold_each_trimmed_value(items in prop::collection::vec("[^,\"]{0,8}", 1..6)) {
+            let f = Filter::parse(&format!("name=in.({})", items.join(",")), cols)
+                .map_err(|e| TestCaseError::fail(e.0))?;
+            let want: Vec<Value> = items.iter().map(|i| Value::Text(i.trim().to_string())).collect();
+            prop_assert_eq!(&f.values, &want);
+        }
+
+        #[test]
+        fn unknown_columns_and_operators_are_refused(col in "[a-z_]{1,8}", op in "[a-z]{1,5}", v in ".*") {
+            let text = format!("{col}={op}.{v}");
+            let parsed = Filter::parse(&text, cols);
+            if !OPS.iter().any(|(name, _)| *name == op) {
+                prop_assert!(parsed.unwrap_err().0.contains("unknown operator"));
+            } else if cols(&col).is_none() {
+                prop_assert!(parsed.unwrap_err().0.contains("no column"));
+            }
+        }
+    }
+}

@@ -46,6 +46,20 @@ impl PhxClient {
         })
     }
 
+    /// Connects to `url` over a TCP connection the caller made (e.g. with a
+    /// small receive buffer, for a client that stops reading).
+    pub async fn connect_over(
+        url: &str,
+        stream: TcpStream,
+    ) -> Result<PhxClient, tokio_tungstenite::tungstenite::Error> {
+        let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)).await?;
+        Ok(PhxClient {
+            ws,
+            v2: url.contains("vsn=2"),
+            next_ref: 0,
+        })
+    }
+
     /// Sends a message and returns its ref.
     pub async fn push(
         &mut self,

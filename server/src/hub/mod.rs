@@ -10,7 +10,7 @@
 //! for a client. Knows nothing of WebSocket framing or of PostgreSQL.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::mpsc;
@@ -42,6 +42,9 @@ pub enum Outbound {
 /// Close code for a socket whose send queue overflowed (RFC 6455 1013, "try
 /// again later": the client reconnects).
 pub const CLOSE_SLOW_CONSUMER: u16 = 1013;
+
+/// Close code when the server shuts down (RFC 6455 "going away").
+pub const CLOSE_GOING_AWAY: u16 = 1001;
 
 struct SocketEntry {
     tx: mpsc::Sender<Outbound>,
@@ -75,8 +78,9 @@ pub struct Registration {
     pub tx: mpsc::Sender<Outbound>,
     /// Cancelled when the hub closes the socket (slow consumer, shutdown).
     pub cancel: CancellationToken,
-    /// Set when the server is shutting down (then a cancel means 1001).
-    pub shutting_down: Arc<AtomicBool>,
+    /// Cancelled when the server shuts down: the session stops reading, and
+    /// the writer sends what is queued, then 1001 (bounded in time).
+    pub shutdown: CancellationToken,
     /// Held by the socket's writer until it has written its last frame, so
     /// a shutdown can wait for the close frames to leave.
     pub writer_guard: WriterGuard,
@@ -95,7 +99,7 @@ pub struct Hub {
     index: RwLock<Index>,
     next_id: AtomicU64,
     queue_depth: usize,
-    shutting_down: Arc<AtomicBool>,
+    shutdown: CancellationToken,
     writers: Arc<AtomicU64>,
     pub stats: HubStats,
 }
@@ -106,7 +110,7 @@ impl Hub {
             index: RwLock::new(Index::default()),
             next_id: AtomicU64::new(1),
             queue_depth,
-            shutting_down: Arc::new(AtomicBool::new(false)),
+            shutdown: CancellationToken::new(),
             writers: Arc::new(AtomicU64::new(0)),
             stats: HubStats::default(),
         }
@@ -128,7 +132,7 @@ impl Hub {
             rx,
             tx,
             cancel,
-            shutting_down: self.shutting_down.clone(),
+            shutdown: self.shutdown.clone(),
             writer_guard: {
                 self.writers.fetch_add(1, Ordering::SeqCst);
                 WriterGuard(self.writers.clone())
@@ -167,12 +171,17 @@ impl Hub {
         self.read().sockets.len()
     }
 
-    /// Closes every socket with 1001 (shutdown).
+    /// Closes every socket with 1001 (shutdown), after the frames already
+    /// in its queue: they were confirmed to PostgreSQL, so they must go out.
+    /// A socket whose queue is full is closed at once.
     pub fn close_all(&self) {
-        self.shutting_down.store(true, Ordering::SeqCst);
         for entry in self.read().sockets.values() {
-            entry.cancel.cancel();
+            let close = Outbound::Close(CLOSE_GOING_AWAY, "server shutting down".into());
+            if entry.tx.try_send(close).is_err() {
+                entry.cancel.cancel();
+            }
         }
+        self.shutdown.cancel();
     }
 
     /// Hands `change` to every socket whose topic matches, in the order
@@ -357,6 +366,13 @@ impl Hub {
         if let Some(diff) = diff {
             self.relay(topic, None, "presence_diff", &diff);
         }
+    }
+
+    /// Closes a socket whose own replies filled its queue (a client that
+    /// sends requests without reading the answers); counted like any other
+    /// slow consumer.
+    pub fn close_slow_consumer(&self, id: SocketId) {
+        self.close_slow(vec![id]);
     }
 
     fn close_slow(&self, ids: Vec<SocketId>) {

@@ -50,6 +50,7 @@ pub struct Inbound {
 pub struct FrameError(pub String);
 
 #[derive(serde::Deserialize)]
+#[serde(expecting = "an object {topic, event, payload, ref}")]
 struct V1Frame {
     topic: Option<String>,
     event: Option<String>,
@@ -61,13 +62,26 @@ struct V1Frame {
     join_ref: Option<Box<RawValue>>,
 }
 
-type V2Frame = (
+#[derive(serde::Deserialize)]
+#[serde(expecting = "an array [join_ref, ref, topic, event, payload]")]
+struct V2Frame(
     Option<Box<RawValue>>,
     Option<Box<RawValue>>,
     Option<String>,
     Option<String>,
     Value,
 );
+
+/// The reason a client reads in the close frame (at most 123 bytes with the
+/// `malformed frame: ` prefix): text that is not JSON, or JSON that is not a
+/// frame of the socket's serializer, with serde's position.
+fn json_error(e: serde_json::Error) -> FrameError {
+    if e.is_syntax() || e.is_eof() {
+        FrameError(format!("not JSON: {e}"))
+    } else {
+        FrameError(e.to_string())
+    }
+}
 
 fn non_null(raw: Option<Box<RawValue>>) -> Option<Box<RawValue>> {
     raw.filter(|r| r.get() != "null")
@@ -77,20 +91,21 @@ impl Inbound {
     pub fn decode(vsn: Vsn, text: &str) -> Result<Inbound, FrameError> {
         let (join_ref, msg_ref, topic, event, payload) = match vsn {
             Vsn::V1 => {
-                let f: V1Frame = serde_json::from_str(text).map_err(|e| {
-                    FrameError(format!(
-                        "expected a JSON object {{topic, event, payload, ref}}: {e}"
-                    ))
-                })?;
+                // serde would read an array into the struct field by field.
+                if text.trim_start().starts_with('[') {
+                    return Err(FrameError(
+                        "a JSON array is a vsn=2.0.0 frame; vsn=1.0.0 takes an object \
+                         {topic, event, payload, ref}"
+                            .into(),
+                    ));
+                }
+                let f: V1Frame = serde_json::from_str(text).map_err(json_error)?;
                 (f.join_ref, f.msg_ref, f.topic, f.event, f.payload)
             }
             Vsn::V2 => {
-                let f: V2Frame = serde_json::from_str(text).map_err(|e| {
-                    FrameError(format!(
-                        "expected a JSON array [join_ref, ref, topic, event, payload]: {e}"
-                    ))
-                })?;
-                f
+                let V2Frame(join_ref, msg_ref, topic, event, payload) =
+                    serde_json::from_str(text).map_err(json_error)?;
+                (join_ref, msg_ref, topic, event, payload)
             }
         };
         let topic = topic
@@ -267,6 +282,13 @@ mod tests {
             .0
             .contains("no topic"));
         assert!(Inbound::decode(Vsn::V2, r#"{"topic":"x"}"#).is_err());
+        assert!(
+            Inbound::decode(Vsn::V1, r#"["realtime:*","phx_join",{},"1"]"#)
+                .unwrap_err()
+                .0
+                .contains("vsn=2.0.0 frame"),
+            "v1 takes no arrays, which serde would read field by field"
+        );
         assert!(Inbound::decode(Vsn::V2, r#"[null,null,"t"]"#).is_err());
     }
 
@@ -303,5 +325,172 @@ mod tests {
             &*encode(Vsn::V2, Some(&r), None, "realtime:*", "INSERT", "{}"),
             r#"["7",null,"realtime:*","INSERT",{}]"#
         );
+    }
+}
+
+/// Properties of the decoders over arbitrary client input: they never panic,
+/// and what the server encodes decodes back to the same message.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// JSON values without floats (whose text form need not round-trip).
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<String>().prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(any::<String>(), inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Text made of JSON's punctuation and a few words, to reach deeper into
+    /// the decoder than random characters do.
+    fn jsonish() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop_oneof![
+                Just("["),
+                Just("]"),
+                Just("{"),
+                Just("}"),
+                Just(","),
+                Just(":"),
+                Just("null"),
+                Just("\"topic\""),
+                Just("\"event\""),
+                Just("\"payload\""),
+                Just("\"ref\""),
+                Just("\"join_ref\""),
+                Just("\"phx_join\""),
+                Just("\"realtime:*\""),
+                Just("\"\""),
+                Just("1"),
+                Just("\"\\u0000\""),
+                Just("\"\\ud800\""),
+            ],
+            0..16,
+        )
+        .prop_map(|parts| parts.concat())
+    }
+
+    fn raw_ref(r: &Option<String>) -> Option<Box<RawValue>> {
+        r.as_ref()
+            .map(|s| RawValue::from_string(serde_json::to_string(s).unwrap()).unwrap())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_text_decodes_or_is_refused(text in any::<String>()) {
+            let _ = Inbound::decode(Vsn::V1, &text);
+            let _ = Inbound::decode(Vsn::V2, &text);
+        }
+
+        #[test]
+        fn json_like_text_decodes_or_is_refused(text in jsonish()) {
+            for vsn in [Vsn::V1, Vsn::V2] {
+                if let Ok(m) = Inbound::decode(vsn, &text) {
+                    prop_assert!(!m.topic.is_empty() && !m.event.is_empty());
+                }
+            }
+        }
+
+        #[test]
+        fn any_json_value_decodes_or_is_refused(v in json()) {
+            let text = v.to_string();
+            for vsn in [Vsn::V1, Vsn::V2] {
+                if let Ok(m) = Inbound::decode(vsn, &text) {
+                    prop_assert!(!m.topic.is_empty() && !m.event.is_empty());
+                }
+            }
+        }
+
+        #[test]
+        fn encoded_frames_decode_to_the_same_message(
+            join_ref in proptest::option::of(any::<String>()),
+            msg_ref in proptest::option::of(any::<String>()),
+            topic in ".+",
+            event in ".+",
+            payload in json(),
+        ) {
+            let join = raw_ref(&join_ref);
+            let reff = raw_ref(&msg_ref);
+            for vsn in [Vsn::V1, Vsn::V2] {
+                let text = encode(vsn, join.as_deref(), reff.as_deref(), &topic, &event,
+                    &payload.to_string());
+                let m = Inbound::decode(vsn, &text).map_err(|e| {
+                    TestCaseError::fail(format!("{text}: {e}"))
+                })?;
+                prop_assert_eq!(&m.topic, &topic);
+                prop_assert_eq!(&m.event, &event);
+                prop_assert_eq!(&m.payload, &payload);
+                prop_assert_eq!(m.msg_ref.as_ref().map(|r| r.get()), reff.as_ref().map(|r| r.get()));
+                // v1 frames carry no join_ref when the server sends them.
+                let want_join = if vsn == Vsn::V2 { join.as_ref().map(|r| r.get()) } else { None };
+                prop_assert_eq!(m.join_ref.as_ref().map(|r| r.get()), want_join);
+            }
+        }
+
+        #[test]
+        fn any_bytes_decode_as_binary_or_are_refused(
+            bytes in prop::collection::vec(any::<u8>(), 0..64),
+            kind_three in any::<bool>(),
+        ) {
+            let mut bytes = bytes;
+            if kind_three && !bytes.is_empty() {
+                bytes[0] = USER_BROADCAST_PUSH;
+            }
+            let _ = Inbound::decode_binary(Vsn::V1, &bytes);
+            let _ = Inbound::decode_binary(Vsn::V2, &bytes);
+        }
+
+        #[test]
+        fn user_broadcast_pushes_decode_to_what_they_carry(
+            join_ref in "[0-9]{0,4}",
+            msg_ref in "[0-9]{0,4}",
+            topic in "\\PC{1,40}",
+            event in "\\PC{0,20}",
+            metadata in "\\PC{0,20}",
+            payload in json(),
+        ) {
+            let payload_text = payload.to_string();
+            let mut b = vec![
+                USER_BROADCAST_PUSH,
+                join_ref.len() as u8,
+                msg_ref.len() as u8,
+                topic.len() as u8,
+                event.len() as u8,
+                metadata.len() as u8,
+                JSON_ENCODING,
+            ];
+            for f in [&join_ref, &msg_ref, &topic, &event, &metadata, &payload_text] {
+                b.extend_from_slice(f.as_bytes());
+            }
+            let m = Inbound::decode_binary(Vsn::V2, &b)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(&m.topic, &topic);
+            prop_assert_eq!(m.event.as_str(), "broadcast");
+            prop_assert_eq!(
+                m.payload,
+                serde_json::json!({"type": "broadcast", "event": event, "payload": payload})
+            );
+            let refs = |r: &Option<Box<RawValue>>| r.as_ref().map(|r| r.get().to_string());
+            let want = |s: &str| (!s.is_empty()).then(|| format!("\"{s}\""));
+            prop_assert_eq!(refs(&m.join_ref), want(&join_ref));
+            prop_assert_eq!(refs(&m.msg_ref), want(&msg_ref));
+            // Every cut of a valid frame is refused, never mis-read.
+            for cut in 0..b.len().saturating_sub(payload_text.len()) {
+                prop_assert!(Inbound::decode_binary(Vsn::V2, &b[..cut]).is_err());
+            }
+        }
     }
 }

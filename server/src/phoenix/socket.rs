@@ -29,8 +29,7 @@ use crate::published::PublishedTables;
 /// (phoenix.js heartbeats every 30 s).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Close code when the server shuts down (RFC 6455 "going away").
-pub const CLOSE_GOING_AWAY: u16 = 1001;
+pub use crate::hub::CLOSE_GOING_AWAY;
 
 /// Frames written before one flush: amortizes the syscall without delaying
 /// the first frame of a burst.
@@ -98,11 +97,12 @@ pub async fn serve(ws: WebSocket, vsn: Vsn, ctx: Arc<SocketContext>, socket_exp:
     let reg = hub.register();
     let (sink, mut stream) = ws.split();
     let cancel = reg.cancel.clone();
+    let shutdown = reg.shutdown.clone();
     let writer = tokio::spawn(write_loop(
         sink,
         reg.rx,
         reg.cancel.clone(),
-        reg.shutting_down.clone(),
+        reg.shutdown.clone(),
         reg.writer_guard,
     ));
     let mut session = Session {
@@ -122,7 +122,9 @@ pub async fn serve(ws: WebSocket, vsn: Vsn, ctx: Arc<SocketContext>, socket_exp:
     loop {
         let expiry = session.next_expiry();
         let next = tokio::select! {
+            biased;
             _ = cancel.cancelled() => break,
+            _ = shutdown.cancelled() => break,
             _ = sleep_until_unix(expiry.unwrap_or(u64::MAX)), if expiry.is_some() => {
                 session.expire_channels().await;
                 continue;
@@ -136,7 +138,11 @@ pub async fn serve(ws: WebSocket, vsn: Vsn, ctx: Arc<SocketContext>, socket_exp:
                     .await;
                 break;
             }
-            Ok(None) | Ok(Some(Err(_))) => break,
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                session.close_after_read_error(&e).await;
+                break;
+            }
             Ok(Some(Ok(msg))) => msg,
         };
         if msg.is_close() {
@@ -146,8 +152,7 @@ pub async fn serve(ws: WebSocket, vsn: Vsn, ctx: Arc<SocketContext>, socket_exp:
             continue;
         }
         if msg.as_bytes().len() > session.limits.max_frame_bytes {
-            Metrics::inc(&METRICS.bad_frames);
-            session.close(1009, "frame too large").await;
+            session.close_frame_too_large().await;
             break;
         }
         let decoded = match msg.to_str() {
@@ -184,14 +189,49 @@ pub async fn serve(ws: WebSocket, vsn: Vsn, ctx: Arc<SocketContext>, socket_exp:
 
 impl Session {
     async fn send(&self, frame: Arc<str>) {
-        let _ = self.tx.send(Outbound::Frame(frame)).await;
+        self.enqueue(Outbound::Frame(frame));
     }
 
     async fn close(&self, code: u16, reason: &str) {
-        let _ = self
-            .tx
-            .send(Outbound::Close(code, truncate_reason(reason)))
-            .await;
+        self.enqueue(Outbound::Close(code, truncate_reason(reason)));
+    }
+
+    /// Queues without waiting: a client that sends requests faster than it
+    /// reads their answers fills its own queue and is closed as a slow
+    /// consumer, as when changes fill it, instead of stalling this loop.
+    fn enqueue(&self, item: Outbound) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(item) {
+            self.hub.close_slow_consumer(self.id);
+        }
+    }
+
+    async fn close_frame_too_large(&self) {
+        Metrics::inc(&METRICS.bad_frames);
+        let limit = self.limits.max_frame_bytes;
+        tracing::info!(
+            socket = self.id,
+            limit,
+            "closing a socket that sent a frame over the limit"
+        );
+        self.close(
+            1009,
+            &format!("frame too large: the limit is {limit} bytes"),
+        )
+        .await;
+    }
+
+    /// The WebSocket layer refused what the client sent: a frame over the
+    /// size limit (1009), or a frame that breaks RFC 6455 (1002). A broken
+    /// connection gets the close too, which then goes nowhere.
+    async fn close_after_read_error(&self, e: &warp::Error) {
+        // warp hides tungstenite's error type; its text names the capacity error.
+        let text = e.to_string();
+        if text.contains("Message too long") || text.contains("Space limit exceeded") {
+            return self.close_frame_too_large().await;
+        }
+        Metrics::inc(&METRICS.bad_frames);
+        tracing::debug!(socket = self.id, error = %text, "socket read failed");
+        self.close(1002, &format!("protocol error: {text}")).await;
     }
 
     async fn reply(&self, m: &Inbound, join_ref: Option<&RawValue>, ok: bool, response: &str) {
@@ -638,50 +678,85 @@ fn truncate_reason(reason: &str) -> String {
     reason[..end].to_string()
 }
 
+/// How long a shutdown lets a writer send what is queued for its socket.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
+
+/// How long a writer that is closing its socket waits for the client to take
+/// the close frame. A client that stopped reading never does: past this its
+/// connection is dropped, and with it the frames queued for it.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// How a writer's draining of its queue ended.
+enum Ending {
+    /// The session or the hub asked for this close frame.
+    Close(Message),
+    /// Every sender is gone: the session ended.
+    QueueEnded,
+    /// The connection failed.
+    Broken,
+}
+
 async fn write_loop(
     mut sink: futures::stream::SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Outbound>,
     cancel: tokio_util::sync::CancellationToken,
-    shutting_down: Arc<std::sync::atomic::AtomicBool>,
+    shutdown: tokio_util::sync::CancellationToken,
     _guard: crate::hub::WriterGuard,
 ) {
+    // On shutdown the hub queues a 1001 close behind the frames already
+    // queued, so they go out first; a writer still stuck after SHUTDOWN_DRAIN
+    // (a client that does not read) is closed anyway.
+    let stuck = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_DRAIN).await;
+    };
+    // The hub's cancel interrupts a write that is blocked on a client that
+    // does not read, so a slow consumer is closed at once.
+    let ending = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => Ending::Close(
+            if shutdown.is_cancelled() {
+                Message::close_with(CLOSE_GOING_AWAY, "server shutting down")
+            } else {
+                let reason = "slow consumer: the send queue is full; reconnect";
+                Message::close_with(CLOSE_SLOW_CONSUMER, reason)
+            },
+        ),
+        _ = stuck => Ending::Close(Message::close_with(CLOSE_GOING_AWAY, "server shutting down")),
+        ending = drain(&mut sink, &mut rx) => ending,
+    };
+    let finished = match ending {
+        Ending::Close(close) => tokio::time::timeout(CLOSE_GRACE, sink.send(close)).await,
+        Ending::QueueEnded => tokio::time::timeout(CLOSE_GRACE, sink.close()).await,
+        Ending::Broken => return,
+    };
+    if finished.is_err() {
+        tracing::info!(
+            "dropped a connection whose client did not take its close frame within {CLOSE_GRACE:?}"
+        );
+    }
+}
+
+/// Writes queued frames, batching up to [`WRITE_BATCH`] per flush, until a
+/// close is queued or the queue ends.
+async fn drain(
+    sink: &mut futures::stream::SplitSink<WebSocket, Message>,
+    rx: &mut mpsc::Receiver<Outbound>,
+) -> Ending {
     loop {
-        let first = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => {
-                let close = if shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
-                    // What is queued was confirmed to PostgreSQL: send it
-                    // before saying goodbye (the shutdown bounds the wait).
-                    while let Ok(Outbound::Frame(text)) = rx.try_recv() {
-                        if !feed(&mut sink, &text).await {
-                            return;
-                        }
-                    }
-                    Message::close_with(CLOSE_GOING_AWAY, "server shutting down")
-                } else {
-                    let reason = "slow consumer: the send queue is full; reconnect";
-                    Message::close_with(CLOSE_SLOW_CONSUMER, reason)
-                };
-                let _ = sink.send(close).await;
-                return;
-            }
-            item = rx.recv() => item,
-        };
-        let Some(mut item) = first else {
-            let _ = sink.close().await;
-            return;
+        let Some(mut item) = rx.recv().await else {
+            return Ending::QueueEnded;
         };
         let mut n = 0;
         loop {
             match item {
                 Outbound::Frame(text) => {
-                    if !feed(&mut sink, &text).await {
-                        return;
+                    if !feed(sink, &text).await {
+                        return Ending::Broken;
                     }
                 }
                 Outbound::Close(code, reason) => {
-                    let _ = sink.send(Message::close_with(code, reason)).await;
-                    return;
+                    return Ending::Close(Message::close_with(code, reason));
                 }
             }
             n += 1;
@@ -694,7 +769,7 @@ async fn write_loop(
             }
         }
         if sink.flush().await.is_err() {
-            return;
+            return Ending::Broken;
         }
     }
 }
