@@ -1,4 +1,4 @@
-//! 4. Connections: many idle sockets, each joined to a channel and sending
+//! Connections (scenario 4): many idle sockets, each joined to a channel and sending
 //! heartbeats; the server's resident memory per socket and the time to open
 //! them all, against a bare tokio-tungstenite server holding the same number
 //! of sockets (the floor process) in the same run.

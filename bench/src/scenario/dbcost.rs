@@ -1,4 +1,4 @@
-//! 6. Database cost: pgbench TPS of a write workload (one-row INSERTs into a
+//! Database cost (scenario 6): pgbench TPS of a write workload (one-row INSERTs into a
 //! published table) with no consumer, with the server streaming it to one
 //! subscriber, and with the trigger-plus-NOTIFY alternative (a row trigger
 //! calling `pg_notify` and a LISTEN client), side by side in one run.

@@ -1,4 +1,4 @@
-//! 3. Fan-out: many sockets on one topic; messages/s delivered and the
+//! Fan-out (scenario 3): many sockets on one topic; messages/s delivered and the
 //! server's CPU per million messages, against the floor measured in the same
 //! run: the same frames (captured from the server) pushed to the same number
 //! of sockets by a minimal tokio-tungstenite broadcaster ([`crate::floor`]).

@@ -1,4 +1,4 @@
-//! 5. Filters: sockets each with its own `id=eq.N` postgres_changes binding
+//! Filters (scenario 5): sockets each with its own `id=eq.N` postgres_changes binding
 //! (realtime-js 2.x) at a steady rate, every change matching exactly one
 //! socket: latency and server CPU with many sockets against a few, in the
 //! same run on the same server. The subscription index should make them

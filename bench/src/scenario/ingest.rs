@@ -1,4 +1,4 @@
-//! 1. Ingest: rows/s that the server decodes and delivers to one subscriber,
+//! Ingest (scenario 1): rows/s that the server decodes and delivers to one subscriber,
 //! against `pg_recvlogical` reading the same WAL from its own slot into
 //! `/dev/null`, for one large transaction and for many one-row transactions.
 //!

@@ -1,4 +1,4 @@
-//! 2. Latency: commit-to-client p50/p99/p99.9 at a steady rate of one-row
+//! Latency (scenario 2): commit-to-client p50/p99/p99.9 at a steady rate of one-row
 //! transactions with many subscribed sockets (realtime-js 1.x, one table
 //! topic), against the same rows as delivered by the database itself to
 //! `pg_recvlogical` in the same run.
