@@ -136,7 +136,9 @@ async fn wait_for(ws: &mut Ws, done: impl Fn(&Value) -> bool) -> anyhow::Result<
 }
 
 /// Opens `n` joined sockets, `join(i)` choosing what socket `i` joins,
-/// spread over source addresses; returns them in order.
+/// spread over source addresses; returns them in order once all are joined.
+/// Sockets joined early send heartbeats while the others connect, so a slow
+/// run of joins never lets the server's idle timeout close them.
 pub async fn connect_many(
     port: u16,
     n: usize,
@@ -144,20 +146,60 @@ pub async fn connect_many(
     join: impl Fn(usize) -> Join,
 ) -> anyhow::Result<Vec<Ws>> {
     let permits = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+    let handover = tokio_util::sync::CancellationToken::new();
+    let (joined_tx, mut joined_rx) = tokio::sync::mpsc::channel::<anyhow::Error>(1);
+    let joined = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let all_joined = Arc::new(tokio::sync::Notify::new());
     let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
         let permits = permits.clone();
         let j = join(i);
+        let handover = handover.clone();
+        let joined_tx = joined_tx.clone();
+        let joined = joined.clone();
+        let all_joined = all_joined.clone();
         tasks.push(tokio::spawn(async move {
-            let _permit = permits.acquire_owned().await?;
-            connect_joined(port, source_addr(offset + i), &j)
-                .await
-                .with_context(|| format!("socket {i}"))
+            let permit = permits.acquire_owned().await.ok()?;
+            let v2 = matches!(j, Join::PostgresChanges { .. });
+            let mut ws = match connect_joined(port, source_addr(offset + i), &j).await {
+                Ok(ws) => ws,
+                Err(e) => {
+                    let _ = joined_tx.send(e.context(format!("socket {i}"))).await;
+                    return None;
+                }
+            };
+            drop(permit);
+            if joined.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == n {
+                all_joined.notify_one();
+            }
+            let mut r = 0;
+            loop {
+                tokio::select! {
+                    _ = handover.cancelled() => return Some(ws),
+                    _ = tokio::time::sleep(crate::load::HEARTBEAT) => {
+                        r += 1;
+                        if !matches!(j, Join::None) {
+                            let _ = ws.send(heartbeat(v2, r)).await;
+                        }
+                    }
+                }
+            }
         }));
     }
+    drop(joined_tx);
+    if n > 0 {
+        tokio::select! {
+            _ = all_joined.notified() => {}
+            Some(e) = joined_rx.recv() => {
+                handover.cancel();
+                return Err(e);
+            }
+        }
+    }
+    handover.cancel();
     let mut out = Vec::with_capacity(n);
     for t in tasks {
-        out.push(t.await??);
+        out.push(t.await?.context("a socket failed")?);
     }
     Ok(out)
 }
