@@ -37,7 +37,7 @@ impl Phase {
     }
 }
 
-/// Latency samples in microseconds, per phase, and frames seen per phase.
+/// Latency samples in microseconds, per phase.
 #[derive(Default, Clone)]
 pub struct Samples {
     pub per_phase: Vec<Vec<u64>>,
