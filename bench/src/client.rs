@@ -43,6 +43,23 @@ fn config() -> WebSocketConfig {
 /// Opens a WebSocket to `url` on 127.0.0.1:`port` from `src`.
 pub async fn connect(port: u16, path: &str, src: Ipv4Addr) -> anyhow::Result<Ws> {
     let socket = TcpSocket::new_v4()?;
+    // Choose the port at connect time, per destination: the previous run's
+    // sockets linger in TIME_WAIT for a minute and would otherwise hold
+    // their ports against a bind to port 0.
+    {
+        use std::os::fd::AsRawFd;
+        let on: libc::c_int = 1;
+        // SAFETY: a valid socket and a c_int option value of the right size.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                &on as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
     socket
         .bind(SocketAddr::from((src, 0)))
         .with_context(|| format!("binding {src}:0"))?;
