@@ -1,0 +1,163 @@
+//! The fan-out floor: the least a tokio WebSocket server can do to push the
+//! same frames to the same sockets. Pre-encoded text frames (shared bytes, no
+//! JSON, no routing) go through a broadcast channel to one writer task per
+//! socket, which batches them into one flush like the server's writer.
+//!
+//! Runs as its own process (`realtime-bench floor`) so that its CPU and
+//! memory are measured apart from the load generator's. Protocol on stdio:
+//! prints `port P`, then `ready` once `--sockets` handshakes completed;
+//! a line `go` on stdin broadcasts every frame of `--frames` (one per line);
+//! end of stdin exits.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use futures::SinkExt;
+use tokio::io::AsyncBufReadExt;
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, Barrier};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+use crate::opts::Opts;
+
+/// Frames written before one flush, as in the server's socket writer.
+const WRITE_BATCH: usize = 256;
+
+pub async fn run(opts: &Opts) -> anyhow::Result<()> {
+    let sockets = opts.usize("sockets", 1, 1)?;
+    let frames: Vec<Utf8Bytes> = match opts.string("frames") {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading {path}"))?
+            .lines()
+            .map(|l| Utf8Bytes::from(l.to_string()))
+            .collect(),
+        None => Vec::new(),
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    println!("port {}", listener.local_addr()?.port());
+    let (tx, _) = broadcast::channel::<Utf8Bytes>(frames.len().max(16));
+    let all_connected = Arc::new(Barrier::new(sockets + 1));
+    {
+        let tx = tx.clone();
+        let all_connected = all_connected.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let rx = tx.subscribe();
+                let all_connected = all_connected.clone();
+                tokio::spawn(async move {
+                    let ws = tokio_tungstenite::accept_async(stream).await;
+                    all_connected.wait().await;
+                    if let Ok(ws) = ws {
+                        write_loop(ws, rx).await;
+                    }
+                });
+            }
+        });
+    }
+    all_connected.wait().await;
+    println!("ready");
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await? {
+        if line.trim() == "go" {
+            for f in &frames {
+                let _ = tx.send(f.clone());
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn write_loop(
+    mut ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    mut rx: broadcast::Receiver<Utf8Bytes>,
+) {
+    while let Ok(first) = rx.recv().await {
+        if ws.feed(Message::Text(first)).await.is_err() {
+            return;
+        }
+        let mut n = 1;
+        while n < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(f) => {
+                    if ws.feed(Message::Text(f)).await.is_err() {
+                        return;
+                    }
+                    n += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        if ws.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A running floor process.
+pub struct Floor {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    pub port: u16,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl Floor {
+    /// Starts `realtime-bench floor` for `sockets` sockets and `frames`.
+    pub fn spawn(sockets: usize, frames: Option<&std::path::Path>) -> anyhow::Result<Floor> {
+        use std::io::BufRead;
+        let mut cmd = std::process::Command::new(std::env::current_exe()?);
+        cmd.arg("floor").arg("--sockets").arg(sockets.to_string());
+        if let Some(f) = frames {
+            cmd.arg("--frames").arg(f);
+        }
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("starting the floor process")?;
+        let stdin = child.stdin.take();
+        let mut lines = std::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+        let first = lines.next().context("floor printed nothing")??;
+        let port = first
+            .strip_prefix("port ")
+            .context("floor's first line is its port")?
+            .parse()?;
+        Ok(Floor {
+            child,
+            stdin,
+            port,
+            lines,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Blocks until every socket is connected.
+    pub fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let line = self.lines.next().context("floor ended before ready")??;
+        anyhow::ensure!(line == "ready", "floor said {line:?}");
+        Ok(())
+    }
+
+    pub fn go(&mut self) -> anyhow::Result<()> {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().context("floor stdin")?;
+        stdin.write_all(b"go\n")?;
+        stdin.flush()?;
+        Ok(())
+    }
+}
+
+impl Drop for Floor {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

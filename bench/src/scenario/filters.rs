@@ -1,0 +1,132 @@
+//! Filters (scenario 5): sockets each with its own `id=eq.N` postgres_changes binding
+//! (realtime-js 2.x) at a steady rate, every change matching exactly one
+//! socket: latency and server CPU with many sockets against a few, in the
+//! same run on the same server. The subscription index should make them
+//! about the same.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{self, Join};
+use crate::load::{self, Phase, Samples};
+use crate::opts::Opts;
+use crate::report::{self, Target};
+use crate::stack::{self, Server, STAMP_SQL};
+use crate::sys::{self, CpuDelta, CpuMeter, Who};
+
+const SCHEMA: &str = "
+    CREATE TABLE filt (id bigint NOT NULL, sent_us bigint NOT NULL, body text);
+    CREATE PUBLICATION bench FOR TABLE filt;";
+
+struct Result {
+    sockets: usize,
+    samples: Vec<u64>,
+    rows: u64,
+    wall: Duration,
+    cpu: Vec<(&'static str, CpuDelta)>,
+}
+
+pub async fn run(opts: &Opts) -> anyhow::Result<()> {
+    let few = opts.usize("few", 10, 5)?;
+    let many = opts.usize("sockets", 10_000, 100)?;
+    let rate = opts.usize("rate", 1_000, 200)?;
+    let secs = opts.usize("seconds", 10, 1)?;
+    let nofile = sys::raise_nofile_limit();
+    let many = sys::cap_sockets(many, nofile);
+    sys::warn_about_limits(many, client::PER_SOURCE, nofile);
+    let (pg, _db) = stack::postgres(SCHEMA).await?;
+    let server = Server::start(Server::env(&pg, "bench")).await?;
+    let writers = load::writers(&pg, 4).await?;
+    let mut results = Vec::new();
+    for (p, n) in [few, many].into_iter().enumerate() {
+        let t = std::time::Instant::now();
+        let ws = client::connect_many(server.port, n, 0, |i| Join::PostgresChanges {
+            table: "filt".into(),
+            filter: format!("id=eq.{}", i + 1),
+        })
+        .await?;
+        report::note(&format!(
+            "{n} sockets joined with their own id=eq.N binding in {:.2} s",
+            t.elapsed().as_secs_f64()
+        ));
+        let phase = Phase::default();
+        let stop = CancellationToken::new();
+        let readers = load::spawn_readers(ws, true, &phase, &stop);
+        let sql = move |i: u64| {
+            format!(
+                "INSERT INTO filt VALUES ({}, {STAMP_SQL}, 'a short body')",
+                i % n as u64 + 1
+            )
+        };
+        load::write_at_rate(&writers, rate, Duration::from_secs(1), 0, sql).await?;
+        phase.set(1);
+        let meter = CpuMeter::start(vec![
+            ("server", Who::Pid(server.pid())),
+            ("postgres", Who::Postgres(pg.data_dir())),
+            ("load generator", Who::LoadGenerator),
+        ]);
+        let rows =
+            load::write_at_rate(&writers, rate, Duration::from_secs(secs as u64), 0, sql).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (wall, cpu) = meter.stop();
+        phase.set(0);
+        stop.cancel();
+        let mut all = Vec::new();
+        for r in readers {
+            all.push(r.await?);
+        }
+        results.push(Result {
+            sockets: n,
+            samples: Samples::merge(all, 1),
+            rows,
+            wall,
+            cpu,
+        });
+        let _ = p;
+    }
+
+    report::section(&format!(
+        "filters: {rate} changes/s, each to one of N sockets by its own id=eq.N binding"
+    ));
+    let mut p99 = Vec::new();
+    let mut server_cpu = Vec::new();
+    for r in &mut results {
+        let name = format!("filters.{}_sockets", r.sockets);
+        report::note(&format!(
+            "{} sockets: {} rows committed, {} frames received",
+            r.sockets,
+            r.rows,
+            r.samples.len()
+        ));
+        let Some(q) = report::percentiles(&mut r.samples) else {
+            report::note("no samples");
+            p99.push(f64::NAN);
+            server_cpu.push(f64::NAN);
+            continue;
+        };
+        report::figure(&format!("{name}.p50"), q[0], "ms");
+        report::figure(&format!("{name}.p99"), q[1], "ms");
+        report::figure(&format!("{name}.p99.9"), q[2], "ms");
+        let cores = r.cpu[0].1.seconds / r.wall.as_secs_f64();
+        report::figure(&format!("{name}.server_cpu"), 100.0 * cores, "% of a core");
+        report::cpu(&name, r.wall, &r.cpu);
+        p99.push(q[1]);
+        server_cpu.push(cores);
+    }
+    report::ratio(
+        "filters.p99_many_vs_few",
+        p99[1],
+        p99[0],
+        &format!("p99 with {many} sockets / with {few}"),
+        Some(Target::AtMost(2.0)),
+    );
+    report::ratio(
+        "filters.server_cpu_many_vs_few",
+        server_cpu[1],
+        server_cpu[0],
+        &format!("server CPU with {many} sockets / with {few}"),
+        Some(Target::AtMost(2.0)),
+    );
+    Ok(())
+}
