@@ -4,7 +4,9 @@
 //! on first use and reopened after a failure, and the catalog query that a
 //! `postgres_changes` join needs: the binding's table must be published, and
 //! a filter's column must exist and its value parse as the column's type.
-//! Must not touch the replication session.
+//! The query is prepared once per connection, and concurrent joins share the
+//! connection (tokio-postgres pipelines them): the lock is held only to
+//! (re)connect. Must not touch the replication session.
 
 use std::sync::Arc;
 
@@ -41,16 +43,22 @@ JOIN pg_catalog.pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbaset
 WHERE pt.pubname = ANY($1) AND pt.schemaname = $2 AND ($3::text IS NULL OR pt.tablename = $3)
 ORDER BY 1, 2, a.attnum";
 
+/// The catalog connection and its prepared query.
+struct Catalog {
+    client: tokio_postgres::Client,
+    tables: tokio_postgres::Statement,
+}
+
 pub struct PublishedTables {
     config: Arc<Config>,
-    client: Mutex<Option<tokio_postgres::Client>>,
+    catalog: Mutex<Option<Arc<Catalog>>>,
 }
 
 impl PublishedTables {
     pub fn new(config: Arc<Config>) -> Self {
         PublishedTables {
             config,
-            client: Mutex::new(None),
+            catalog: Mutex::new(None),
         }
     }
 
@@ -60,18 +68,32 @@ impl PublishedTables {
         schema: &str,
         table: Option<&str>,
     ) -> Result<Vec<PublishedTable>, String> {
-        let mut guard = self.client.lock().await;
-        if guard.as_ref().is_none_or(|c| c.is_closed()) {
-            *guard = Some(self.connect().await?);
-        }
-        let client = guard.as_ref().expect("connected above");
-        let rows = match client
-            .query(TABLES_SQL, &[&self.config.publications, &schema, &table])
+        let catalog = {
+            let mut guard = self.catalog.lock().await;
+            match guard.as_ref() {
+                Some(c) if !c.client.is_closed() => c.clone(),
+                _ => {
+                    let client = self.connect().await?;
+                    let tables = client.prepare(TABLES_SQL).await.map_err(|e| {
+                        format!("preparing the query of the publications' tables failed: {e}")
+                    })?;
+                    let c = Arc::new(Catalog { client, tables });
+                    *guard = Some(c.clone());
+                    c
+                }
+            }
+        };
+        let rows = match catalog
+            .client
+            .query(
+                &catalog.tables,
+                &[&self.config.publications, &schema, &table],
+            )
             .await
         {
             Ok(rows) => rows,
             Err(e) => {
-                *guard = None;
+                // The next lookup reconnects if the connection is gone.
                 return Err(format!("reading the publications' tables failed: {e}"));
             }
         };
