@@ -7,14 +7,15 @@
 //! subscribers before the stream starts.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::io::Read;
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 pub use realtime_server::dev::postgres::TempPostgres;
+use realtime_server::dev::probe::http_get;
 
 /// The server binary: `REALTIME_SERVER_BIN`, else the `realtime-server`
 /// beside this executable. Under `cargo run` it is (re)built first with the
@@ -166,7 +167,9 @@ impl Server {
         loop {
             let port = self.port;
             let p = path.to_string();
-            let got = tokio::task::spawn_blocking(move || http_status(port, &p)).await?;
+            let got =
+                tokio::task::spawn_blocking(move || http_get(port, &p).map(|(status, _)| status))
+                    .await?;
             if got == Some(200) {
                 return Ok(());
             }
@@ -207,19 +210,6 @@ impl Drop for Server {
             let _ = child.wait();
         }
     }
-}
-
-fn http_status(port: u16, path: &str) -> Option<u16> {
-    let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    buf.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Wall-clock microseconds since the epoch: the clock PostgreSQL's

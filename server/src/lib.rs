@@ -83,7 +83,7 @@ pub async fn serve_with(
     tracing::info!(%addr, "listening");
 
     let control = StreamControl::default();
-    let replication = tokio::spawn(stream::run(
+    let mut replication = tokio::spawn(stream::run(
         config.clone(),
         hub.clone(),
         status,
@@ -115,7 +115,6 @@ pub async fn serve_with(
     }
     // The stream sends its final confirmed position, then closes; what was
     // confirmed stays confirmed and a durable slot resumes from there.
-    let mut replication = replication;
     if tokio::time::timeout(SHUTDOWN_GRACE, &mut replication)
         .await
         .is_err()

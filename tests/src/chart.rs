@@ -196,22 +196,7 @@ pub async fn service_account_token(client: &Client, ns: &str, name: &str) -> Str
 /// Where cargo put the operator binary: beside the test executable's `deps/`.
 /// `REALTIME_OPERATOR_BIN` overrides.
 pub fn operator_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("REALTIME_OPERATOR_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("current test executable");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps");
-    let bin = dir.join("realtime-operator");
-    assert!(
-        bin.exists(),
-        "{} does not exist: build it with `cargo build -p realtime-operator` (cargo test/nextest \
-         --workspace build it)",
-        bin.display()
-    );
-    bin
+    crate::server::workspace_bin("realtime-operator", "REALTIME_OPERATOR_BIN")
 }
 
 /// Resolves a container's env as the kubelet would for pod `pod` in `ns`:

@@ -6,8 +6,8 @@
 //! log goes to a file whose tail is shown when something fails.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::io::Read;
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,7 +17,14 @@ use crate::TempPostgres;
 /// Where cargo put the server binary: beside the test executable's `deps/`.
 /// `REALTIME_SERVER_BIN` overrides.
 pub fn server_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("REALTIME_SERVER_BIN") {
+    workspace_bin("realtime-server", "REALTIME_SERVER_BIN")
+}
+
+/// Where cargo put the workspace binary `name`: beside the test executable's
+/// `deps/` (tests/run builds every binary first). The variable `override_var`
+/// points elsewhere.
+pub fn workspace_bin(name: &str, override_var: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(override_var) {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current test executable");
@@ -25,11 +32,10 @@ pub fn server_bin() -> PathBuf {
         .parent()
         .and_then(|deps| deps.parent())
         .expect("target/<profile>/deps");
-    let bin = dir.join("realtime-server");
+    let bin = dir.join(name);
     assert!(
         bin.exists(),
-        "{} does not exist: build it with `cargo build -p realtime-server` (cargo test/nextest \
-         --workspace build it)",
+        "{} does not exist: build it with `cargo build -p {name}` (tests/run builds every binary)",
         bin.display()
     );
     bin
@@ -160,22 +166,7 @@ impl Drop for ServerProcess {
     }
 }
 
-/// A minimal HTTP/1.1 GET on loopback: (status, body), `None` if nothing
-/// answers.
-pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-    Some((status, body))
-}
+pub use realtime_server::dev::probe::http_get;
 
 /// A throwaway PostgreSQL with a schema and a publication `realtime_test`,
 /// and the server streaming it: what most end-to-end tests start from.

@@ -5,3 +5,4 @@
 pub mod command;
 pub mod page;
 pub mod postgres;
+pub mod probe;
