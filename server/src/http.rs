@@ -10,7 +10,12 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use warp::http::StatusCode;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+use warp::http::{HeaderMap, HeaderValue, StatusCode};
 use warp::{Filter, Rejection, Reply};
 
 use crate::auth::JwtVerifier;
@@ -54,8 +59,9 @@ pub fn routes(
         .and(warp::get())
         .and(warp::query::<HashMap<String, String>>())
         .and(warp::header::optional::<String>("x-api-key"))
+        .and(warp::header::headers_cloned())
+        .and(warp::ext::optional::<OnUpgrade>())
         .and(with_state.clone())
-        .and(warp::ws())
         .map(upgrade);
 
     // Broadcast over HTTP (realtime-js sends here when a channel is not
@@ -123,12 +129,78 @@ pub fn routes(
         }))
 }
 
+/// Bytes a socket's reader keeps for incoming frames. tungstenite's default
+/// is 128 KiB, zero-filled on the first read: 128 KiB of memory for every
+/// socket, when clients send heartbeats and joins of a few hundred bytes. A
+/// bigger frame grows the buffer for as long as it needs.
+pub const READ_BUFFER_BYTES: usize = 4 * 1024;
+
+/// Why a request to a socket path is not a WebSocket upgrade this server can
+/// take, with the status to answer; `None` when it is one.
+fn refuse_handshake(
+    headers: &HeaderMap,
+    on_upgrade: Option<&OnUpgrade>,
+) -> Option<(StatusCode, &'static str)> {
+    let has_token = |name: &str, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .unwrap_or("")
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case(token))
+        })
+    };
+    if !has_token("connection", "upgrade") || !has_token("upgrade", "websocket") {
+        return Some((
+            StatusCode::UPGRADE_REQUIRED,
+            "this is a WebSocket endpoint: send `Connection: upgrade` and `Upgrade: websocket`",
+        ));
+    }
+    if headers
+        .get("sec-websocket-version")
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        return Some((
+            StatusCode::UPGRADE_REQUIRED,
+            "unsupported Sec-WebSocket-Version: this server speaks version 13 (RFC 6455)",
+        ));
+    }
+    if headers.get("sec-websocket-key").is_none() {
+        return Some((StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key"));
+    }
+    if on_upgrade.is_none() {
+        return Some((
+            StatusCode::BAD_REQUEST,
+            "this connection cannot be upgraded: use HTTP/1.1 for WebSockets",
+        ));
+    }
+    None
+}
+
+/// Answers a socket path: `101 Switching Protocols` and a task serving the
+/// socket, or the reason it is refused.
+///
+/// The upgrade is done here rather than with warp's `ws()`, which hides
+/// tungstenite's [`WebSocketConfig`]: the server needs a small read buffer
+/// (see [`READ_BUFFER_BYTES`]) and tungstenite's own message type, whose
+/// text frames share their bytes, so a change's frame goes to every socket
+/// without a copy.
 fn upgrade(
     query: HashMap<String, String>,
     api_key_header: Option<String>,
+    headers: HeaderMap,
+    on_upgrade: Option<OnUpgrade>,
     state: Arc<AppState>,
-    ws: warp::ws::Ws,
 ) -> warp::reply::Response {
+    if let Some((status, reason)) = refuse_handshake(&headers, on_upgrade.as_ref()) {
+        let mut response = text(status, reason.to_string());
+        if status == StatusCode::UPGRADE_REQUIRED {
+            // RFC 9110 and RFC 6455: say which upgrade and version would do.
+            let h = response.headers_mut();
+            h.insert("upgrade", HeaderValue::from_static("websocket"));
+            h.insert("sec-websocket-version", HeaderValue::from_static("13"));
+        }
+        return response;
+    }
     let vsn = match Vsn::from_param(query.get("vsn").map(String::as_str)) {
         Ok(v) => v,
         Err(e) => return text(StatusCode::BAD_REQUEST, e),
@@ -169,10 +241,38 @@ fn upgrade(
     Metrics::inc(&METRICS.connections_accepted);
     let ctx = state.sockets.clone();
     let max = ctx.limits.max_frame_bytes;
-    ws.max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| socket::serve(socket, vsn, ctx, socket_exp))
-        .into_response()
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    let (Some(on_upgrade), Some(key)) = (on_upgrade, headers.get("sec-websocket-key")) else {
+        unreachable!("refuse_handshake checked both");
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                socket::serve(ws, vsn, ctx, socket_exp).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "a WebSocket upgrade did not complete"),
+        }
+    });
+    let mut response = warp::reply::Response::default();
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = response.headers_mut();
+    h.insert("connection", HeaderValue::from_static("upgrade"));
+    h.insert("upgrade", HeaderValue::from_static("websocket"));
+    h.insert(
+        "sec-websocket-accept",
+        HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
+    );
+    response
 }
 
 #[derive(serde::Deserialize)]

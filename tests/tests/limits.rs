@@ -595,3 +595,87 @@ async fn a_client_that_floods_without_reading_is_closed_as_a_slow_consumer() {
     env.still_serves(1, "a flood from a client that does not read")
         .await;
 }
+
+/// Sends `request` (an HTTP/1.1 head) to the server and returns the whole
+/// answer, head and body.
+fn raw_http(port: u16, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(request.as_bytes()).expect("write");
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer
+}
+
+/// A request to a socket path that is not a WebSocket handshake the server
+/// can take gets a status and a body naming what is missing; a good one
+/// still gets 101.
+#[tokio::test]
+async fn a_request_that_is_not_a_websocket_handshake_is_told_what_is_missing() {
+    let env = start(&[]).await;
+    let port = env.server.port;
+    let head = |extra: &str| {
+        format!(
+            "GET /socket/websocket?vsn=1.0.0 HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}Connection: close\r\n\r\n"
+        )
+    };
+    let plain = raw_http(port, &head(""));
+    assert!(plain.starts_with("HTTP/1.1 426 "), "{plain}");
+    assert!(
+        plain.contains("send `Connection: upgrade` and `Upgrade: websocket`"),
+        "{plain}"
+    );
+    assert!(
+        plain
+            .to_ascii_lowercase()
+            .contains("upgrade: websocket\r\n"),
+        "{plain}"
+    );
+
+    let upgrade = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    let old = raw_http(
+        port,
+        &head(&format!("{upgrade}Sec-WebSocket-Version: 8\r\n")),
+    );
+    assert!(old.starts_with("HTTP/1.1 426 "), "{old}");
+    assert!(old.contains("this server speaks version 13"), "{old}");
+    assert!(
+        old.to_ascii_lowercase()
+            .contains("sec-websocket-version: 13\r\n"),
+        "{old}"
+    );
+
+    let no_key = raw_http(
+        port,
+        &format!(
+            "GET /socket/websocket HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\n\
+             Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ),
+    );
+    assert!(no_key.starts_with("HTTP/1.1 400 "), "{no_key}");
+    assert!(no_key.contains("missing Sec-WebSocket-Key"), "{no_key}");
+
+    // The RFC 6455 example key, answered with the RFC's accept value.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    std::io::Write::write_all(
+        &mut s,
+        format!(
+            "GET /socket/websocket HTTP/1.1\r\nHost: 127.0.0.1\r\n{upgrade}Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .expect("write");
+    let mut head = [0u8; 512];
+    let n = std::io::Read::read(&mut s, &mut head).expect("read");
+    let head = String::from_utf8_lossy(&head[..n]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101 "), "{head}");
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=\r\n"),
+        "{head}"
+    );
+    env.still_serves(1, "handshakes that were refused").await;
+}

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::change::Change;
-use crate::phoenix::frame::{self, Vsn};
+use crate::phoenix::frame::{self, Frame, Vsn};
 
 mod bindings;
 mod legacy;
@@ -33,8 +33,9 @@ pub type SocketId = u64;
 /// What a socket's writer sends, in order.
 #[derive(Debug, Clone)]
 pub enum Outbound {
-    /// A text frame, possibly shared by many sockets.
-    Frame(Arc<str>),
+    /// A text frame, possibly shared by many sockets (reference-counted:
+    /// each socket's WebSocket writes the same bytes, none copies them).
+    Frame(Frame),
     /// Close the socket with this code and reason.
     Close(u16, String),
 }
@@ -196,7 +197,7 @@ impl Hub {
             let mut queued = 0u64;
             index.legacy.matching(change, |subs| {
                 let payload = payload.get_or_insert_with(|| change.legacy_json());
-                let mut frames: [Option<Arc<str>>; 2] = [None, None];
+                let mut frames: [Option<Frame>; 2] = [None, None];
                 for (&id, &vsn) in &subs.sockets {
                     let Some(entry) = index.sockets.get(&id) else {
                         continue;
@@ -243,7 +244,7 @@ impl Hub {
             return 0;
         }
         let data = crate::typed::postgres_changes_data(change);
-        type FrameCache<'a> = HashMap<(&'a Arc<str>, Vsn, Vec<u32>), Arc<str>>;
+        type FrameCache<'a> = HashMap<(&'a Arc<str>, Vsn, Vec<u32>), Frame>;
         let mut frames: FrameCache = HashMap::new();
         let mut queued = 0;
         for ((socket, topic), (vsn, mut ids)) in per_channel {
@@ -324,7 +325,7 @@ impl Hub {
             let Some(members) = index.members.get(topic) else {
                 return 0;
             };
-            let mut frames: [Option<Arc<str>>; 2] = [None, None];
+            let mut frames: [Option<Frame>; 2] = [None, None];
             for (&id, &(vsn, self_broadcast)) in members {
                 if Some(id) == from && !self_broadcast {
                     continue;

@@ -5,12 +5,15 @@
 //! `[join_ref, ref, topic, event, payload]`. Refs are echoed exactly as the
 //! client sent them (phoenix.js sends strings). Knows nothing of channels.
 
-use std::sync::Arc;
-
 use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::change::push_json_str;
+
+/// One encoded text frame: UTF-8 bytes behind a reference count, the type
+/// the WebSocket layer writes. A change's frame is encoded once and every
+/// socket that receives it shares these bytes.
+pub type Frame = tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// The serializer a socket chose with its `vsn` query parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -200,7 +203,7 @@ pub fn encode(
     topic: &str,
     event: &str,
     payload: &str,
-) -> Arc<str> {
+) -> Frame {
     let mut out = String::with_capacity(payload.len() + topic.len() + event.len() + 48);
     match vsn {
         Vsn::V1 => {
@@ -228,7 +231,8 @@ pub fn encode(
             out.push(']');
         }
     }
-    out.into()
+    // The String's buffer becomes the frame without a copy.
+    Frame::from(out)
 }
 
 /// The payload of a `phx_reply`: `{"status":..., "response":...}`.

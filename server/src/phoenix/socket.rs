@@ -13,7 +13,9 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
-use warp::ws::{Message, WebSocket};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Message};
 
 use serde_json::Value;
 
@@ -22,7 +24,7 @@ use crate::change::ChangeKind;
 use crate::filter::Filter;
 use crate::hub::{Binding, Hub, LegacyTopic, Outbound, SocketId, CLOSE_SLOW_CONSUMER};
 use crate::metrics::{ChannelGauge, Metrics, METRICS};
-use crate::phoenix::frame::{self, Inbound, Vsn};
+use crate::phoenix::frame::{self, Frame, Inbound, Vsn};
 use crate::published::PublishedTables;
 
 /// A socket that sends nothing, not even a heartbeat, for this long is closed
@@ -89,6 +91,12 @@ struct Session {
     socket_exp: Option<u64>,
 }
 
+/// A WebSocket on the connection hyper upgraded.
+pub type WebSocket =
+    tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
+
+type Sink = futures::stream::SplitSink<WebSocket, Message>;
+
 /// Serves one upgraded WebSocket until either side closes it.
 /// `socket_exp` is the `exp` of the token checked at the upgrade.
 pub async fn serve(ws: WebSocket, vsn: Vsn, ctx: Arc<SocketContext>, socket_exp: Option<u64>) {
@@ -145,20 +153,16 @@ pub async fn serve(ws: WebSocket, vsn: Vsn, ctx: Arc<SocketContext>, socket_exp:
             }
             Ok(Some(Ok(msg))) => msg,
         };
-        if msg.is_close() {
-            break;
-        }
-        if msg.is_ping() || msg.is_pong() {
-            continue;
-        }
-        if msg.as_bytes().len() > session.limits.max_frame_bytes {
+        if msg.len() > session.limits.max_frame_bytes {
             session.close_frame_too_large().await;
             break;
         }
-        let decoded = match msg.to_str() {
-            Ok(text) => Inbound::decode(vsn, text),
-            Err(()) if msg.is_binary() => Inbound::decode_binary(vsn, msg.as_bytes()),
-            Err(()) => continue,
+        let decoded = match &msg {
+            Message::Text(text) => Inbound::decode(vsn, text),
+            Message::Binary(bytes) => Inbound::decode_binary(vsn, bytes),
+            Message::Close(_) => break,
+            // tungstenite answers pings itself.
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
         };
         match decoded {
             Ok(inbound) => session.handle(inbound).await,
@@ -188,7 +192,7 @@ pub async fn serve(ws: WebSocket, vsn: Vsn, ctx: Arc<SocketContext>, socket_exp:
 }
 
 impl Session {
-    async fn send(&self, frame: Arc<str>) {
+    async fn send(&self, frame: Frame) {
         self.enqueue(Outbound::Frame(frame));
     }
 
@@ -223,15 +227,19 @@ impl Session {
     /// The WebSocket layer refused what the client sent: a frame over the
     /// size limit (1009), or a frame that breaks RFC 6455 (1002). A broken
     /// connection gets the close too, which then goes nowhere.
-    async fn close_after_read_error(&self, e: &warp::Error) {
-        // warp hides tungstenite's error type; its text names the capacity error.
-        let text = e.to_string();
-        if text.contains("Message too long") || text.contains("Space limit exceeded") {
-            return self.close_frame_too_large().await;
+    async fn close_after_read_error(&self, e: &tungstenite::Error) {
+        match e {
+            tungstenite::Error::Capacity(_) => return self.close_frame_too_large().await,
+            tungstenite::Error::Protocol(_) | tungstenite::Error::Utf8(_) => {}
+            // The connection itself failed: nobody to tell.
+            _ => {
+                tracing::debug!(socket = self.id, error = %e, "socket read failed");
+                return;
+            }
         }
         Metrics::inc(&METRICS.bad_frames);
-        tracing::debug!(socket = self.id, error = %text, "socket read failed");
-        self.close(1002, &format!("protocol error: {text}")).await;
+        tracing::debug!(socket = self.id, error = %e, "socket read failed");
+        self.close(1002, &format!("protocol error: {e}")).await;
     }
 
     async fn reply(&self, m: &Inbound, join_ref: Option<&RawValue>, ok: bool, response: &str) {
@@ -641,15 +649,23 @@ impl Session {
 
 /// Queues one text frame on the sink and counts it; false when the socket
 /// is gone.
-async fn feed(sink: &mut futures::stream::SplitSink<WebSocket, Message>, text: &str) -> bool {
-    if sink.feed(Message::text(text)).await.is_err() {
+async fn feed(sink: &mut Sink, frame: Frame) -> bool {
+    let len = frame.len() as u64;
+    if sink.feed(Message::Text(frame)).await.is_err() {
         return false;
     }
     Metrics::inc(&METRICS.messages_sent);
     METRICS
         .bytes_sent
-        .fetch_add(text.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
     true
+}
+
+fn close_message(code: u16, reason: impl Into<tungstenite::Utf8Bytes>) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.into(),
+    }))
 }
 
 fn unix_now() -> u64 {
@@ -697,7 +713,7 @@ enum Ending {
 }
 
 async fn write_loop(
-    mut sink: futures::stream::SplitSink<WebSocket, Message>,
+    mut sink: Sink,
     mut rx: mpsc::Receiver<Outbound>,
     cancel: tokio_util::sync::CancellationToken,
     shutdown: tokio_util::sync::CancellationToken,
@@ -716,13 +732,13 @@ async fn write_loop(
         biased;
         _ = cancel.cancelled() => Ending::Close(
             if shutdown.is_cancelled() {
-                Message::close_with(CLOSE_GOING_AWAY, "server shutting down")
+                close_message(CLOSE_GOING_AWAY, "server shutting down")
             } else {
                 let reason = "slow consumer: the send queue is full; reconnect";
-                Message::close_with(CLOSE_SLOW_CONSUMER, reason)
+                close_message(CLOSE_SLOW_CONSUMER, reason)
             },
         ),
-        _ = stuck => Ending::Close(Message::close_with(CLOSE_GOING_AWAY, "server shutting down")),
+        _ = stuck => Ending::Close(close_message(CLOSE_GOING_AWAY, "server shutting down")),
         ending = drain(&mut sink, &mut rx) => ending,
     };
     let finished = match ending {
@@ -739,10 +755,7 @@ async fn write_loop(
 
 /// Writes queued frames, batching up to [`WRITE_BATCH`] per flush, until a
 /// close is queued or the queue ends.
-async fn drain(
-    sink: &mut futures::stream::SplitSink<WebSocket, Message>,
-    rx: &mut mpsc::Receiver<Outbound>,
-) -> Ending {
+async fn drain(sink: &mut Sink, rx: &mut mpsc::Receiver<Outbound>) -> Ending {
     loop {
         let Some(mut item) = rx.recv().await else {
             return Ending::QueueEnded;
@@ -750,13 +763,13 @@ async fn drain(
         let mut n = 0;
         loop {
             match item {
-                Outbound::Frame(text) => {
-                    if !feed(sink, &text).await {
+                Outbound::Frame(frame) => {
+                    if !feed(sink, frame).await {
                         return Ending::Broken;
                     }
                 }
                 Outbound::Close(code, reason) => {
-                    return Ending::Close(Message::close_with(code, reason));
+                    return Ending::Close(close_message(code, reason));
                 }
             }
             n += 1;
