@@ -649,10 +649,8 @@ async fn a_request_that_is_not_a_websocket_handshake_is_told_what_is_missing() {
 
     let no_key = raw_http(
         port,
-        &format!(
-            "GET /socket/websocket HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\n\
-             Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        ),
+        "GET /socket/websocket HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n",
     );
     assert!(no_key.starts_with("HTTP/1.1 400 "), "{no_key}");
     assert!(no_key.contains("missing Sec-WebSocket-Key"), "{no_key}");
