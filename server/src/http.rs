@@ -135,6 +135,12 @@ pub fn routes(
 /// bigger frame grows the buffer for as long as it needs.
 pub const READ_BUFFER_BYTES: usize = 4 * 1024;
 
+/// Bytes of encoded frames a socket's writer gathers before it writes them
+/// to the connection (a flush writes whatever is gathered). tungstenite's
+/// default, 128 KiB, let every socket grow (by reallocation, copying as it
+/// doubles) and keep a buffer as large as its largest burst.
+pub const WRITE_BUFFER_BYTES: usize = 16 * 1024;
+
 /// Why a request to a socket path is not a WebSocket upgrade this server can
 /// take, with the status to answer; `None` when it is one.
 fn refuse_handshake(
@@ -243,6 +249,7 @@ fn upgrade(
     let max = ctx.limits.max_frame_bytes;
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
     let (Some(on_upgrade), Some(key)) = (on_upgrade, headers.get("sec-websocket-key")) else {

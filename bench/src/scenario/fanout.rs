@@ -53,6 +53,7 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
     let server_rate = delivered / wall.as_secs_f64();
     let server_cpu = cpu[0].1.seconds;
     report::cpu("fanout.server", wall, &cpu);
+    let server_peak = sys::peak_rss_bytes(server.pid());
     let warnings = server.warnings();
     drop(server);
 
@@ -72,10 +73,14 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
     let (_, floor_cpu) = meter.stop();
     let floor_rate = delivered / floor_wall.as_secs_f64();
     report::cpu("fanout.floor", floor_wall, &floor_cpu);
+    let floor_peak = sys::peak_rss_bytes(floor.pid());
     drop(floor);
 
     report::figure("fanout.server.messages_per_s", server_rate, "msg/s");
     report::figure("fanout.floor.messages_per_s", floor_rate, "msg/s");
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    report::figure("fanout.server.peak_rss", mib(server_peak), "MiB");
+    report::figure("fanout.floor.peak_rss", mib(floor_peak), "MiB");
     let per_million = |cpu: f64| cpu / (delivered / 1e6);
     report::figure(
         "fanout.server.cpu_per_million_messages",
