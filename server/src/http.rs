@@ -129,11 +129,12 @@ pub fn routes(
         }))
 }
 
-/// Bytes a socket's reader keeps for incoming frames. tungstenite's default
-/// is 128 KiB, zero-filled on the first read: 128 KiB of memory for every
-/// socket, when clients send heartbeats and joins of a few hundred bytes. A
-/// bigger frame grows the buffer for as long as it needs.
-pub const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Bytes a socket's reader keeps for incoming frames, and reads at most at
+/// once. tungstenite's default is 128 KiB, zero-filled on the first read:
+/// 128 KiB of memory for every socket, when clients send heartbeats of 60
+/// bytes and joins of a few hundred (a join with a JWT, about a kilobyte).
+/// A bigger frame grows the buffer to its size while it is read.
+pub const READ_BUFFER_BYTES: usize = 2 * 1024;
 
 /// Bytes of encoded frames a socket's writer gathers before it writes them
 /// to the connection (a flush writes whatever is gathered). tungstenite's

@@ -677,3 +677,20 @@ async fn a_request_that_is_not_a_websocket_handshake_is_told_what_is_missing() {
     );
     env.still_serves(1, "handshakes that were refused").await;
 }
+
+/// A frame much larger than a socket's read buffer (2 KiB), under
+/// MAX_FRAME_BYTES (1 MiB), is read whole, and small ones after it.
+#[tokio::test]
+async fn a_frame_larger_than_the_read_buffer_is_read_whole() {
+    let env = start(&[]).await;
+    let mut c = PhxClient::connect(&env.server.ws_url("1.0.0"))
+        .await
+        .expect("connect");
+    let big = json!({"pad": "é".repeat(300_000)});
+    assert_eq!(answer(&mut c, "phoenix", "heartbeat", big).await, ok());
+    assert_eq!(
+        answer(&mut c, "phoenix", "heartbeat", json!({})).await,
+        ok()
+    );
+    env.still_serves(1, "a large frame").await;
+}
