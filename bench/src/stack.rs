@@ -132,6 +132,10 @@ impl Server {
         env.insert("PUBLICATIONS".into(), format!("[\"{publication}\"]"));
         env.insert("SECURE_CHANNELS".into(), "false".into());
         env.insert("RUST_LOG".into(), "warn".into());
+        // A durable slot's first session otherwise waits RESUME_DELAY_MS
+        // (5 s) for clients to rejoin before it streams: a pause for
+        // restarts, which would be timed here as ingest.
+        env.insert("RESUME_DELAY_MS".into(), "0".into());
         env
     }
 
