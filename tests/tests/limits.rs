@@ -694,3 +694,61 @@ async fn a_frame_larger_than_the_read_buffer_is_read_whole() {
     );
     env.still_serves(1, "a large frame").await;
 }
+
+/// Past MAX_CONNECTIONS an upgrade is refused with 503 and a body that says
+/// why; the refusal is counted at /metrics, the open sockets are unaffected,
+/// and a socket that closes makes room for a new one.
+#[tokio::test]
+async fn past_max_connections_an_upgrade_gets_503_and_a_closed_socket_makes_room() {
+    use tokio_tungstenite::tungstenite::Error;
+    let env = start(&[("MAX_CONNECTIONS", "2")]).await;
+    let url = env.server.ws_url("1.0.0");
+    let mut a = PhxClient::connect(&url).await.expect("first socket");
+    let mut b = PhxClient::connect(&url).await.expect("second socket");
+    // Both are registered once they have been answered.
+    for c in [&mut a, &mut b] {
+        assert_eq!(answer(c, "phoenix", "heartbeat", json!({})).await, ok());
+    }
+
+    match PhxClient::connect(&url).await {
+        Err(Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 503);
+            let body =
+                String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).to_string();
+            assert_eq!(body, "too many connections (limit 2): try another server");
+        }
+        Err(e) => panic!("expected a 503, got {e}"),
+        Ok(_) => panic!("a third socket was accepted past MAX_CONNECTIONS=2"),
+    }
+    let (_, metrics) = env.server.get("/metrics").expect("/metrics");
+    assert!(
+        metrics.contains("realtime_connections_refused_total 1\n"),
+        "{metrics}"
+    );
+    assert_eq!(
+        answer(&mut b, "phoenix", "heartbeat", json!({})).await,
+        ok(),
+        "an open socket is unaffected by the refusal"
+    );
+
+    // One closes; a new socket is accepted once the server has let it go.
+    drop(a);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut c = loop {
+        match PhxClient::connect(&url).await {
+            Ok(c) => break c,
+            Err(Error::Http(r)) if r.status().as_u16() == 503 => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the closed socket's place was not freed"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("reconnect: {e}"),
+        }
+    };
+    assert_eq!(
+        answer(&mut c, "phoenix", "heartbeat", json!({})).await,
+        ok()
+    );
+}
