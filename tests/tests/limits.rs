@@ -13,6 +13,8 @@ use realtime_tests::ws::{PhxClient, WsEnd};
 use realtime_tests::TempPostgres;
 use serde_json::{json, Value};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Message;
 
 const TOPIC: &str = "realtime:public:items";
@@ -223,6 +225,28 @@ async fn bad_frames_are_closed_with_a_code_and_a_reason() {
             Message::binary(binary_too_big),
             1009,
             frame_too_large,
+        ),
+        (
+            "a text frame that is not UTF-8",
+            "1.0.0",
+            Message::Frame(Frame::message(
+                vec![b'"', 0xff, 0xfe, b'"'],
+                OpCode::Data(Data::Text),
+                true,
+            )),
+            1007,
+            "malformed frame: a text frame that is not valid UTF-8",
+        ),
+        (
+            "a frame with a reserved bit set (RFC 6455 violation)",
+            "1.0.0",
+            Message::Frame({
+                let mut f = Frame::message("{}", OpCode::Data(Data::Text), true);
+                f.header_mut().rsv1 = true;
+                f
+            }),
+            1002,
+            "protocol error: Reserved bits are non-zero",
         ),
     ];
     let mut wrong = Vec::new();

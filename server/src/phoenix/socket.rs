@@ -229,21 +229,25 @@ impl Session {
     }
 
     /// The WebSocket layer refused what the client sent: a frame over the
-    /// size limit (1009), or a frame that breaks RFC 6455 (1002). A broken
-    /// connection gets the close too, which then goes nowhere.
+    /// size limit (1009), a text frame that is not UTF-8 (1007), or a frame
+    /// that breaks RFC 6455 (1002). A connection that failed gets nothing.
     async fn close_after_read_error(&self, e: &tungstenite::Error) {
-        match e {
+        let (code, reason) = match e {
             tungstenite::Error::Capacity(_) => return self.close_frame_too_large().await,
-            tungstenite::Error::Protocol(_) | tungstenite::Error::Utf8(_) => {}
+            tungstenite::Error::Utf8(_) => (
+                1007,
+                "malformed frame: a text frame that is not valid UTF-8".to_string(),
+            ),
+            tungstenite::Error::Protocol(p) => (1002, format!("protocol error: {p}")),
             // The connection itself failed: nobody to tell.
             _ => {
                 tracing::debug!(socket = self.id, error = %e, "socket read failed");
                 return;
             }
-        }
+        };
         Metrics::inc(&METRICS.bad_frames);
-        tracing::debug!(socket = self.id, error = %e, "socket read failed");
-        self.close(1002, &format!("protocol error: {e}")).await;
+        tracing::info!(socket = self.id, %reason, "closing a socket that broke the WebSocket protocol");
+        self.close(code, &reason).await;
     }
 
     async fn reply(&self, m: &Inbound, join_ref: Option<&RawValue>, ok: bool, response: &str) {
