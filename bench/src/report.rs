@@ -10,6 +10,13 @@ pub fn section(title: &str) {
     println!("\n== {title} ==");
 }
 
+/// How many warnings the server logged during a scenario, and the first.
+pub fn server_warnings(warnings: &[String]) {
+    if let Some(first) = warnings.first() {
+        note(&format!("server warnings ({}): {first}", warnings.len()));
+    }
+}
+
 pub fn note(text: &str) {
     println!("   {text}");
 }

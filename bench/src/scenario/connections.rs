@@ -123,13 +123,7 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
         None,
     );
     report::cpu("connections.idle_hold", wall, &cpu);
-    if !warnings.is_empty() {
-        report::note(&format!(
-            "server warnings ({}): {}",
-            warnings.len(),
-            warnings[0]
-        ));
-    }
+    report::server_warnings(&warnings);
     Ok(())
 }
 

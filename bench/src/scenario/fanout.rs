@@ -106,13 +106,7 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
         "server CPU per message / floor CPU per message",
         Some(Target::AtMost(1.5)),
     );
-    if !warnings.is_empty() {
-        report::note(&format!(
-            "server warnings ({}): {}",
-            warnings.len(),
-            warnings[0]
-        ));
-    }
+    report::server_warnings(&warnings);
     Ok(())
 }
 

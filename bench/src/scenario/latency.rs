@@ -120,13 +120,7 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
         report::cpu(&name, wall, &cpu);
     }
     let warnings = server.warnings();
-    if !warnings.is_empty() {
-        report::note(&format!(
-            "server warnings ({}): {}",
-            warnings.len(),
-            warnings[0]
-        ));
-    }
+    report::server_warnings(&warnings);
     reference.stop().await;
     Ok(())
 }
