@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::net::{Ipv4Addr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -66,13 +65,6 @@ pub fn pg_tool(pg: &TempPostgres, name: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .expect("a free port on 127.0.0.1")
-        .port()
-}
-
 /// Starts a throwaway PostgreSQL and runs `sql` on it.
 pub async fn postgres(sql: &str) -> anyhow::Result<(TempPostgres, tokio_postgres::Client)> {
     let pg = tokio::task::spawn_blocking(TempPostgres::start)
@@ -121,16 +113,9 @@ impl Server {
     /// The environment for a server on `pg` serving `publication`, channels
     /// not secured, logging only warnings.
     pub fn env(pg: &TempPostgres, publication: &str) -> BTreeMap<String, String> {
-        let mut env = BTreeMap::new();
-        env.insert("PORT".into(), free_port().to_string());
-        env.insert("BIND_ADDRESS".into(), "127.0.0.1".into());
-        env.insert("DB_HOST".into(), pg.host().into());
-        env.insert("DB_PORT".into(), pg.port().to_string());
-        env.insert("DB_NAME".into(), pg.dbname().into());
-        env.insert("DB_USER".into(), pg.user().into());
-        env.insert("DB_PASSWORD".into(), "unused-with-trust-auth".into());
-        env.insert("PUBLICATIONS".into(), format!("[\"{publication}\"]"));
-        env.insert("SECURE_CHANNELS".into(), "false".into());
+        let mut env = pg
+            .server_env(&[publication])
+            .expect("a free port on 127.0.0.1");
         env.insert("RUST_LOG".into(), "warn".into());
         // A durable slot's first session otherwise waits RESUME_DELAY_MS
         // (5 s) for clients to rejoin before it streams: a pause for

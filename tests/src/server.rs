@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::net::{Ipv4Addr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -42,10 +41,7 @@ pub fn workspace_bin(name: &str, override_var: &str) -> PathBuf {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+    realtime_server::dev::postgres::free_port().expect("free port")
 }
 
 /// A running server process.
@@ -59,19 +55,7 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// The environment that points a server at `pg` with `publications`.
     pub fn env_for(pg: &TempPostgres, publications: &[&str]) -> BTreeMap<String, String> {
-        let mut env = BTreeMap::new();
-        env.insert("PORT".into(), free_port().to_string());
-        env.insert("BIND_ADDRESS".into(), "127.0.0.1".into());
-        env.insert("DB_HOST".into(), pg.host().into());
-        env.insert("DB_PORT".into(), pg.port().to_string());
-        env.insert("DB_NAME".into(), pg.dbname().into());
-        env.insert("DB_USER".into(), pg.user().into());
-        env.insert("DB_PASSWORD".into(), "unused-with-trust-auth".into());
-        env.insert(
-            "PUBLICATIONS".into(),
-            serde_json::to_string(publications).unwrap(),
-        );
-        env.insert("SECURE_CHANNELS".into(), "false".into());
+        let mut env = pg.server_env(publications).expect("free port");
         env.insert("RUST_LOG".into(), "info,realtime_server=debug".into());
         env
     }

@@ -168,6 +168,31 @@ impl TempPostgres {
         "postgres"
     }
 
+    /// The environment of a `realtime-server` process streaming this
+    /// cluster's `publications`: a free `PORT` on 127.0.0.1, the database
+    /// settings (trust authentication: the password is never checked) and
+    /// channels not secured. Callers add the rest (`RUST_LOG`, limits).
+    pub fn server_env(
+        &self,
+        publications: &[&str],
+    ) -> Result<std::collections::BTreeMap<String, String>, PgError> {
+        let publications = serde_json::to_string(publications).expect("a list of strings is JSON");
+        Ok([
+            ("PORT", free_port()?.to_string()),
+            ("BIND_ADDRESS", self.host().to_string()),
+            ("DB_HOST", self.host().to_string()),
+            ("DB_PORT", self.port().to_string()),
+            ("DB_NAME", self.dbname().to_string()),
+            ("DB_USER", self.user().to_string()),
+            ("DB_PASSWORD", "unused-with-trust-auth".to_string()),
+            ("PUBLICATIONS", publications),
+            ("SECURE_CHANNELS", "false".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect())
+    }
+
     /// A libpq-style connection string for `tokio_postgres::connect`.
     pub fn connection_string(&self) -> String {
         format!(
@@ -458,8 +483,8 @@ fn user_exists(name: &str) -> bool {
 }
 
 /// A port that was free on 127.0.0.1 a moment ago. Another process may take it
-/// before PostgreSQL binds it; `start` retries with a new one.
-fn free_port() -> Result<u16, PgError> {
+/// before it is bound (`start` retries with a new one for PostgreSQL).
+pub fn free_port() -> Result<u16, PgError> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .map_err(io_err("binding 127.0.0.1:0 to find a free port"))?;
     let port = listener
