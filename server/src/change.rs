@@ -2,7 +2,8 @@
 //!
 //! Owns what one row change is once decoded (`Change`: the table, the new and
 //! old rows, the commit time) and how it is written for realtime-js 1.x clients
-//! (PROTOCOL.md, "Legacy topics": text values, timestamps in UTC with `Z`,
+//! (the payload realtime-js 1.x reads, as the README's "Run the server against
+//! your PostgreSQL" shows it: text values, timestamps in UTC with `Z`,
 //! `columns` with flags and type_modifier). Knows nothing of sockets or topics.
 
 use std::fmt::Write as _;
@@ -150,7 +151,8 @@ impl Change {
         }
     }
 
-    /// The legacy payload (realtime-js 1.x), PROTOCOL.md "Legacy topics".
+    /// The legacy payload (realtime-js 1.x): `{type, schema, table,
+    /// commit_timestamp, columns, record, old_record, errors}`.
     pub fn legacy_json(&self) -> String {
         let t = &self.table;
         let mut out = String::with_capacity(256);

@@ -523,7 +523,7 @@ async fn finish(client: &mut ReplicationClient, applied: Lsn) {
 }
 
 /// Values this long or shorter stay in a record cut down to
-/// `MAX_RECORD_BYTES` (the seed's rule).
+/// `MAX_RECORD_BYTES` (Supabase Realtime's rule, which its clients expect).
 const SMALL_VALUE_BYTES: usize = 64;
 
 /// Turns decoded messages into changes: keeps the relation cache and the
