@@ -146,13 +146,24 @@ fn parse_time(t: &str) -> Option<NaiveDateTime> {
         .and_then(|d| d.and_hms_opt(0, 0, 0))
 }
 
+/// Most values an `in` list may hold (Supabase Realtime's limit too). Each
+/// distinct value is a key in the hub's index, and a binding's join and leave
+/// touch each one under the hub's lock, so the client's work there is
+/// bounded by this; the list is refused before any value is parsed.
+pub const MAX_IN_VALUES: usize = 100;
+
+/// The longest piece of a client's filter quoted back in an error (the
+/// filter itself may be as long as a frame).
+const SHOWN_CHARS: usize = 80;
+
 /// A parsed filter, bound to a column of the table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Filter {
     pub column: String,
     pub op: Op,
     pub kind: Comparison,
-    /// One value, or the list of `in`.
+    /// One value, or the list of `in` (without duplicates, at most
+    /// [`MAX_IN_VALUES`]).
     pub values: Vec<Value>,
 }
 
@@ -173,7 +184,7 @@ impl Filter {
         text: &str,
         lookup: impl Fn(&str) -> Option<Comparison>,
     ) -> Result<Filter, FilterError> {
-        let bad = |why: String| FilterError(format!("invalid filter {text:?}: {why}"));
+        let bad = |why: String| FilterError(format!("invalid filter {}: {why}", shown(text)));
         let (column, rest) = text
             .split_once('=')
             .ok_or_else(|| bad("expected column=op.value".into()))?;
@@ -182,13 +193,14 @@ impl Filter {
             .ok_or_else(|| bad("expected column=op.value".into()))?;
         let op = Op::parse(op_text).ok_or_else(|| {
             bad(format!(
-                "unknown operator {op_text:?}: use eq, neq, lt, lte, gt, gte or in"
+                "unknown operator {}: use eq, neq, lt, lte, gt, gte or in",
+                shown(op_text)
             ))
         })?;
         let column = column.trim();
-        let kind =
-            lookup(column).ok_or_else(|| bad(format!("the table has no column {column:?}")))?;
-        let raw_values: Vec<&str> = if op == Op::In {
+        let kind = lookup(column)
+            .ok_or_else(|| bad(format!("the table has no column {}", shown(column))))?;
+        let raw_values: Box<dyn Iterator<Item = &str>> = if op == Op::In {
             let inner = value
                 .strip_prefix('(')
                 .and_then(|v| v.strip_suffix(')'))
@@ -200,21 +212,34 @@ impl Filter {
                         .into(),
                 ));
             }
-            inner.split(',').map(str::trim).collect()
+            if inner.split(',').nth(MAX_IN_VALUES).is_some() {
+                return Err(bad(format!(
+                    "an in list takes at most {MAX_IN_VALUES} values"
+                )));
+            }
+            Box::new(inner.split(',').map(str::trim))
         } else {
-            vec![value]
+            Box::new(std::iter::once(value))
         };
-        let values = raw_values
-            .iter()
-            .map(|v| {
-                Value::parse(kind, v).ok_or_else(|| {
-                    bad(format!(
-                        "{v:?} is not a valid {} value for column {column:?}",
-                        kind_name(kind)
-                    ))
-                })
+        let parse_value = |v: &str| {
+            Value::parse(kind, v).ok_or_else(|| {
+                bad(format!(
+                    "{} is not a valid {} value for column {column:?}",
+                    shown(v),
+                    kind_name(kind)
+                ))
             })
-            .collect::<Result<Vec<_>, _>>()?;
+        };
+        // Equal values (`1`, `1.0`, `01`) are one key of the index, and a
+        // change matching it is one match: keep the first of each.
+        let mut values = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for v in raw_values {
+            let v = parse_value(v)?;
+            if seen.insert(v.key()) {
+                values.push(v);
+            }
+        }
         Ok(Filter {
             column: column.to_string(),
             op,
@@ -244,9 +269,18 @@ impl Filter {
         }
     }
 
-    /// The equality keys when the filter is `eq` or `in` (indexable).
+    /// The equality keys when the filter is `eq` or `in` (indexable), each
+    /// once.
     pub fn eq_keys(&self) -> Option<Vec<String>> {
         matches!(self.op, Op::Eq | Op::In).then(|| self.values.iter().map(Value::key).collect())
+    }
+}
+
+/// `text` quoted for an error message, cut to [`SHOWN_CHARS`] characters.
+fn shown(text: &str) -> String {
+    match text.char_indices().nth(SHOWN_CHARS) {
+        None => format!("{text:?}"),
+        Some((end, _)) => format!("{:?}… ({} bytes)", &text[..end], text.len()),
     }
 }
 
@@ -326,6 +360,22 @@ mod tests {
         assert!(e("name=in.(\"a,b\",c)").contains("quoted values"));
         assert!(e("id=in.1,2").contains("in.(a,b,c)"));
         assert!(e("at=gt.yesterday").contains("timestamp"));
+        let too_many: Vec<String> = (0..=MAX_IN_VALUES).map(|i| i.to_string()).collect();
+        assert!(e(&format!("id=in.({})", too_many.join(","))).contains("at most 100 values"));
+        let repeated = format!("id=in.({})", vec!["7"; 300_000].join(","));
+        let error = e(&repeated);
+        assert!(error.contains("at most 100 values"), "{error}");
+        assert!(error.len() < 300, "the filter is not echoed whole: {error}");
+        let long = format!("name=zz.{}", "x".repeat(100_000));
+        assert!(e(&long).len() < 300);
+    }
+
+    #[test]
+    fn in_lists_keep_each_value_once() {
+        let repeated = vec!["7"; MAX_IN_VALUES - 2].join(",");
+        let f = f(&format!("id=in.({repeated},7.0,8)"));
+        assert_eq!(f.values, vec![Value::Int(7), Value::Int(8)]);
+        assert_eq!(f.eq_keys(), Some(vec!["7".into(), "8".into()]));
     }
 }
 
@@ -435,19 +485,31 @@ mod properties {
             let f = Filter::parse(&format!("id=in.({list})"), cols)
                 .map_err(|e| TestCaseError::fail(e.0))?;
             prop_assert_eq!(f.op, Op::In);
-            prop_assert_eq!(&f.values, &ns.iter().map(|&n| Value::Int(n.into())).collect::<Vec<_>>());
+            let mut distinct: Vec<i64> = Vec::new();
+            for n in &ns {
+                if !distinct.contains(n) {
+                    distinct.push(*n);
+                }
+            }
+            prop_assert_eq!(&f.values, &distinct.iter().map(|&n| Value::Int(n.into())).collect::<Vec<_>>());
             for n in &ns {
                 prop_assert!(f.matches(Some(&n.to_string())));
             }
             prop_assert_eq!(f.matches(Some(&other.to_string())), ns.contains(&other));
-            prop_assert_eq!(f.eq_keys(), Some(ns.iter().map(i64::to_string).collect()));
+            prop_assert_eq!(f.eq_keys(), Some(distinct.iter().map(i64::to_string).collect()));
         }
 
         #[test]
         fn text_in_lists_hold_each_trimmed_value(items in prop::collection::vec("[^,\"]{0,8}", 1..6)) {
             let f = Filter::parse(&format!("name=in.({})", items.join(",")), cols)
                 .map_err(|e| TestCaseError::fail(e.0))?;
-            let want: Vec<Value> = items.iter().map(|i| Value::Text(i.trim().to_string())).collect();
+            let mut want: Vec<Value> = Vec::new();
+            for i in &items {
+                let v = Value::Text(i.trim().to_string());
+                if !want.contains(&v) {
+                    want.push(v);
+                }
+            }
             prop_assert_eq!(&f.values, &want);
         }
 

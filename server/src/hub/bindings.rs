@@ -8,9 +8,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use indexmap::IndexSet;
+
 use super::SocketId;
 use crate::change::{Cell, Change, ChangeKind};
-use crate::filter::{Filter, Value};
+use crate::filter::{Comparison, Filter, Value};
 use crate::phoenix::frame::Vsn;
 
 /// One binding of a channel.
@@ -30,17 +32,38 @@ pub struct Binding {
 
 type Key = u64;
 
+/// A set of bindings: iterated in the order they were added, and a binding
+/// is removed in constant time, so a leave costs the hub time in proportion
+/// to the channel's own bindings and values, whatever else is subscribed.
+type Keys = IndexSet<Key>;
+
+/// The `eq`/`in` bindings on one column of a table.
+#[derive(Debug)]
+struct EqColumn {
+    /// How the column's values compare (the same for every binding on it:
+    /// it comes from the column's type).
+    kind: Comparison,
+    /// canonical value -> bindings.
+    values: HashMap<String, Keys>,
+}
+
 #[derive(Debug, Default)]
 struct TableNode {
-    unfiltered: Vec<Key>,
-    /// column -> canonical value -> bindings.
-    eq: HashMap<String, HashMap<String, Vec<Key>>>,
-    scanned: Vec<Key>,
+    unfiltered: Keys,
+    /// column -> its equality bindings.
+    eq: HashMap<String, EqColumn>,
+    scanned: Keys,
+}
+
+impl TableNode {
+    fn is_empty(&self) -> bool {
+        self.unfiltered.is_empty() && self.eq.is_empty() && self.scanned.is_empty()
+    }
 }
 
 #[derive(Debug, Default)]
 struct SchemaNode {
-    all_tables: Vec<Key>,
+    all_tables: Keys,
     tables: HashMap<String, TableNode>,
 }
 
@@ -53,30 +76,35 @@ pub(super) struct BindingIndex {
     schemas: HashMap<String, SchemaNode>,
 }
 
-fn remove_key(v: &mut Vec<Key>, k: Key) {
-    if let Some(i) = v.iter().position(|x| *x == k) {
-        v.swap_remove(i);
-    }
-}
-
 impl BindingIndex {
+    /// Adds a binding: time in proportion to its filter's values (at most
+    /// [`crate::filter::MAX_IN_VALUES`], each once).
     pub(super) fn add(&mut self, b: Binding) {
         self.next += 1;
         let k = self.next;
         let schema = self.schemas.entry(b.schema.clone()).or_default();
         match &b.table {
-            None => schema.all_tables.push(k),
+            None => {
+                schema.all_tables.insert(k);
+            }
             Some(t) => {
                 let node = schema.tables.entry(t.clone()).or_default();
                 match b.filter.as_ref().map(|f| (f, f.eq_keys())) {
-                    None => node.unfiltered.push(k),
+                    None => {
+                        node.unfiltered.insert(k);
+                    }
                     Some((f, Some(keys))) => {
-                        let col = node.eq.entry(f.column.clone()).or_default();
+                        let col = node.eq.entry(f.column.clone()).or_insert_with(|| EqColumn {
+                            kind: f.kind,
+                            values: HashMap::new(),
+                        });
                         for key in keys {
-                            col.entry(key).or_default().push(k);
+                            col.values.entry(key).or_default().insert(k);
                         }
                     }
-                    Some((_, None)) => node.scanned.push(k),
+                    Some((_, None)) => {
+                        node.scanned.insert(k);
+                    }
                 }
             }
         }
@@ -87,7 +115,8 @@ impl BindingIndex {
         self.bindings.insert(k, b);
     }
 
-    /// Removes every binding of the channel `topic` on `socket`.
+    /// Removes every binding of the channel `topic` on `socket`: time in
+    /// proportion to those bindings and their values.
     pub(super) fn remove_channel(&mut self, socket: SocketId, topic: &Arc<str>) {
         let Some(keys) = self.by_channel.remove(&(socket, topic.clone())) else {
             return;
@@ -100,32 +129,35 @@ impl BindingIndex {
                 continue;
             };
             match &b.table {
-                None => remove_key(&mut schema.all_tables, k),
+                None => {
+                    schema.all_tables.swap_remove(&k);
+                }
                 Some(t) => {
                     if let Some(node) = schema.tables.get_mut(t) {
                         match b.filter.as_ref().map(|f| (f, f.eq_keys())) {
-                            None => remove_key(&mut node.unfiltered, k),
+                            None => {
+                                node.unfiltered.swap_remove(&k);
+                            }
                             Some((f, Some(keys))) => {
                                 if let Some(col) = node.eq.get_mut(&f.column) {
                                     for key in keys {
-                                        if let Some(v) = col.get_mut(&key) {
-                                            remove_key(v, k);
+                                        if let Some(v) = col.values.get_mut(&key) {
+                                            v.swap_remove(&k);
                                             if v.is_empty() {
-                                                col.remove(&key);
+                                                col.values.remove(&key);
                                             }
                                         }
                                     }
-                                    if col.is_empty() {
+                                    if col.values.is_empty() {
                                         node.eq.remove(&f.column);
                                     }
                                 }
                             }
-                            Some((_, None)) => remove_key(&mut node.scanned, k),
+                            Some((_, None)) => {
+                                node.scanned.swap_remove(&k);
+                            }
                         }
-                        if node.unfiltered.is_empty()
-                            && node.eq.is_empty()
-                            && node.scanned.is_empty()
-                        {
+                        if node.is_empty() {
                             schema.tables.remove(t);
                         }
                     }
@@ -157,12 +189,12 @@ impl BindingIndex {
             return;
         };
         node.unfiltered.iter().for_each(&mut visit);
-        for (column, values) in &node.eq {
-            let Some((kind, text)) = column_text(change, column, self, values) else {
+        for (column, col) in &node.eq {
+            let Some(text) = row_text(change, column) else {
                 continue;
             };
-            if let Some(v) = Value::parse(kind, &text) {
-                if let Some(keys) = values.get(&v.key()) {
+            if let Some(v) = Value::parse(col.kind, &text) {
+                if let Some(keys) = col.values.get(&v.key()) {
                     keys.iter().for_each(&mut visit);
                 }
             }
@@ -177,23 +209,6 @@ impl BindingIndex {
             }
         }
     }
-}
-
-/// The text of `column` in the row a filter looks at, with the comparison
-/// kind of the first binding on that column (all share the column's type).
-fn column_text(
-    change: &Change,
-    column: &str,
-    index: &BindingIndex,
-    values: &HashMap<String, Vec<Key>>,
-) -> Option<(crate::filter::Comparison, String)> {
-    let kind = values
-        .values()
-        .flatten()
-        .find_map(|k| index.bindings.get(k))
-        .and_then(|b| b.filter.as_ref())
-        .map(|f| f.kind)?;
-    Some((kind, row_text(change, column)?))
 }
 
 /// A filter looks at the new row, or the old row for DELETE.
