@@ -538,15 +538,19 @@ impl Config {
             )));
         }
 
-        let max_connections = r.positive(var::MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS, "connections");
+        let max_connections =
+            r.positive(var::MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS, "connections");
         let max_channels_per_socket = r.positive(
             var::MAX_CHANNELS_PER_SOCKET,
             DEFAULT_MAX_CHANNELS_PER_SOCKET,
             "channels",
         );
         let max_frame_bytes = r.positive(var::MAX_FRAME_BYTES, DEFAULT_MAX_FRAME_BYTES, "bytes");
-        let socket_queue_depth =
-            r.positive(var::SOCKET_QUEUE_DEPTH, DEFAULT_SOCKET_QUEUE_DEPTH, "frames");
+        let socket_queue_depth = r.positive(
+            var::SOCKET_QUEUE_DEPTH,
+            DEFAULT_SOCKET_QUEUE_DEPTH,
+            "frames",
+        );
 
         if !r.issues.is_empty() {
             return Err(ConfigError::Invalid(r.issues));
@@ -1179,7 +1183,10 @@ mod tests {
     fn hostname_is_not_read() {
         // Every container has one (its name): it must neither fail the start
         // nor change the listen address.
-        let c = ok(&with_insecure(&[("HOSTNAME", "realtime-0"), ("PORT", "4100")]));
+        let c = ok(&with_insecure(&[
+            ("HOSTNAME", "realtime-0"),
+            ("PORT", "4100"),
+        ]));
         assert_eq!(c.listen_addr(), "0.0.0.0:4100".parse().unwrap());
         assert!(!VARIABLES.contains(&"HOSTNAME"));
         let c = ok(&with_insecure(&[("HOSTNAME", "not an address")]));

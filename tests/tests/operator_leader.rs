@@ -271,7 +271,10 @@ async fn sigterm_releases_the_lease_so_a_standby_leads_at_once_and_exits_0() {
         first.log()
     );
     wait_log(&mut second, LEADING, AT_ONCE).await;
-    eprintln!("the standby led {:?} after the leader exited", stopped.elapsed());
+    eprintln!(
+        "the standby led {:?} after the leader exited",
+        stopped.elapsed()
+    );
     let spec = lease_spec(&k8s).await;
     assert_eq!(spec.holder_identity.as_deref(), Some("second"));
     assert_eq!(spec.lease_transitions, Some(1), "{spec:?}");

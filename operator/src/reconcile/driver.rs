@@ -87,7 +87,12 @@ async fn steps(
     report: &mut Report,
 ) -> Result<Action, Failure> {
     let ns = obj.namespace().unwrap_or_else(|| "default".into());
-    let v = validate(&ns, &obj.name_any(), &obj.spec, ctx.settings.default_image.as_deref())?;
+    let v = validate(
+        &ns,
+        &obj.name_any(),
+        &obj.spec,
+        ctx.settings.default_image.as_deref(),
+    )?;
     report.status.publication = Some(v.publication.clone());
 
     let secrets = secrets::read(&ctx.client, &ns, &obj.spec).await?;
@@ -150,12 +155,24 @@ async fn fail(
         SlotError => (&[SLOTS_READY], Some("the slots")),
         RolloutFailed => (&[AVAILABLE], None),
         // Not reasons of a failure: nothing more is checked.
-        Blocked | Connected | Ready | WaitingForPods | ScaledToZero | AllReplicasReady
-        | ReplicasNotReady | UnlimitedWalRetention | PublicationCreated | PublicationAdopted
-        | PublicationUpdated | ReplicaIdentitySet | SlotCreated | SlotDropped
-        | PodDisruptionBudgetSkipped | CleanupSkipped | SlotsLeftBehind | PublicationDropped => {
-            (&[], Some("an earlier step"))
-        }
+        Blocked
+        | Connected
+        | Ready
+        | WaitingForPods
+        | ScaledToZero
+        | AllReplicasReady
+        | ReplicasNotReady
+        | UnlimitedWalRetention
+        | PublicationCreated
+        | PublicationAdopted
+        | PublicationUpdated
+        | ReplicaIdentitySet
+        | SlotCreated
+        | SlotDropped
+        | PodDisruptionBudgetSkipped
+        | CleanupSkipped
+        | SlotsLeftBehind
+        | PublicationDropped => (&[], Some("an earlier step")),
     };
     if reason.event().is_some() {
         let told = failed

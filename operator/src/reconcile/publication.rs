@@ -75,9 +75,7 @@ impl From<PublicationError> for Failure {
             PublicationError::NotOwned { .. } => {
                 Failure::told(Reason::PublicationNotOwned, message)
             }
-            PublicationError::TableNotFound { .. } => {
-                Failure::told(Reason::TableNotFound, message)
-            }
+            PublicationError::TableNotFound { .. } => Failure::told(Reason::TableNotFound, message),
             PublicationError::Sql {
                 reason,
                 what,
@@ -105,7 +103,12 @@ pub async fn ensure(
     let ns = obj.namespace().unwrap_or_default();
     let mark = names::ownership_mark(&ns, &obj.name_any());
     let name = &v.publication;
-    let failed = |what: &str| sql(Reason::PublicationError, format!("{what} publication {name}"));
+    let failed = |what: &str| {
+        sql(
+            Reason::PublicationError,
+            format!("{what} publication {name}"),
+        )
+    };
     let existing = db::publication(client, name)
         .await
         .map_err(failed("reading"))?;
@@ -174,12 +177,10 @@ pub async fn ensure(
             }
             Some('f') => {}
             Some(_) => {
-                db::set_replica_identity_full(client, t)
-                    .await
-                    .map_err(sql(
-                        Reason::ReplicaIdentityError,
-                        format!("setting REPLICA IDENTITY FULL on {t}"),
-                    ))?;
+                db::set_replica_identity_full(client, t).await.map_err(sql(
+                    Reason::ReplicaIdentityError,
+                    format!("setting REPLICA IDENTITY FULL on {t}"),
+                ))?;
                 ctx.event(
                     obj,
                     Reason::ReplicaIdentitySet,

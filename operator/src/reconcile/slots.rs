@@ -203,7 +203,11 @@ mod tests {
     #[test]
     fn the_lag_is_the_largest_retained_wal() {
         let s = Slots {
-            slots: vec![slot("a_0", Some(10)), slot("a_1", Some(2048)), slot("a_2", None)],
+            slots: vec![
+                slot("a_0", Some(10)),
+                slot("a_1", Some(2048)),
+                slot("a_2", None),
+            ],
             waiting: vec![],
         };
         assert_eq!(s.lag().as_deref(), Some("2KiB"));
@@ -221,6 +225,9 @@ mod tests {
         let c = s.condition();
         assert!(!c.status);
         assert_eq!(c.reason, Reason::WaitingForPods);
-        assert!(c.message.starts_with("slot(s) a_1 of removed replicas"), "{c:?}");
+        assert!(
+            c.message.starts_with("slot(s) a_1 of removed replicas"),
+            "{c:?}"
+        );
     }
 }

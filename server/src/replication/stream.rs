@@ -284,7 +284,11 @@ async fn session(
 
     // The publications must exist: otherwise pgoutput fails later, per
     // transaction, with a less helpful message.
-    let names: Vec<String> = config.publications.iter().map(|p| quote_literal(p)).collect();
+    let names: Vec<String> = config
+        .publications
+        .iter()
+        .map(|p| quote_literal(p))
+        .collect();
     let found = client
         .simple_query(&format!(
             "SELECT pubname FROM pg_catalog.pg_publication WHERE pubname IN ({})",
