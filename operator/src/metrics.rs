@@ -42,7 +42,7 @@ impl Default for Metrics {
         let mut registry = Registry::default();
         let reconciles = Counter::default();
         let failures = Family::<FailureLabels, Counter>::default();
-        let durations = Histogram::new(BUCKETS.into_iter());
+        let durations = Histogram::new(BUCKETS);
         // Counters get their `_total` suffix from the registry.
         registry.register(
             "realtime_operator_reconciles",

@@ -207,13 +207,17 @@ async fn wait_log(op: &mut LoggedProcess, text: &str, timeout: Duration) {
     }
 }
 
-/// Sends SIGTERM to `op` and waits (at most `timeout`) for it to exit.
-async fn terminate(op: &mut LoggedProcess, timeout: Duration) -> ExitStatus {
+/// Sends SIGTERM to `op`.
+fn send_term(op: &LoggedProcess) {
     let sent = Command::new("kill")
         .args(["-TERM", &op.pid().to_string()])
         .status()
         .expect("run kill");
     assert!(sent.success(), "kill -TERM {}", op.pid());
+}
+
+/// Waits (at most `timeout`) for `op` to exit.
+async fn wait_exit(op: &mut LoggedProcess, timeout: Duration) -> ExitStatus {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = op.exited() {
@@ -221,11 +225,17 @@ async fn terminate(op: &mut LoggedProcess, timeout: Duration) -> ExitStatus {
         }
         assert!(
             Instant::now() < deadline,
-            "the operator did not exit within {timeout:?} of SIGTERM:\n{}",
+            "the operator did not exit within {timeout:?}:\n{}",
             op.log()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Sends SIGTERM to `op` and waits (at most `timeout`) for it to exit.
+async fn terminate(op: &mut LoggedProcess, timeout: Duration) -> ExitStatus {
+    send_term(op);
+    wait_exit(op, timeout).await
 }
 
 async fn lease_spec(k8s: &KubeApiServer) -> LeaseSpec {
@@ -238,9 +248,10 @@ async fn lease_spec(k8s: &KubeApiServer) -> LeaseSpec {
         .unwrap_or_default()
 }
 
+const LEADING: &str = "leading: starting the controller";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_releases_the_lease_so_a_standby_leads_at_once_and_exits_0() {
-    const LEADING: &str = "leading: starting the controller";
     // The binary's lease lasts 15 s: a standby that leads well before that
     // was handed the lease, it did not wait for it to expire.
     const AT_ONCE: Duration = Duration::from_secs(8);
@@ -283,5 +294,60 @@ async fn sigterm_releases_the_lease_so_a_standby_leads_at_once_and_exits_0() {
     let status = terminate(&mut second, Duration::from_secs(25)).await;
     assert_eq!(status.code(), Some(0), "{}", second.log());
     let spec = lease_spec(&k8s).await;
+    assert_eq!(spec.holder_identity, None, "{spec:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_reconcile_in_flight_finish_and_write_its_status() {
+    // A "database" that accepts the operator's connection and hangs up
+    // HANG later: the reconcile that reaches it is in flight that long.
+    const HANG: Duration = Duration::from_secs(3);
+    let env = OperatorEnv::start().await;
+    let db = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = db.local_addr().unwrap().port();
+    let mut op = start_binary(&env.k8s, "only");
+    wait_log(&mut op, LEADING, WAIT).await;
+    env.create(
+        "slow",
+        json!({
+            "database": {
+                "host": "127.0.0.1", "port": port,
+                "passwordSecretRef": {"name": "db", "key": "password"},
+            },
+            "publication": {"tables": ["public.messages"]},
+            "auth": {"secureChannels": false},
+        }),
+    )
+    .await;
+    let (connection, _) = tokio::time::timeout(WAIT, db.accept())
+        .await
+        .expect("the operator connects to the database")
+        .unwrap();
+    assert!(
+        env.condition("slow", "DatabaseReady").await.is_none(),
+        "no status before the connection ends"
+    );
+    let sent = Instant::now();
+    send_term(&op);
+    tokio::time::sleep(HANG).await;
+    assert!(
+        op.exited().is_none(),
+        "exited with a reconcile in flight:\n{}",
+        op.log()
+    );
+    drop(connection);
+    let status = wait_exit(&mut op, Duration::from_secs(25)).await;
+    assert_eq!(status.code(), Some(0), "{}", op.log());
+    assert!(sent.elapsed() >= HANG);
+    let c = env
+        .condition("slow", "DatabaseReady")
+        .await
+        .unwrap_or_else(|| panic!("the reconcile in flight wrote no status:\n{}", op.log()));
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "ConnectionFailed"),
+        "{c:?}"
+    );
+    let spec = lease_spec(&env.k8s).await;
     assert_eq!(spec.holder_identity, None, "{spec:?}");
 }

@@ -190,7 +190,7 @@ async fn fail(
         _ => {}
     }
     for t in failed {
-        report.set(Wanted::not(*t, reason, message.clone()));
+        report.set(Wanted::not(t, reason, message.clone()));
     }
     if let Some(blocker) = blocker {
         report.blocked(blocker);
