@@ -1180,6 +1180,24 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_names_every_variable() {
+        let readme = include_str!("../../README.md");
+        let table = readme
+            .split("\n## Configuration\n")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .expect("README.md has a section ## Configuration");
+        let missing: Vec<&&str> = VARIABLES
+            .iter()
+            .filter(|v| !table.contains(&format!("`{v}`")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "README.md's Configuration table lacks {missing:?}"
+        );
+    }
+
+    #[test]
     fn hostname_is_not_read() {
         // Every container has one (its name): it must neither fail the start
         // nor change the listen address.
