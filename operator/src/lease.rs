@@ -2,9 +2,12 @@
 //! replicas are safe: only the holder runs the controller. Every change to the
 //! Lease is a replace with the resourceVersion read, so two candidates never
 //! both win; the holder renews every third of the lease duration and steps down
-//! (the returned future completes) before the lease can expire for others.
+//! ([`Leadership::lost`] completes) before the lease can expire for others. A
+//! holder that stops (SIGTERM) releases the lease: the next candidate need not
+//! wait for it to expire.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -105,9 +108,15 @@ impl LeaderElector {
         spec.lease_duration_seconds = Some(secs);
         spec.renew_time = Some(now);
         lease.spec = Some(spec);
+        self.replace(&lease).await
+    }
+
+    /// Replaces the Lease with `lease`, which carries the resourceVersion it
+    /// was read at: false when someone changed it in between.
+    async fn replace(&self, lease: &Lease) -> Result<bool, kube::Error> {
         match self
             .api
-            .replace(&self.s.name, &PostParams::default(), &lease)
+            .replace(&self.s.name, &PostParams::default(), lease)
             .await
         {
             Ok(_) => Ok(true),
@@ -116,12 +125,29 @@ impl LeaderElector {
         }
     }
 
-    /// Waits until this candidate holds the lease, then keeps renewing it; the
-    /// returned future completes when leadership is lost (or could not be
-    /// renewed for two thirds of the lease duration).
-    pub async fn acquire(
-        self,
-    ) -> Result<impl Future<Output = ()> + Send + Sync + 'static, kube::Error> {
+    /// Gives the lease up if this candidate holds it: clears the holder, so
+    /// that another candidate takes it at once instead of waiting for it to
+    /// expire. True when it was released by this call.
+    pub async fn release(&self) -> Result<bool, kube::Error> {
+        let Some(mut lease) = self.api.get_opt(&self.s.name).await? else {
+            return Ok(false);
+        };
+        let mut spec = lease.spec.clone().unwrap_or_default();
+        if spec.holder_identity.as_deref() != Some(self.s.identity.as_str()) {
+            return Ok(false);
+        }
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        spec.renew_time = Some(MicroTime(Timestamp::now()));
+        lease.spec = Some(spec);
+        // A conflict: changed in between, no longer this candidate's to release.
+        self.replace(&lease).await
+    }
+
+    /// Waits until this candidate holds the lease, then keeps renewing it
+    /// until leadership is lost (or could not be renewed for two thirds of
+    /// the lease duration) or [`Leadership::release`] gives it up.
+    pub async fn acquire(self) -> Result<Leadership, kube::Error> {
         loop {
             match self.try_acquire_or_renew().await {
                 Ok(true) => break,
@@ -130,14 +156,16 @@ impl LeaderElector {
             }
             tokio::time::sleep(self.s.retry).await;
         }
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
+        let elector = Arc::new(self);
+        let (lost_tx, lost) = tokio::sync::watch::channel(false);
+        let renewer = elector.clone();
+        let renewing = tokio::spawn(async move {
             let mut renewed = Instant::now();
-            let period = self.s.duration / 3;
-            let give_up = self.s.duration * 2 / 3;
+            let period = renewer.s.duration / 3;
+            let give_up = renewer.s.duration * 2 / 3;
             loop {
                 tokio::time::sleep(period).await;
-                match self.try_acquire_or_renew().await {
+                match renewer.try_acquire_or_renew().await {
                     Ok(true) => renewed = Instant::now(),
                     Ok(false) => {
                         tracing::warn!("leader election: another candidate holds the Lease");
@@ -150,10 +178,43 @@ impl LeaderElector {
                     break;
                 }
             }
-            drop(tx);
+            let _ = lost_tx.send(true);
         });
-        Ok(async move {
-            let _ = rx.await;
+        Ok(Leadership {
+            elector,
+            lost,
+            renewing,
         })
+    }
+}
+
+/// Holding the lease: renewed by a task until lost or released.
+pub struct Leadership {
+    elector: Arc<LeaderElector>,
+    lost: tokio::sync::watch::Receiver<bool>,
+    renewing: tokio::task::JoinHandle<()>,
+}
+
+impl Leadership {
+    /// Completes when leadership is lost.
+    pub fn lost(&self) -> impl Future<Output = ()> + Send + Sync + 'static {
+        let mut lost = self.lost.clone();
+        async move {
+            // An error: the renewing task is gone, and the lease with it.
+            let _ = lost.wait_for(|lost| *lost).await;
+        }
+    }
+
+    /// Whether leadership was lost.
+    pub fn is_lost(&self) -> bool {
+        *self.lost.borrow()
+    }
+
+    /// Stops renewing and gives the lease up, so that another candidate
+    /// leads at once.
+    pub async fn release(self) -> Result<bool, kube::Error> {
+        self.renewing.abort();
+        let _ = self.renewing.await;
+        self.elector.release().await
     }
 }

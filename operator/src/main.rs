@@ -7,6 +7,10 @@
 //! (this candidate's identity, default the host name), `HEALTH_ADDRESS` (default
 //! `0.0.0.0:8080`), `CLEANUP_TIMEOUT_SECONDS` (default 300), `WATCH_NAMESPACE`
 //! (watch only this namespace; unset or empty: every namespace), `RUST_LOG`.
+//!
+//! `run` stops on SIGTERM or SIGINT: no new reconciles, those in flight
+//! finish, the leader Lease is released, exit status 0. It exits with 1 when
+//! it loses the Lease (to restart as a candidate) or cannot start.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -20,16 +24,37 @@ fn usage() -> ! {
 }
 
 fn main() -> anyhow::Result<()> {
-    // Both ring (kube) and aws-lc-rs (the server's crates) are linked, so
-    // rustls needs to be told which provider the process uses.
+    // Both ring (kube) and aws-lc-rs (the contract's TLS connector) are
+    // linked, so rustls needs to be told which provider the process uses.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match std::env::args().nth(1).as_deref() {
         Some("crd") => {
             print!("{}", realtime_operator::crd::crd_yaml());
             Ok(())
         }
-        Some("run") => tokio::runtime::Runtime::new()?.block_on(run()),
+        Some("run") => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            let result = runtime.block_on(run());
+            // Whatever is left (a database connection, a DNS lookup) must not
+            // hold the exit up.
+            runtime.shutdown_timeout(Duration::from_secs(1));
+            result
+        }
         _ => usage(),
+    }
+}
+
+/// Completes on SIGTERM (what Kubernetes sends to stop a pod) or SIGINT; the
+/// handlers are in place from this call on.
+fn signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install a SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        }
     }
 }
 
@@ -72,6 +97,8 @@ async fn run() -> anyhow::Result<()> {
         &var("POD_NAMESPACE").unwrap_or_else(|| "default".into()),
         &identity,
     );
+    // Installed before anything can take long, so no signal goes unheard.
+    let stop = signal();
     let client = kube::Client::try_default().await?;
-    realtime_operator::run::run(client, settings, lease, health).await
+    realtime_operator::run::run(client, settings, lease, health, stop).await
 }

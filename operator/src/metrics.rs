@@ -1,90 +1,93 @@
-//! Operator metrics, served at `/metrics` in the Prometheus text format:
-//! reconcile runs, failures by reason, and reconcile durations.
+//! Operator metrics, served at `/metrics` in the OpenMetrics text format
+//! through `prometheus-client`: reconcile runs, failures by reason, and
+//! reconcile durations.
+//!
+//! | series | type | meaning |
+//! | --- | --- | --- |
+//! | `realtime_operator_reconciles_total` | counter | reconciles run |
+//! | `realtime_operator_reconcile_failures_total{reason}` | counter | failed reconciles, by `reason`: `kubernetes`, `database`, `waiting`, `finalizer` |
+//! | `realtime_operator_reconcile_duration_seconds` | histogram | how long reconciles take |
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
-/// Upper bounds (seconds) of the reconcile duration histogram.
-const BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0];
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
-#[derive(Default)]
+/// Upper bounds (seconds) of the reconcile duration histogram: from a
+/// reconcile that finds nothing to do to one waiting on a slow database.
+const BUCKETS: [f64; 8] = [0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0];
+
+/// The `Content-Type` of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    reason: String,
+}
+
+/// The operator's series, and the registry that renders them.
 pub struct Metrics {
-    reconciles: AtomicU64,
-    failures: Mutex<BTreeMap<&'static str, u64>>,
-    /// Counts per bucket (cumulative at render), sum in microseconds.
-    durations: Mutex<(Vec<u64>, u64, u64)>,
+    registry: Registry,
+    reconciles: Counter,
+    failures: Family<FailureLabels, Counter>,
+    durations: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let reconciles = Counter::default();
+        let failures = Family::<FailureLabels, Counter>::default();
+        let durations = Histogram::new(BUCKETS);
+        // Counters get their `_total` suffix from the registry.
+        registry.register(
+            "realtime_operator_reconciles",
+            "Reconciles run",
+            reconciles.clone(),
+        );
+        registry.register(
+            "realtime_operator_reconcile_failures",
+            "Failed reconciles by reason",
+            failures.clone(),
+        );
+        registry.register(
+            "realtime_operator_reconcile_duration_seconds",
+            "Reconcile durations",
+            durations.clone(),
+        );
+        Metrics {
+            registry,
+            reconciles,
+            failures,
+            durations,
+        }
+    }
 }
 
 impl Metrics {
+    /// One reconcile ran, for `took`.
     pub fn reconciled(&self, took: Duration) {
-        self.reconciles.fetch_add(1, Ordering::Relaxed);
-        let mut d = self.durations.lock().expect("lock");
-        if d.0.is_empty() {
-            d.0 = vec![0; BUCKETS.len()];
-        }
-        let s = took.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|b| s <= *b) {
-            d.0[i] += 1;
-        }
-        d.1 += took.as_micros() as u64;
-        d.2 += 1;
+        self.reconciles.inc();
+        self.durations.observe(took.as_secs_f64());
     }
 
+    /// One reconcile failed; `reason` is the error's metrics label.
     pub fn failed(&self, reason: &'static str) {
-        *self
-            .failures
-            .lock()
-            .expect("lock")
-            .entry(reason)
-            .or_insert(0) += 1;
+        self.failures
+            .get_or_create(&FailureLabels {
+                reason: reason.into(),
+            })
+            .inc();
     }
 
-    pub fn reconcile_count(&self) -> u64 {
-        self.reconciles.load(Ordering::Relaxed)
-    }
-
-    /// The Prometheus text exposition.
+    /// The text exposition (see [`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
         let mut out = String::new();
-        out.push_str("# HELP realtime_operator_reconciles_total Reconciles run.\n");
-        out.push_str("# TYPE realtime_operator_reconciles_total counter\n");
-        out.push_str(&format!(
-            "realtime_operator_reconciles_total {}\n",
-            self.reconcile_count()
-        ));
-        out.push_str(
-            "# HELP realtime_operator_reconcile_failures_total Failed reconciles by reason.\n",
-        );
-        out.push_str("# TYPE realtime_operator_reconcile_failures_total counter\n");
-        for (reason, n) in self.failures.lock().expect("lock").iter() {
-            out.push_str(&format!(
-                "realtime_operator_reconcile_failures_total{{reason=\"{reason}\"}} {n}\n"
-            ));
-        }
-        out.push_str("# HELP realtime_operator_reconcile_duration_seconds Reconcile durations.\n");
-        out.push_str("# TYPE realtime_operator_reconcile_duration_seconds histogram\n");
-        let d = self.durations.lock().expect("lock");
-        let mut cumulative = 0;
-        for (i, b) in BUCKETS.iter().enumerate() {
-            cumulative += d.0.get(i).copied().unwrap_or(0);
-            out.push_str(&format!(
-                "realtime_operator_reconcile_duration_seconds_bucket{{le=\"{b}\"}} {cumulative}\n"
-            ));
-        }
-        out.push_str(&format!(
-            "realtime_operator_reconcile_duration_seconds_bucket{{le=\"+Inf\"}} {}\n",
-            d.2
-        ));
-        out.push_str(&format!(
-            "realtime_operator_reconcile_duration_seconds_sum {}\n",
-            d.1 as f64 / 1e6
-        ));
-        out.push_str(&format!(
-            "realtime_operator_reconcile_duration_seconds_count {}\n",
-            d.2
-        ));
+        encode(&mut out, &self.registry).expect("writing to a String does not fail");
         out
     }
 }
@@ -93,17 +96,57 @@ impl Metrics {
 mod tests {
     use super::*;
 
+    /// The value of the sample line that starts with `series` (name and labels).
+    fn sample(text: &str, series: &str) -> Option<String> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .map(str::to_owned)
+    }
+
     #[test]
-    fn renders_counts_failures_and_durations() {
+    fn renders_counts_failures_and_durations_under_todays_names() {
         let m = Metrics::default();
         m.reconciled(Duration::from_millis(20));
+        m.reconciled(Duration::from_secs(2));
         m.failed("database");
         let text = m.render();
-        assert!(
-            text.contains("realtime_operator_reconciles_total 1"),
+        assert_eq!(
+            sample(&text, "realtime_operator_reconciles_total").as_deref(),
+            Some("2"),
             "{text}"
         );
-        assert!(text.contains("reason=\"database\"} 1"), "{text}");
-        assert!(text.contains("le=\"0.05\"} 1"), "{text}");
+        assert_eq!(
+            sample(
+                &text,
+                "realtime_operator_reconcile_failures_total{reason=\"database\"}"
+            )
+            .as_deref(),
+            Some("1"),
+            "{text}"
+        );
+        let bucket = |le: &str| {
+            sample(
+                &text,
+                &format!("realtime_operator_reconcile_duration_seconds_bucket{{le=\"{le}\"}}"),
+            )
+        };
+        assert_eq!(bucket("0.01").as_deref(), Some("0"), "{text}");
+        assert_eq!(bucket("0.05").as_deref(), Some("1"), "{text}");
+        assert_eq!(bucket("5.0").as_deref(), Some("2"), "{text}");
+        assert_eq!(bucket("+Inf").as_deref(), Some("2"), "{text}");
+        assert_eq!(
+            sample(&text, "realtime_operator_reconcile_duration_seconds_count").as_deref(),
+            Some("2"),
+            "{text}"
+        );
+        let sum: f64 = sample(&text, "realtime_operator_reconcile_duration_seconds_sum")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((sum - 2.02).abs() < 1e-9, "{text}");
+        assert!(
+            text.contains("# TYPE realtime_operator_reconcile_duration_seconds histogram"),
+            "{text}"
+        );
     }
 }

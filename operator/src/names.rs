@@ -86,6 +86,11 @@ pub fn labels(name: &str) -> BTreeMap<String, String> {
     ])
 }
 
+/// The label selector of a resource's pods (and other children).
+pub fn selector(name: &str) -> String {
+    format!("{INSTANCE_LABEL}={name}")
+}
+
 /// The mark the operator puts on a publication it manages (its comment).
 pub fn ownership_mark(namespace: &str, name: &str) -> String {
     format!("managed by realtime-operator for RealtimeServer {namespace}/{name}")

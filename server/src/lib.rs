@@ -8,7 +8,6 @@
 
 pub mod auth;
 pub mod change;
-pub mod config;
 pub mod dev;
 pub mod filter;
 pub mod http;
@@ -17,8 +16,12 @@ pub mod metrics;
 pub mod phoenix;
 pub mod published;
 pub mod replication;
-pub mod tls;
 pub mod typed;
+
+/// The configuration and the database TLS connector live in the contract
+/// crate, which the operator shares; re-exported so that `crate::config` and
+/// `crate::tls` read as before.
+pub use realtime_contract::{config, tls};
 
 use std::future::Future;
 use std::sync::Arc;

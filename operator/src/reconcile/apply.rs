@@ -1,6 +1,7 @@
-//! Step 5 and 6 of the pipeline: writing to the API server. Every write is a
-//! server-side apply with the one field manager, forced, so the operator owns
-//! exactly the fields it sets; status goes through the status subresource.
+//! Every write to the API server, for the steps apply ([`super::rollout`]) and
+//! status ([`super::status`]): a server-side apply with the one field manager,
+//! forced, so the operator owns exactly the fields it sets; status goes through
+//! the status subresource.
 
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Patch, PatchParams};

@@ -1,7 +1,8 @@
-//! Step 4 of the pipeline: the child objects as pure functions of the resource
-//! and its validated spec (no client, no clock). The server pods are configured
-//! only through the environment variables of the server's `config` module;
-//! secrets are referenced with `secretKeyRef`, never copied.
+//! Step 6, build: the child objects as pure functions of the resource and its
+//! validated spec (no client, no clock). The server pods are configured only
+//! through the environment variables of the contract's `config` module (named
+//! by its [`var`] constants); secrets are referenced with `secretKeyRef`,
+//! never copied.
 
 use std::collections::BTreeMap;
 
@@ -16,6 +17,7 @@ use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec}
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
+use realtime_contract::config::var;
 
 use super::validate::Validated;
 use crate::crd::{RealtimeServer, SecretKeyRef};
@@ -51,26 +53,56 @@ fn env_secret(name: &str, r: &SecretKeyRef) -> EnvVar {
     }
 }
 
-/// The server container's environment (see the server's `config` module).
+/// The children of a resource, as the rollout applies them.
+pub struct Children {
+    pub statefulset: StatefulSet,
+    pub service: Service,
+    /// With more than one replica: keep all but one up during disruptions.
+    pub pod_disruption_budget: Option<PodDisruptionBudget>,
+}
+
+/// Every child of `obj`; `secret_values` (the referenced Secrets' values, as
+/// `secret/key` -> value) only enter the configuration hash.
+pub fn children(
+    obj: &RealtimeServer,
+    v: &Validated,
+    secret_values: &BTreeMap<String, Vec<u8>>,
+) -> Children {
+    let hash = config_hash(&server_env(obj, v), secret_values);
+    Children {
+        statefulset: statefulset(obj, v, &hash),
+        service: service(obj),
+        pod_disruption_budget: (v.replicas > 1).then(|| pod_disruption_budget(obj)),
+    }
+}
+
+/// The server container's environment (see the contract's `config` module).
 pub fn server_env(obj: &RealtimeServer, v: &Validated) -> Vec<EnvVar> {
     let spec = &obj.spec;
     let db = &spec.database;
     let mut out = vec![
-        env("PORT", SERVER_PORT.to_string()),
-        env("BIND_ADDRESS", "0.0.0.0"),
-        env("DB_HOST", db.host.clone()),
-        env("DB_PORT", db.port.to_string()),
-        env("DB_NAME", db.name.clone()),
-        env("DB_USER", db.user.clone()),
-        env_secret("DB_PASSWORD", &db.password_secret_ref),
-        env("DB_SSL", db.ssl_mode.as_env()),
+        env(var::PORT, SERVER_PORT.to_string()),
+        env(var::BIND_ADDRESS, "0.0.0.0"),
+        env(var::DB_HOST, db.host.clone()),
+        env(var::DB_PORT, db.port.to_string()),
+        env(var::DB_NAME, db.name.clone()),
+        env(var::DB_USER, db.user.clone()),
+        env_secret(var::DB_PASSWORD, &db.password_secret_ref),
+        env(var::DB_SSL, db.ssl_mode.as_env()),
         env(
-            "PUBLICATIONS",
+            var::PUBLICATIONS,
             serde_json::to_string(&[&v.publication]).expect("a string array serializes"),
         ),
-        env("SLOT_NAME", format!("{}_{{ordinal}}", v.slot_prefix)),
+        env(
+            var::SLOT_NAME,
+            format!(
+                "{}_{}",
+                v.slot_prefix,
+                realtime_contract::config::ORDINAL_PLACEHOLDER
+            ),
+        ),
         EnvVar {
-            name: "POD_NAME".into(),
+            name: var::POD_NAME.into(),
             value_from: Some(EnvVarSource {
                 field_ref: Some(ObjectFieldSelector {
                     field_path: "metadata.name".into(),
@@ -80,13 +112,13 @@ pub fn server_env(obj: &RealtimeServer, v: &Validated) -> Vec<EnvVar> {
             }),
             ..Default::default()
         },
-        env("SECURE_CHANNELS", spec.auth.secure_channels.to_string()),
+        env(var::SECURE_CHANNELS, spec.auth.secure_channels.to_string()),
     ];
     if let Some(mb) = spec.max_replication_lag_mb {
-        out.push(env("MAX_REPLICATION_LAG_MB", mb.to_string()));
+        out.push(env(var::MAX_REPLICATION_LAG_MB, mb.to_string()));
     }
     if let Some(jwt) = &spec.auth.jwt_secret_ref {
-        out.push(env_secret("JWT_SECRET", jwt));
+        out.push(env_secret(var::JWT_SECRET, jwt));
     }
     out
 }
@@ -354,6 +386,19 @@ mod tests {
         assert_ne!(h1, config_hash(&server_env(&o2, &v), &secrets));
         let changed = BTreeMap::from([("db/password".to_string(), b"b".to_vec())]);
         assert_ne!(h1, config_hash(&server_env(&o, &v), &changed));
+    }
+
+    #[test]
+    fn a_pdb_only_with_more_than_one_replica() {
+        let mut o = obj();
+        let secrets = BTreeMap::new();
+        let v = validate("default", "chat", &o.spec, None).unwrap();
+        assert!(children(&o, &v, &secrets).pod_disruption_budget.is_none());
+        o.spec.replicas = 2;
+        let v = validate("default", "chat", &o.spec, None).unwrap();
+        let c = children(&o, &v, &secrets);
+        assert!(c.pod_disruption_budget.is_some());
+        assert_eq!(c.statefulset.spec.unwrap().replicas, Some(2));
     }
 
     #[test]

@@ -10,12 +10,12 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 
-use super::database::{self as db, ConnParams};
-use super::steps::db_message;
-use super::{secrets, Context, Error};
+use super::database::{self as db, db_message, ConnParams};
+use super::reason::Reason;
+use super::secrets::{self, SecretsError};
+use super::{Context, Error};
 use crate::crd::{RealtimeServer, ReclaimPolicy};
 use crate::names;
 
@@ -41,9 +41,7 @@ pub async fn cleanup(obj: Arc<RealtimeServer>, ctx: Arc<Context>) -> Result<Acti
     if let (Err(e), false) = (&outcome, created) {
         ctx.event(
             &obj,
-            EventType::Normal,
-            "CleanupSkipped",
-            "Cleanup",
+            Reason::CleanupSkipped,
             format!(
                 "the status records no slot or publication of this resource, so deletion does \
                  not wait for the database ({e})"
@@ -81,9 +79,7 @@ pub async fn cleanup(obj: Arc<RealtimeServer>, ctx: Arc<Context>) -> Result<Acti
         };
         ctx.event(
             &obj,
-            EventType::Warning,
-            "SlotsLeftBehind",
-            "Cleanup",
+            Reason::SlotsLeftBehind,
             format!(
                 "gave up after {timeout:?}: {why}. Replication slot(s) left behind, which retain \
                  WAL until dropped: {names}. Drop them with SELECT pg_drop_replication_slot('<name>')"
@@ -108,8 +104,8 @@ async fn drop_all(obj: &RealtimeServer, ctx: &Context) -> Result<Vec<String>, Er
     let name = obj.name_any();
     let resolved = match secrets::read(&ctx.client, &ns, &obj.spec).await {
         Ok(r) => r,
-        Err(secrets::Problem::Api(e)) => return Err(e.into()),
-        Err(secrets::Problem::Missing(m)) => return Err(Error::Waiting(m)),
+        Err(SecretsError::Api(e)) => return Err(e.into()),
+        Err(SecretsError::Missing(m)) => return Err(Error::Waiting(m)),
     };
     let params = ConnParams::from_spec(&obj.spec.database, resolved.db_password);
     let client = db::connect(&params).await.map_err(|e| {
@@ -123,7 +119,7 @@ async fn drop_all(obj: &RealtimeServer, ctx: &Context) -> Result<Vec<String>, Er
     let prefix = names::slot_prefix(&ns, &name);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let pods_left = !pods
-        .list(&ListParams::default().labels(&format!("{}={name}", names::INSTANCE_LABEL)))
+        .list(&ListParams::default().labels(&names::selector(&name)))
         .await?
         .items
         .is_empty();
@@ -149,9 +145,7 @@ async fn drop_all(obj: &RealtimeServer, ctx: &Context) -> Result<Vec<String>, Er
             Ok(()) => {
                 ctx.event(
                     obj,
-                    EventType::Normal,
-                    "SlotDropped",
-                    "DropSlot",
+                    Reason::SlotDropped,
                     format!("dropped replication slot {} (resource deleted)", slot.name),
                 )
                 .await
@@ -180,9 +174,7 @@ async fn drop_all(obj: &RealtimeServer, ctx: &Context) -> Result<Vec<String>, Er
                 .map_err(Error::db(format!("dropping publication {publication}")))?;
             ctx.event(
                 obj,
-                EventType::Normal,
-                "PublicationDropped",
-                "DropPublication",
+                Reason::PublicationDropped,
                 format!("dropped publication {publication} (reclaimPolicy: Delete)"),
             )
             .await;

@@ -1,27 +1,35 @@
-//! Step 3 of the pipeline, the database side: every SQL statement the operator
-//! runs lives in this module. Identifiers are always quoted with [`ident`];
-//! values go as parameters, or through [`literal`] where SQL wants a literal
-//! (`COMMENT`). Nothing here knows about Kubernetes.
+//! The database side of the steps connect, publication and slots, and of the
+//! cleanup: every SQL statement the operator runs lives in this module.
+//! Identifiers are always quoted with [`ident`]; values go as parameters, or
+//! through [`literal`] where SQL wants a literal (`COMMENT`). Nothing here
+//! knows about Kubernetes.
 
 use std::time::Duration;
 
+use realtime_contract::config::DbSsl;
+use realtime_contract::sql::{quote_ident as ident, quote_literal as literal};
 use tokio_postgres::{Client, NoTls};
-
-use realtime_server::config::DbSsl;
 
 use super::validate::{PublicationTarget, QualifiedTable};
 
 /// How long a connection attempt may take before the database counts as unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Quotes an identifier: `my"table` -> `"my""table"`.
-pub fn ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-/// Quotes a string literal (with `standard_conforming_strings`, on since 9.1).
-pub fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+/// The text of a database error, with PostgreSQL's message when there is one.
+pub fn db_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => d.message().to_string(),
+        None => {
+            let mut s = e.to_string();
+            let mut src = std::error::Error::source(e);
+            while let Some(inner) = src {
+                s.push_str(": ");
+                s.push_str(&inner.to_string());
+                src = inner.source();
+            }
+            s
+        }
+    }
 }
 
 fn table(t: &QualifiedTable) -> String {
@@ -76,7 +84,8 @@ pub async fn connect(p: &ConnParams) -> Result<Client, tokio_postgres::Error> {
                 SslMode::Require => DbSsl::Require,
                 _ => DbSsl::VerifyFull,
             };
-            let tls = realtime_server::tls::connector(mode).expect("a TLS mode gives a connector");
+            let tls =
+                realtime_contract::tls::connector(mode).expect("a TLS mode gives a connector");
             cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
             spawn(cfg.connect(tls).await?)
         }
@@ -333,9 +342,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn identifiers_and_literals_are_quoted() {
-        assert_eq!(ident(r#"my"pub"#), r#""my""pub""#);
-        assert_eq!(literal("it's"), "'it''s'");
+    fn tables_are_quoted_part_by_part() {
         let t = QualifiedTable::parse("Odd Schema.t\"x").unwrap();
         assert_eq!(table(&t), r#""Odd Schema"."t""x""#);
     }

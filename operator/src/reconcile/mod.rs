@@ -1,17 +1,35 @@
-//! The reconcile of one `RealtimeServer`, as a pipeline of small steps:
-//! read the referenced Secrets -> [`validate`] (pure) -> prepare the
-//! [`database`] (publication, replica identity, slots) -> [`build`] the children
-//! (pure) -> [`apply`] them (server-side apply) -> write the status. The
-//! [`finalizer`](kube::runtime::finalizer) wraps it: [`cleanup`] drops what this
-//! resource created in the database.
+//! The reconcile of one `RealtimeServer`: [`driver`] runs these steps in
+//! order, each in its own module with its own error; the first that fails
+//! stops the others, and [`driver`]'s `fail` turns its error into conditions,
+//! an Event and the retry.
+//!
+//! 1. [`validate`] the spec (pure: an invalid spec waits for a change);
+//! 2. read the referenced [`secrets`];
+//! 3. [`connect`] to the database, check `wal_level` (`DatabaseReady`);
+//! 4. the [`publication`] and replica identities (`PublicationReady`);
+//! 5. the replication [`slots`] (`SlotsReady`);
+//! 6. [`build`] the children (pure);
+//! 7. apply them and count ready pods ([`rollout`], `Available`);
+//! 8. write the [`status`].
+//!
+//! Every reason a user can see is a [`reason::Reason`]; every SQL statement is
+//! in [`database`]; every write to the API server goes through [`apply`]. The
+//! [`finalizer`](kube::runtime::finalizer) wraps the steps: on deletion
+//! [`cleanup`] drops what this resource created in the database.
 
 pub mod apply;
 pub mod build;
 pub mod cleanup;
 pub mod conditions;
+pub mod connect;
 pub mod database;
+pub mod driver;
+pub mod publication;
+pub mod reason;
+pub mod rollout;
 pub mod secrets;
-pub mod steps;
+pub mod slots;
+pub mod status;
 pub mod validate;
 
 use std::collections::{HashMap, HashSet};
@@ -23,6 +41,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::{Api, Client, Resource, ResourceExt};
 
+use self::reason::Reason;
 use crate::crd::{RealtimeServer, FINALIZER};
 use crate::metrics::Metrics;
 
@@ -100,15 +119,14 @@ impl Context {
         }
     }
 
-    /// Publishes an Event about `obj`; a failure to publish is only logged.
-    pub async fn event(
-        &self,
-        obj: &RealtimeServer,
-        type_: EventType,
-        reason: &str,
-        action: &str,
-        note: String,
-    ) {
+    /// Publishes an Event about `obj`, of the type and action that go with
+    /// `reason`; a failure to publish is only logged.
+    pub async fn event(&self, obj: &RealtimeServer, reason: Reason, note: String) {
+        let (type_, action) = reason.event().unwrap_or_else(|| {
+            debug_assert!(false, "{reason} is not an Event reason");
+            (EventType::Normal, "Reconcile")
+        });
+        let reason = reason.as_str();
         tracing::info!(resource = %key(obj), reason, "{note}");
         let ev = Event {
             type_,
@@ -149,7 +167,8 @@ pub fn key(obj: &RealtimeServer) -> String {
     format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
-/// Everything that can fail a reconcile. Each variant is a reason label in metrics.
+/// Everything that can fail a reconcile (and so retry it with backoff). Each
+/// variant is a `reason` label of the failures metric.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("Kubernetes API request failed: {0}")]
@@ -173,21 +192,21 @@ impl Error {
     }
 
     /// The metrics label of this failure.
-    pub fn reason(&self) -> &'static str {
+    pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kubernetes",
             Error::Database { .. } => "database",
             Error::Waiting(_) => "waiting",
             Error::Finalizer(e) => match e.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
-                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.reason(),
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.metric_label(),
                 _ => "finalizer",
             },
         }
     }
 }
 
-/// The controller's reconcile: the finalizer around [`steps::apply`] and
+/// The controller's reconcile: the finalizer around [`driver::apply`] and
 /// [`cleanup::cleanup`].
 pub async fn reconcile(obj: Arc<RealtimeServer>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
@@ -196,7 +215,7 @@ pub async fn reconcile(obj: Arc<RealtimeServer>, ctx: Arc<Context>) -> Result<Ac
     let k = key(&obj);
     let result = finalizer(&api, FINALIZER, obj, |event| async {
         match event {
-            Finalizer::Apply(obj) => steps::apply(obj, ctx.clone()).await,
+            Finalizer::Apply(obj) => driver::apply(obj, ctx.clone()).await,
             Finalizer::Cleanup(obj) => cleanup::cleanup(obj, ctx.clone()).await,
         }
     })
@@ -211,7 +230,7 @@ pub async fn reconcile(obj: Arc<RealtimeServer>, ctx: Arc<Context>) -> Result<Ac
 
 /// Failed reconciles retry with exponential backoff per resource.
 pub fn error_policy(obj: Arc<RealtimeServer>, err: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.failed(err.reason());
+    ctx.metrics.failed(err.metric_label());
     let n = {
         let mut f = ctx.failures.lock().expect("lock");
         let n = f.entry(key(&obj)).or_insert(0);

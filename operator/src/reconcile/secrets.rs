@@ -1,12 +1,16 @@
-//! Step 1 of the pipeline: reading the Secrets the spec refers to. The values
-//! are only used to connect to the database and to hash the configuration; they
-//! are never written anywhere (the pods get `secretKeyRef`s).
+//! Step 2, read the Secrets the spec refers to. The values are only used to
+//! connect to the database and to hash the configuration; they are never
+//! written anywhere (the pods get `secretKeyRef`s). The Secrets are watched: a
+//! change triggers a reconcile.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 
+use super::driver::Failure;
+use super::reason::Reason;
+use super::Error;
 use crate::crd::{RealtimeServerSpec, SecretKeyRef};
 
 /// The referenced secret values.
@@ -17,16 +21,31 @@ pub struct Resolved {
 }
 
 /// Why the secrets could not be read.
-pub enum Problem {
+#[derive(Debug, thiserror::Error)]
+pub enum SecretsError {
     /// Something the user must fix: the message says what.
+    #[error("{0}")]
     Missing(String),
-    Api(kube::Error),
+    /// The API server did not answer.
+    #[error("reading a Secret failed: {0}")]
+    Api(#[source] kube::Error),
 }
 
-async fn value(api: &Api<Secret>, ns: &str, r: &SecretKeyRef) -> Result<Vec<u8>, Problem> {
-    let secret = api.get_opt(&r.name).await.map_err(Problem::Api)?;
+/// A missing Secret is looked at again when it changes (and at the resync); a
+/// failed request is retried without a word in status.
+impl From<SecretsError> for Failure {
+    fn from(e: SecretsError) -> Failure {
+        match e {
+            SecretsError::Missing(message) => Failure::told(Reason::SecretNotFound, message),
+            SecretsError::Api(e) => Failure::Untold(Error::Kube(e)),
+        }
+    }
+}
+
+async fn value(api: &Api<Secret>, ns: &str, r: &SecretKeyRef) -> Result<Vec<u8>, SecretsError> {
+    let secret = api.get_opt(&r.name).await.map_err(SecretsError::Api)?;
     let Some(secret) = secret else {
-        return Err(Problem::Missing(format!(
+        return Err(SecretsError::Missing(format!(
             "Secret {ns}/{} not found: create it with the key {:?}",
             r.name, r.key
         )));
@@ -42,7 +61,7 @@ async fn value(api: &Api<Secret>, ns: &str, r: &SecretKeyRef) -> Result<Vec<u8>,
         .and_then(|d| d.get(&r.key))
         .map(|s| s.clone().into_bytes());
     from_data.or(from_string).ok_or_else(|| {
-        Problem::Missing(format!(
+        SecretsError::Missing(format!(
             "Secret {ns}/{} has no key {:?}: add it, or point the spec at the right key",
             r.name, r.key
         ))
@@ -54,13 +73,13 @@ pub async fn read(
     client: &Client,
     ns: &str,
     spec: &RealtimeServerSpec,
-) -> Result<Resolved, Problem> {
+) -> Result<Resolved, SecretsError> {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     let mut values = BTreeMap::new();
     let pw_ref = &spec.database.password_secret_ref;
     let pw = value(&api, ns, pw_ref).await?;
     let db_password = String::from_utf8(pw.clone()).map_err(|_| {
-        Problem::Missing(format!(
+        SecretsError::Missing(format!(
             "Secret {ns}/{} key {:?} is not UTF-8 text",
             pw_ref.name, pw_ref.key
         ))

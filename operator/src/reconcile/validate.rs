@@ -1,8 +1,10 @@
-//! Step 2 of the pipeline: checks a spec without any I/O and turns it into the
+//! Step 1, validate: checks a spec without any I/O and turns it into the
 //! [`Validated`] values the later steps use (resolved defaults, parsed table
 //! names, derived database names). Every problem is reported at once, each in a
 //! sentence that names the field and says what is expected.
 
+use super::driver::Failure;
+use super::reason::Reason;
 use crate::crd::RealtimeServerSpec;
 use crate::names;
 
@@ -65,6 +67,20 @@ pub struct Validated {
     pub image: String,
 }
 
+/// Why a spec is invalid: every problem found, each a sentence.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid spec: {}", .problems.join("; "))]
+pub struct SpecError {
+    pub problems: Vec<String>,
+}
+
+/// An invalid spec waits for the user to change it.
+impl From<SpecError> for Failure {
+    fn from(e: SpecError) -> Failure {
+        Failure::told(Reason::InvalidSpec, e.to_string())
+    }
+}
+
 /// Checks `spec` of the resource `namespace/name`; `default_image` is the
 /// operator's configured server image.
 pub fn validate(
@@ -72,7 +88,7 @@ pub fn validate(
     name: &str,
     spec: &RealtimeServerSpec,
     default_image: Option<&str>,
-) -> Result<Validated, Vec<String>> {
+) -> Result<Validated, SpecError> {
     let mut errors = Vec::new();
 
     if !(0..=MAX_REPLICAS).contains(&spec.replicas) {
@@ -190,7 +206,7 @@ pub fn validate(
     }
 
     if !errors.is_empty() {
-        return Err(errors);
+        return Err(SpecError { problems: errors });
     }
     Ok(Validated {
         publication,
@@ -239,7 +255,7 @@ pub(crate) mod tests {
     fn no_tables_and_not_all_tables_is_rejected() {
         let mut s = spec();
         s.publication.tables.clear();
-        let e = validate("default", "chat", &s, None).unwrap_err();
+        let e = validate("default", "chat", &s, None).unwrap_err().problems;
         assert!(e[0].contains("allTables"), "{e:?}");
     }
 
@@ -247,7 +263,7 @@ pub(crate) mod tests {
     fn secure_channels_need_a_jwt_secret() {
         let mut s = spec();
         s.auth.secure_channels = true;
-        let e = validate("default", "chat", &s, None).unwrap_err();
+        let e = validate("default", "chat", &s, None).unwrap_err().problems;
         assert!(e.iter().any(|m| m.contains("jwtSecretRef")), "{e:?}");
     }
 
@@ -259,7 +275,12 @@ pub(crate) mod tests {
         s.image = None;
         s.publication.tables = vec!["a.".into()];
         let e = validate("default", "chat", &s, None).unwrap_err();
-        assert_eq!(e.len(), 4, "{e:?}");
+        assert_eq!(e.problems.len(), 4, "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            format!("invalid spec: {}", e.problems.join("; ")),
+            "the message a user sees names every problem"
+        );
     }
 
     #[test]

@@ -26,6 +26,7 @@ use pgwire_replication::{
     FeedbackObserver, Lsn, PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent,
     TlsConfig,
 };
+use realtime_contract::sql::{quote_ident, quote_literal};
 use tokio_util::sync::CancellationToken;
 
 use crate::change::{self, Cell, Change, ChangeKind, ColumnInfo, Row, TableInfo};
@@ -232,11 +233,6 @@ fn slot_name(config: &Config) -> (String, bool) {
     }
 }
 
-/// A SQL string literal.
-fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
 fn text(row: &[Option<Bytes>], i: usize) -> String {
     row.get(i)
         .and_then(|v| v.as_ref())
@@ -288,7 +284,11 @@ async fn session(
 
     // The publications must exist: otherwise pgoutput fails later, per
     // transaction, with a less helpful message.
-    let names: Vec<String> = config.publications.iter().map(|p| literal(p)).collect();
+    let names: Vec<String> = config
+        .publications
+        .iter()
+        .map(|p| quote_literal(p))
+        .collect();
     let found = client
         .simple_query(&format!(
             "SELECT pubname FROM pg_catalog.pg_publication WHERE pubname IN ({})",
@@ -305,7 +305,7 @@ async fn session(
         .collect();
     if !missing.is_empty() {
         return Err(ReplicationError::MissingPublications {
-            example: format!("\"{}\"", missing[0].replace('"', "\"\"")),
+            example: quote_ident(&missing[0]),
             missing,
             db: db.name.clone(),
         });
@@ -338,7 +338,7 @@ async fn session(
                 "SELECT plugin, to_jsonb(s)->>'wal_status', \
                  pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), restart_lsn)::bigint \
                  FROM pg_catalog.pg_replication_slots s WHERE slot_name = {}",
-                literal(&slot)
+                quote_literal(&slot)
             ))
             .await
             .map_err(conn_err)?;
@@ -523,7 +523,7 @@ async fn finish(client: &mut ReplicationClient, applied: Lsn) {
 }
 
 /// Values this long or shorter stay in a record cut down to
-/// `MAX_RECORD_BYTES` (Supabase Realtime's rule, which its clients expect).
+/// `MAX_RECORD_BYTES` (Supabase Realtime's rule).
 const SMALL_VALUE_BYTES: usize = 64;
 
 /// Turns decoded messages into changes: keeps the relation cache and the

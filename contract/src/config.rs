@@ -2,7 +2,12 @@
 //! typed [`Config`], and every check of it. All problems are found at start, all at
 //! once: [`Config::from_vars`] collects every bad variable into one [`ConfigError`]
 //! (one line each) instead of stopping at the first, so an operator fixes them in
-//! one round. Nothing else in the server reads the environment.
+//! one round. Nothing else in the server reads the environment; the operator
+//! writes pods' environments with the names in [`var`].
+//!
+//! The names and defaults are those of Supabase Realtime, the Elixir server
+//! this one replaces, so an environment written for it carries over; where
+//! this server differs, the table says so.
 //!
 //! Rules for every variable: an empty value (or only whitespace) is the same as
 //! unset; booleans accept `true`/`false`/`1`/`0`/`yes`/`no` in any case; an error
@@ -14,7 +19,6 @@
 //! | --- | --- | --- |
 //! | `PORT` | 4000 | listen port |
 //! | `BIND_ADDRESS` | `0.0.0.0` | listen address, an IP address (`::` for IPv6 too) |
-//! | `HOSTNAME` | - | accepted (the public host name); never used as the listen address: Kubernetes sets it to the pod name |
 //! | `DB_HOST` | `localhost` | database host |
 //! | `DB_PORT` | 5432 | database port |
 //! | `DB_NAME` | `postgres` | database name |
@@ -30,7 +34,7 @@
 //! | `SECURE_CHANNELS` | `true` | require a JWT; when true, `JWT_SECRET` must be set |
 //! | `JWT_SECRET` | - | HMAC secret that signs client tokens (secret) |
 //! | `JWT_CLAIM_VALIDATORS` | `{}` | JSON object: every pair must equal a claim of the token |
-//! | `SECRET_KEY_BASE` | - | key for anything the server signs (secret) |
+//! | `SECRET_KEY_BASE` | - | refused: Supabase Realtime signs its Phoenix sessions with it; this server signs nothing (client tokens are checked with `JWT_SECRET`), so a value set here is a mistake the server names at start |
 //! | `MAX_RECORD_BYTES` | 1048576 | a record over this is sent without its large values; > 0 |
 //! | `DB_RECONNECT_BACKOFF_MIN` | 100 | ms, first database reconnect delay; > 0 and <= the max |
 //! | `DB_RECONNECT_BACKOFF_MAX` | 120000 | ms, longest database reconnect delay; > 0 |
@@ -38,13 +42,17 @@
 //! | `MAX_CHANNELS_PER_SOCKET` | 100 | channels one socket may have joined at once; > 0 |
 //! | `MAX_FRAME_BYTES` | 1048576 | largest WebSocket frame/message accepted from a client; > 0 |
 //! | `SOCKET_QUEUE_DEPTH` | 16384 | frames queued for one socket before it is closed as a slow consumer; > 0 |
+//!
+//! `HOSTNAME` is not read: Docker and Kubernetes set it to the container's
+//! name in every container, so it cannot say anything about this server; the
+//! listen address is `BIND_ADDRESS`.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-/// Default `PORT`: the port the seed server and its clients' examples use.
+/// Default `PORT`: Supabase Realtime's, which its clients' examples use.
 pub const DEFAULT_PORT: u16 = 4000;
 /// Default `BIND_ADDRESS`: every IPv4 interface, as in a container.
 pub const DEFAULT_BIND_ADDRESS: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
@@ -63,7 +71,7 @@ pub const DEFAULT_PUBLICATION: &str = "supabase_realtime";
 /// Default `RESUME_DELAY_MS`: realtime-js retries a lost socket after 1, 2
 /// and 5 s, so most clients are back within this after a restart.
 pub const DEFAULT_RESUME_DELAY_MS: u64 = 5000;
-/// Default `MAX_RECORD_BYTES` (1 MiB): the seed's limit; a larger record is sent
+/// Default `MAX_RECORD_BYTES` (1 MiB): Supabase Realtime's limit; a larger record is sent
 /// with its large values left out, which keeps one wide row from stalling every socket.
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 1024 * 1024;
 /// Default `DB_RECONNECT_BACKOFF_MIN` (ms): fast enough that a database restart
@@ -92,46 +100,74 @@ pub const DEFAULT_SOCKET_QUEUE_DEPTH: usize = 16_384;
 /// `POD_NAME` (`rts-2` gives `2`).
 pub const ORDINAL_PLACEHOLDER: &str = "{ordinal}";
 
+/// The name of every variable this module reads (see the module documentation
+/// for what each means). Code that writes a server's environment, the
+/// operator's pod template, uses these rather than spelling the names again.
+pub mod var {
+    pub const PORT: &str = "PORT";
+    pub const BIND_ADDRESS: &str = "BIND_ADDRESS";
+    pub const DB_HOST: &str = "DB_HOST";
+    pub const DB_PORT: &str = "DB_PORT";
+    pub const DB_NAME: &str = "DB_NAME";
+    pub const DB_USER: &str = "DB_USER";
+    pub const DB_PASSWORD: &str = "DB_PASSWORD";
+    pub const DB_SSL: &str = "DB_SSL";
+    pub const PUBLICATIONS: &str = "PUBLICATIONS";
+    pub const SLOT_NAME: &str = "SLOT_NAME";
+    pub const POD_NAME: &str = "POD_NAME";
+    pub const TEMPORARY_SLOT: &str = "TEMPORARY_SLOT";
+    pub const MAX_REPLICATION_LAG_MB: &str = "MAX_REPLICATION_LAG_MB";
+    pub const RESUME_DELAY_MS: &str = "RESUME_DELAY_MS";
+    pub const SECURE_CHANNELS: &str = "SECURE_CHANNELS";
+    pub const JWT_SECRET: &str = "JWT_SECRET";
+    pub const JWT_CLAIM_VALIDATORS: &str = "JWT_CLAIM_VALIDATORS";
+    pub const SECRET_KEY_BASE: &str = "SECRET_KEY_BASE";
+    pub const MAX_RECORD_BYTES: &str = "MAX_RECORD_BYTES";
+    pub const DB_RECONNECT_BACKOFF_MIN: &str = "DB_RECONNECT_BACKOFF_MIN";
+    pub const DB_RECONNECT_BACKOFF_MAX: &str = "DB_RECONNECT_BACKOFF_MAX";
+    pub const MAX_CONNECTIONS: &str = "MAX_CONNECTIONS";
+    pub const MAX_CHANNELS_PER_SOCKET: &str = "MAX_CHANNELS_PER_SOCKET";
+    pub const MAX_FRAME_BYTES: &str = "MAX_FRAME_BYTES";
+    pub const SOCKET_QUEUE_DEPTH: &str = "SOCKET_QUEUE_DEPTH";
+}
+
 /// Every variable this module reads.
 pub const VARIABLES: &[&str] = &[
-    "PORT",
-    "BIND_ADDRESS",
-    "HOSTNAME",
-    "DB_HOST",
-    "DB_PORT",
-    "DB_NAME",
-    "DB_USER",
-    "DB_PASSWORD",
-    "DB_SSL",
-    "PUBLICATIONS",
-    "SLOT_NAME",
-    "POD_NAME",
-    "TEMPORARY_SLOT",
-    "MAX_REPLICATION_LAG_MB",
-    "RESUME_DELAY_MS",
-    "SECURE_CHANNELS",
-    "JWT_SECRET",
-    "JWT_CLAIM_VALIDATORS",
-    "SECRET_KEY_BASE",
-    "MAX_RECORD_BYTES",
-    "DB_RECONNECT_BACKOFF_MIN",
-    "DB_RECONNECT_BACKOFF_MAX",
-    "MAX_CONNECTIONS",
-    "MAX_CHANNELS_PER_SOCKET",
-    "MAX_FRAME_BYTES",
-    "SOCKET_QUEUE_DEPTH",
+    var::PORT,
+    var::BIND_ADDRESS,
+    var::DB_HOST,
+    var::DB_PORT,
+    var::DB_NAME,
+    var::DB_USER,
+    var::DB_PASSWORD,
+    var::DB_SSL,
+    var::PUBLICATIONS,
+    var::SLOT_NAME,
+    var::POD_NAME,
+    var::TEMPORARY_SLOT,
+    var::MAX_REPLICATION_LAG_MB,
+    var::RESUME_DELAY_MS,
+    var::SECURE_CHANNELS,
+    var::JWT_SECRET,
+    var::JWT_CLAIM_VALIDATORS,
+    var::SECRET_KEY_BASE,
+    var::MAX_RECORD_BYTES,
+    var::DB_RECONNECT_BACKOFF_MIN,
+    var::DB_RECONNECT_BACKOFF_MAX,
+    var::MAX_CONNECTIONS,
+    var::MAX_CHANNELS_PER_SOCKET,
+    var::MAX_FRAME_BYTES,
+    var::SOCKET_QUEUE_DEPTH,
 ];
 
 /// Variables whose values are secrets: never printed.
-pub const SECRET_VARIABLES: &[&str] = &["DB_PASSWORD", "JWT_SECRET", "SECRET_KEY_BASE"];
+pub const SECRET_VARIABLES: &[&str] = &[var::DB_PASSWORD, var::JWT_SECRET, var::SECRET_KEY_BASE];
 
 /// The server's whole configuration. See the module documentation for the variables.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub port: u16,
     pub bind_address: IpAddr,
-    /// Accepted for compatibility; never used as the listen address.
-    pub hostname: Option<String>,
     pub db: DbConfig,
     /// At least one, each non-empty.
     pub publications: Vec<String>,
@@ -144,7 +180,6 @@ pub struct Config {
     /// Always `Some` when `secure_channels` is true.
     pub jwt_secret: Option<Secret>,
     pub jwt_claim_validators: serde_json::Map<String, serde_json::Value>,
-    pub secret_key_base: Option<Secret>,
     pub max_record_bytes: usize,
     pub reconnect_backoff_min: Duration,
     pub reconnect_backoff_max: Duration,
@@ -266,6 +301,10 @@ pub enum ConfigIssue {
     /// A variable's value is not valid UTF-8 (so it cannot be shown either).
     #[error("{var} is not valid UTF-8: expected a UTF-8 string")]
     NotUnicode { var: &'static str },
+    /// A variable the server refuses to take, whatever its value (which is
+    /// not shown: the only such variable is a secret).
+    #[error("{var} is set: {why}")]
+    Refused { var: &'static str, why: String },
     /// Variables that are each fine but do not go together.
     #[error("{0}")]
     Conflict(String),
@@ -277,7 +316,8 @@ impl ConfigIssue {
         match self {
             ConfigIssue::BadValue { var, .. }
             | ConfigIssue::BadSecret { var, .. }
-            | ConfigIssue::NotUnicode { var, .. } => Some(var),
+            | ConfigIssue::NotUnicode { var, .. }
+            | ConfigIssue::Refused { var, .. } => Some(var),
             ConfigIssue::Conflict(_) => None,
         }
     }
@@ -378,32 +418,31 @@ impl Config {
             issues: Vec::new(),
         };
 
-        let port = r.parse("PORT", DEFAULT_PORT, parse_port);
-        let bind_address = r.parse("BIND_ADDRESS", DEFAULT_BIND_ADDRESS, |v| {
+        let port = r.parse(var::PORT, DEFAULT_PORT, parse_port);
+        let bind_address = r.parse(var::BIND_ADDRESS, DEFAULT_BIND_ADDRESS, |v| {
             v.parse::<IpAddr>()
                 .map_err(|_| "an IP address such as 0.0.0.0 or :: (not a host name)".to_owned())
         });
-        let hostname = r.string("HOSTNAME");
 
         let db = DbConfig {
             host: r
-                .string("DB_HOST")
+                .string(var::DB_HOST)
                 .unwrap_or_else(|| DEFAULT_DB_HOST.into()),
-            port: r.parse("DB_PORT", DEFAULT_DB_PORT, parse_port),
+            port: r.parse(var::DB_PORT, DEFAULT_DB_PORT, parse_port),
             name: r
-                .string("DB_NAME")
+                .string(var::DB_NAME)
                 .unwrap_or_else(|| DEFAULT_DB_NAME.into()),
             user: r
-                .string("DB_USER")
+                .string(var::DB_USER)
                 .unwrap_or_else(|| DEFAULT_DB_USER.into()),
             password: r
-                .secret("DB_PASSWORD")
+                .secret(var::DB_PASSWORD)
                 .unwrap_or_else(|| Secret::new(DEFAULT_DB_PASSWORD)),
-            ssl: r.parse("DB_SSL", DbSsl::Disable, parse_db_ssl),
+            ssl: r.parse(var::DB_SSL, DbSsl::Disable, parse_db_ssl),
         };
 
         let publications = r.parse(
-            "PUBLICATIONS",
+            var::PUBLICATIONS,
             vec![DEFAULT_PUBLICATION.to_owned()],
             parse_publications,
         );
@@ -411,8 +450,8 @@ impl Config {
         // A StatefulSet shares one pod template among its replicas, so the
         // operator sets SLOT_NAME=prefix_{ordinal} and POD_NAME from the
         // downward API: each pod streams from its own slot.
-        let pod_name = r.string("POD_NAME");
-        let slot_name = r.optional("SLOT_NAME", |v| {
+        let pod_name = r.string(var::POD_NAME);
+        let slot_name = r.optional(var::SLOT_NAME, |v| {
             if !v.contains(ORDINAL_PLACEHOLDER) {
                 return SlotName::parse(v);
             }
@@ -434,20 +473,20 @@ impl Config {
                 })?;
             SlotName::parse(&v.replace(ORDINAL_PLACEHOLDER, ordinal))
         });
-        let temporary_slot = r.parse("TEMPORARY_SLOT", false, parse_bool);
+        let temporary_slot = r.parse(var::TEMPORARY_SLOT, false, parse_bool);
         let slot = match slot_name {
             Some(name) if !temporary_slot => SlotConfig::Durable(name),
             _ => SlotConfig::Temporary,
         };
 
-        let max_replication_lag_mb: u64 = r.parse("MAX_REPLICATION_LAG_MB", 0, |v| {
+        let max_replication_lag_mb: u64 = r.parse(var::MAX_REPLICATION_LAG_MB, 0, |v| {
             parse_number(v, "a whole number of megabytes (0 to turn the check off)")
         });
         let max_replication_lag_mb = (max_replication_lag_mb > 0).then_some(max_replication_lag_mb);
 
-        let secure_channels_set = r.is_set("SECURE_CHANNELS");
-        let secure_channels = r.optional("SECURE_CHANNELS", parse_bool);
-        let jwt_secret = r.secret("JWT_SECRET");
+        let secure_channels_set = r.is_set(var::SECURE_CHANNELS);
+        let secure_channels = r.optional(var::SECURE_CHANNELS, parse_bool);
+        let jwt_secret = r.secret(var::JWT_SECRET);
         if secure_channels.unwrap_or(!secure_channels_set) && jwt_secret.is_none() {
             r.issues.push(ConfigIssue::Conflict(format!(
                 "SECURE_CHANNELS is true{} but JWT_SECRET is not set: set JWT_SECRET to the \
@@ -462,25 +501,33 @@ impl Config {
         let secure_channels = secure_channels.unwrap_or(true);
 
         let jwt_claim_validators = r.parse(
-            "JWT_CLAIM_VALIDATORS",
+            var::JWT_CLAIM_VALIDATORS,
             serde_json::Map::new(),
             parse_claim_validators,
         );
-        let secret_key_base = r.secret("SECRET_KEY_BASE");
+        if r.is_set(var::SECRET_KEY_BASE) {
+            r.issues.push(ConfigIssue::Refused {
+                var: var::SECRET_KEY_BASE,
+                why: "this server signs nothing with it (Supabase Realtime signs its Phoenix \
+                      sessions with it; client tokens are checked with JWT_SECRET): unset it, and \
+                      put the secret that signs your clients' tokens in JWT_SECRET"
+                    .to_owned(),
+            });
+        }
 
-        let resume_delay_ms = r.parse("RESUME_DELAY_MS", DEFAULT_RESUME_DELAY_MS, |v| {
+        let resume_delay_ms = r.parse(var::RESUME_DELAY_MS, DEFAULT_RESUME_DELAY_MS, |v| {
             parse_number::<u64>(v, "a whole number of milliseconds (0 streams at once)")
         });
 
-        let max_record_bytes = r.positive("MAX_RECORD_BYTES", DEFAULT_MAX_RECORD_BYTES, "bytes");
+        let max_record_bytes = r.positive(var::MAX_RECORD_BYTES, DEFAULT_MAX_RECORD_BYTES, "bytes");
 
         let backoff_min = r.positive(
-            "DB_RECONNECT_BACKOFF_MIN",
+            var::DB_RECONNECT_BACKOFF_MIN,
             DEFAULT_RECONNECT_BACKOFF_MIN_MS,
             "milliseconds",
         );
         let backoff_max = r.positive(
-            "DB_RECONNECT_BACKOFF_MAX",
+            var::DB_RECONNECT_BACKOFF_MAX,
             DEFAULT_RECONNECT_BACKOFF_MAX_MS,
             "milliseconds",
         );
@@ -491,15 +538,19 @@ impl Config {
             )));
         }
 
-        let max_connections = r.positive("MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS, "connections");
+        let max_connections =
+            r.positive(var::MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS, "connections");
         let max_channels_per_socket = r.positive(
-            "MAX_CHANNELS_PER_SOCKET",
+            var::MAX_CHANNELS_PER_SOCKET,
             DEFAULT_MAX_CHANNELS_PER_SOCKET,
             "channels",
         );
-        let max_frame_bytes = r.positive("MAX_FRAME_BYTES", DEFAULT_MAX_FRAME_BYTES, "bytes");
-        let socket_queue_depth =
-            r.positive("SOCKET_QUEUE_DEPTH", DEFAULT_SOCKET_QUEUE_DEPTH, "frames");
+        let max_frame_bytes = r.positive(var::MAX_FRAME_BYTES, DEFAULT_MAX_FRAME_BYTES, "bytes");
+        let socket_queue_depth = r.positive(
+            var::SOCKET_QUEUE_DEPTH,
+            DEFAULT_SOCKET_QUEUE_DEPTH,
+            "frames",
+        );
 
         if !r.issues.is_empty() {
             return Err(ConfigError::Invalid(r.issues));
@@ -507,7 +558,6 @@ impl Config {
         Ok(Config {
             port,
             bind_address,
-            hostname,
             db,
             publications,
             slot,
@@ -516,7 +566,6 @@ impl Config {
             secure_channels,
             jwt_secret,
             jwt_claim_validators,
-            secret_key_base,
             max_record_bytes,
             reconnect_backoff_min: Duration::from_millis(backoff_min),
             reconnect_backoff_max: Duration::from_millis(backoff_max),
@@ -717,7 +766,6 @@ mod tests {
         assert_eq!(c.port, 4000);
         assert_eq!(c.bind_address, "0.0.0.0".parse::<IpAddr>().unwrap());
         assert_eq!(c.listen_addr(), "0.0.0.0:4000".parse().unwrap());
-        assert_eq!(c.hostname, None);
         assert_eq!(c.db.host, "localhost");
         assert_eq!(c.db.port, 5432);
         assert_eq!(c.db.name, "postgres");
@@ -730,7 +778,6 @@ mod tests {
         assert!(c.secure_channels);
         assert_eq!(c.jwt_secret.as_ref().map(Secret::expose), Some(SECRET));
         assert!(c.jwt_claim_validators.is_empty());
-        assert!(c.secret_key_base.is_none());
         assert_eq!(c.max_record_bytes, 1_048_576);
         assert_eq!(c.reconnect_backoff_min, Duration::from_millis(100));
         assert_eq!(c.reconnect_backoff_max, Duration::from_millis(120_000));
@@ -745,7 +792,6 @@ mod tests {
         let c = ok(&[
             ("PORT", "8080"),
             ("BIND_ADDRESS", "::"),
-            ("HOSTNAME", "realtime-0"),
             ("DB_HOST", "db.internal"),
             ("DB_PORT", "6543"),
             ("DB_NAME", "app"),
@@ -758,7 +804,6 @@ mod tests {
             ("SECURE_CHANNELS", "yes"),
             ("JWT_SECRET", SECRET),
             ("JWT_CLAIM_VALIDATORS", r#"{"iss":"supabase","n":1}"#),
-            ("SECRET_KEY_BASE", "skb"),
             ("MAX_RECORD_BYTES", "2048"),
             ("DB_RECONNECT_BACKOFF_MIN", "5"),
             ("DB_RECONNECT_BACKOFF_MAX", "5"),
@@ -769,7 +814,6 @@ mod tests {
             ("UNRELATED", "whatever"),
         ]);
         assert_eq!(c.listen_addr(), "[::]:8080".parse().unwrap());
-        assert_eq!(c.hostname.as_deref(), Some("realtime-0"));
         assert_eq!(c.db.host, "db.internal");
         assert_eq!(c.db.port, 6543);
         assert_eq!(c.db.name, "app");
@@ -785,7 +829,6 @@ mod tests {
         assert!(c.secure_channels);
         assert_eq!(c.jwt_claim_validators["iss"], "supabase");
         assert_eq!(c.jwt_claim_validators["n"], 1);
-        assert_eq!(c.secret_key_base.as_ref().unwrap().expose(), "skb");
         assert_eq!(c.max_record_bytes, 2048);
         assert_eq!(c.reconnect_backoff_min, Duration::from_millis(5));
         assert_eq!(c.reconnect_backoff_max, Duration::from_millis(5));
@@ -805,13 +848,12 @@ mod tests {
             ("SLOT_NAME", ""),
             ("SECURE_CHANNELS", " "),
             ("MAX_CONNECTIONS", ""),
-            ("HOSTNAME", ""),
+            ("SECRET_KEY_BASE", " "),
         ]);
         assert_eq!(c.port, 4000);
         assert_eq!(c.publications, vec!["supabase_realtime".to_owned()]);
         assert_eq!(c.slot, SlotConfig::Temporary);
         assert!(c.secure_channels);
-        assert_eq!(c.hostname, None);
         // An empty JWT_SECRET is no secret at all.
         let e = err(&[("JWT_SECRET", "")]);
         assert!(e.to_string().contains("JWT_SECRET is not set"), "{e}");
@@ -880,11 +922,7 @@ mod tests {
         assert!(!e.to_string().contains(SECRET));
         assert!(!format!("{e:?}").contains(SECRET));
 
-        let c = ok(&[
-            ("DB_PASSWORD", SECRET),
-            ("SECRET_KEY_BASE", SECRET),
-            ("JWT_SECRET", SECRET),
-        ]);
+        let c = ok(&[("DB_PASSWORD", SECRET), ("JWT_SECRET", SECRET)]);
         let debug = format!("{c:?}");
         assert!(!debug.contains(SECRET), "{debug}");
         assert!(debug.contains("<redacted>"));
@@ -1139,6 +1177,55 @@ mod tests {
         ] {
             assert!(message.contains(var), "{var}: {message}");
         }
+    }
+
+    #[test]
+    fn the_readme_names_every_variable() {
+        let readme = include_str!("../../README.md");
+        let table = readme
+            .split("\n## Configuration\n")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .expect("README.md has a section ## Configuration");
+        let missing: Vec<&&str> = VARIABLES
+            .iter()
+            .filter(|v| !table.contains(&format!("`{v}`")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "README.md's Configuration table lacks {missing:?}"
+        );
+    }
+
+    #[test]
+    fn hostname_is_not_read() {
+        // Every container has one (its name): it must neither fail the start
+        // nor change the listen address.
+        let c = ok(&with_insecure(&[
+            ("HOSTNAME", "realtime-0"),
+            ("PORT", "4100"),
+        ]));
+        assert_eq!(c.listen_addr(), "0.0.0.0:4100".parse().unwrap());
+        assert!(!VARIABLES.contains(&"HOSTNAME"));
+        let c = ok(&with_insecure(&[("HOSTNAME", "not an address")]));
+        assert_eq!(c.bind_address, DEFAULT_BIND_ADDRESS);
+    }
+
+    #[test]
+    fn secret_key_base_is_refused_without_showing_it() {
+        let e = err(&with_insecure(&[("SECRET_KEY_BASE", SECRET)]));
+        assert_eq!(e.issues().len(), 1, "{e}");
+        assert_eq!(e.issues()[0].variable(), Some("SECRET_KEY_BASE"));
+        let message = e.to_string();
+        assert!(
+            message.starts_with("SECRET_KEY_BASE is set: this server signs nothing with it"),
+            "{message}"
+        );
+        assert!(message.contains("JWT_SECRET"), "{message}");
+        assert!(!message.contains(SECRET) && !format!("{e:?}").contains(SECRET));
+        // Beside other problems, it is one line among them.
+        let e = err(&[("SECRET_KEY_BASE", SECRET), ("PORT", "x")]);
+        assert_eq!(e.issues().len(), 3, "{e}");
     }
 
     #[test]

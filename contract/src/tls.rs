@@ -1,7 +1,9 @@
-//! TLS for the plain SQL connection to the database (`DB_SSL`), with the
-//! same meaning the replication connection gives it: `require` encrypts
-//! without checking the certificate (libpq's `sslmode=require`), and
-//! `verify-full` checks it against the Web PKI roots and the host name.
+//! TLS for a plain SQL connection to the database: the server's catalog
+//! connection (`DB_SSL`) and the operator's (`spec.database.sslMode`), with the
+//! meaning the server's replication connection gives the same modes:
+//! `require` encrypts without checking the certificate (libpq's
+//! `sslmode=require`), and `verify-full` checks it against the Web PKI
+//! (Mozilla) roots and the host name.
 
 use std::sync::Arc;
 

@@ -1,0 +1,16 @@
+//! realtime-contract: what the server and the operator must agree on, in one
+//! crate that both use and that pulls in neither of them.
+//!
+//! - [`config`]: the server's environment variables (their names, as
+//!   constants in [`config::var`]), their defaults and their parsing into a
+//!   typed [`config::Config`]. The operator writes pods' environments with the
+//!   same names; a test feeds what it writes to this parser.
+//! - [`tls`]: what each `DB_SSL` / `sslMode` means for a connection, one
+//!   connector for the server's and the operator's SQL connections.
+//! - [`sql`]: quoting identifiers and literals for SQL text.
+//!
+//! Nothing here does I/O or knows about Kubernetes, WebSockets or replication.
+
+pub mod config;
+pub mod sql;
+pub mod tls;
