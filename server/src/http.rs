@@ -4,7 +4,7 @@
 //! serializer choice and, when channels are secured, the token check that
 //! answers 403), `/healthz` (the process is alive), `/readyz` (the
 //! replication stream is live) and `/metrics` (Prometheus text). The socket
-//! itself is `phoenix::socket`.
+//! itself is `phoenix::session`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -20,9 +20,9 @@ use warp::{Filter, Rejection, Reply};
 
 use crate::auth::JwtVerifier;
 use crate::hub::Hub;
-use crate::metrics::{Metrics, METRICS};
+use crate::metrics::{self, METRICS};
 use crate::phoenix::frame::Vsn;
-use crate::phoenix::socket::{self, SocketContext};
+use crate::phoenix::session::{self, SocketContext};
 use crate::replication::stream::StreamStatus;
 
 /// What the routes share.
@@ -96,7 +96,7 @@ pub fn routes(
             warp::reply::with_header(
                 METRICS.render(&s.hub, &s.status),
                 "content-type",
-                "text/plain; version=0.0.4; charset=utf-8",
+                metrics::CONTENT_TYPE,
             )
         });
     let readyz = warp::path!("readyz")
@@ -225,14 +225,14 @@ fn upgrade(
         match result {
             Ok(claims) => socket_exp = claims.exp,
             Err(e) => {
-                Metrics::inc(&METRICS.auth_failures);
+                METRICS.auth_failures.inc();
                 tracing::info!(reason = %e, "refused a socket: bad token");
                 return text(StatusCode::FORBIDDEN, e.to_string());
             }
         }
     }
     if state.hub.socket_count() >= state.max_connections {
-        Metrics::inc(&METRICS.connections_refused);
+        METRICS.connections_refused.inc();
         tracing::warn!(
             limit = state.max_connections,
             "refused a socket: MAX_CONNECTIONS reached"
@@ -245,7 +245,7 @@ fn upgrade(
             ),
         );
     }
-    Metrics::inc(&METRICS.connections_accepted);
+    METRICS.connections_accepted.inc();
     let ctx = state.sockets.clone();
     let max = ctx.limits.max_frame_bytes;
     let config = WebSocketConfig::default()
@@ -266,7 +266,7 @@ fn upgrade(
                     Some(config),
                 )
                 .await;
-                socket::serve(ws, vsn, ctx, socket_exp).await;
+                session::serve(ws, vsn, ctx, socket_exp).await;
             }
             Err(e) => tracing::debug!(error = %e, "a WebSocket upgrade did not complete"),
         }
@@ -315,7 +315,7 @@ fn check_http_token(
         None => Err(crate::auth::AuthError::Missing),
     };
     result.map(|_| ()).map_err(|e| {
-        Metrics::inc(&METRICS.auth_failures);
+        METRICS.auth_failures.inc();
         e.to_string()
     })
 }

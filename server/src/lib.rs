@@ -4,7 +4,7 @@
 //!
 //! Data flow: replication (`replication::stream`) -> decoder
 //! (`replication::pgoutput`) -> [`change::Change`] -> [`hub::Hub`] (index,
-//! encode once) -> per-socket queue -> `phoenix::socket` writer -> client.
+//! encode once) -> per-socket queue -> `phoenix::writer` -> client.
 
 pub mod auth;
 pub mod change;
@@ -30,7 +30,7 @@ use crate::auth::JwtVerifier;
 use crate::config::Config;
 use crate::http::AppState;
 use crate::hub::Hub;
-use crate::phoenix::socket::{SocketContext, SocketLimits};
+use crate::phoenix::session::{SocketContext, SocketLimits};
 use crate::published::PublishedTables;
 use crate::replication::stream::{self, StreamControl, StreamStatus};
 

@@ -1,15 +1,32 @@
-//! Counters and gauges served at `/metrics` in the Prometheus text format.
+//! The server's one store of metrics, served at `/metrics` in the
+//! Prometheus text format (0.0.4) through `prometheus-client`.
 //!
-//! One process-wide set of atomics ([`METRICS`]): every part of the server
-//! bumps its own counters without passing handles around, and a scrape reads
-//! them without locks. The few values that live elsewhere (open sockets, the
-//! stream's state) are read from the hub and the stream status when rendered.
+//! One process-wide [`METRICS`]: every part of the server bumps its own
+//! counters without passing handles around. Each counter and gauge is an
+//! atomic (no lock on the hot path), and so is the lag histogram, which
+//! encodes through the library's histogram encoder. The two values that
+//! live elsewhere (open sockets in the hub, the stream's state) are read
+//! from their owners at each scrape. Must not decide what is counted: the
+//! parts that count do.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+
+use prometheus_client::encoding::{
+    EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder, MetricEncoder, NoLabelSet,
+};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
 
 use crate::hub::Hub;
 use crate::replication::stream::StreamStatus;
+
+/// The media type of [`Metrics::render`]'s text.
+pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// Upper bounds (seconds) of the commit-to-send latency histogram.
 const LAG_BUCKETS: [f64; 12] = [
@@ -17,7 +34,7 @@ const LAG_BUCKETS: [f64; 12] = [
 ];
 
 /// Why the server dropped and recreated its slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SlotRecreation {
     /// `MAX_REPLICATION_LAG_MB` was exceeded.
     Lag = 0,
@@ -39,208 +56,184 @@ impl SlotRecreation {
     }
 }
 
-/// The process's counters. All `Relaxed`: each is an independent tally.
-pub struct Metrics {
-    pub connections_accepted: AtomicU64,
-    pub connections_refused: AtomicU64,
-    pub auth_failures: AtomicU64,
-    pub channels: AtomicI64,
-    pub messages_sent: AtomicU64,
-    pub bytes_sent: AtomicU64,
-    pub bad_frames: AtomicU64,
-    pub replication_sessions: AtomicU64,
-    pub replication_failures: AtomicU64,
-    pub transactions: AtomicU64,
-    pub duplicate_changes_skipped: AtomicU64,
-    pub lag_bytes: AtomicU64,
-    pub slot_recreations: [AtomicU64; 3],
-    lag_buckets: [AtomicU64; LAG_BUCKETS.len()],
-    lag_count: AtomicU64,
-    lag_sum_micros: AtomicU64,
+impl EncodeLabelValue for SlotRecreation {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> fmt::Result {
+        fmt::Write::write_str(encoder, self.as_str())
+    }
 }
 
-pub static METRICS: Metrics = Metrics::new();
+/// The labels of `realtime_slot_recreations_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct SlotLabels {
+    reason: SlotRecreation,
+}
+
+/// The process's metrics. Counters are monotonic tallies, each independent.
+pub struct Metrics {
+    registry: Registry,
+    /// Read from the hub at each scrape.
+    connections: Gauge,
+    pub connections_accepted: Counter,
+    pub connections_refused: Counter,
+    pub auth_failures: Counter,
+    pub channels: Gauge,
+    pub changes_received: Counter,
+    pub frames_queued: Counter,
+    pub transactions: Counter,
+    pub duplicate_changes_skipped: Counter,
+    pub messages_sent: Counter,
+    pub bytes_sent: Counter,
+    pub slow_consumer_closes: Counter,
+    pub bad_frames: Counter,
+    /// Read from the stream's status at each scrape.
+    replication_connected: Gauge,
+    pub replication_sessions: Counter,
+    pub replication_failures: Counter,
+    pub lag_bytes: Gauge<u64, AtomicU64>,
+    /// The counters of `realtime_slot_recreations_total`, one per reason,
+    /// shared with the registry's family (no lookup per increment).
+    slot_recreations: [Counter; 3],
+    replication_lag: LagHistogram,
+}
+
+/// The process's metrics, registered on first use.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
 impl Metrics {
-    const fn new() -> Self {
+    fn new() -> Self {
+        let mut registry = Registry::default();
+        // The library ends each help text with a period.
+        let mut gauge = |name: &str, help: &str| {
+            let g: Gauge = Gauge::default();
+            registry.register(name, help, g.clone());
+            g
+        };
+        let connections = gauge("realtime_connections", "Open WebSocket connections");
+        let channels = gauge("realtime_channels", "Joined channels over all sockets");
+        let replication_connected = gauge(
+            "realtime_replication_connected",
+            "1 while the replication stream is live",
+        );
+        let lag_bytes = Gauge::<u64, AtomicU64>::default();
+        registry.register(
+            "realtime_replication_lag_bytes",
+            "WAL between the database's current position and the last position the server confirmed",
+            lag_bytes.clone(),
+        );
+        // Counters are registered without `_total`: the library adds it.
+        let mut counter = |name: &str, help: &str| {
+            let c: Counter = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let connections_accepted = counter(
+            "realtime_connections_accepted",
+            "WebSocket upgrades accepted",
+        );
+        let connections_refused = counter(
+            "realtime_connections_refused",
+            "WebSocket upgrades refused because MAX_CONNECTIONS was reached",
+        );
+        let auth_failures = counter(
+            "realtime_auth_failures",
+            "Tokens refused: at upgrade (HTTP 403), on join and on access_token",
+        );
+        let changes_received = counter(
+            "realtime_changes_received",
+            "Row changes received from the replication stream and dispatched",
+        );
+        let frames_queued = counter(
+            "realtime_frames_queued",
+            "Frames of row changes queued to sockets (one per socket a change reaches)",
+        );
+        let transactions = counter(
+            "realtime_transactions",
+            "Transactions received from the replication stream",
+        );
+        let duplicate_changes_skipped = counter(
+            "realtime_duplicate_changes_skipped",
+            "Changes resent by PostgreSQL after a reconnect and not delivered twice",
+        );
+        let messages_sent = counter(
+            "realtime_messages_sent",
+            "WebSocket text frames written to clients",
+        );
+        let bytes_sent = counter(
+            "realtime_bytes_sent",
+            "Payload bytes of the WebSocket text frames written to clients",
+        );
+        let slow_consumer_closes = counter(
+            "realtime_slow_consumer_closes",
+            "Sockets closed with 1013 because their send queue was full",
+        );
+        let bad_frames = counter(
+            "realtime_bad_frames",
+            "Inbound frames refused: malformed, binary, too large",
+        );
+        let replication_sessions = counter(
+            "realtime_replication_sessions",
+            "Replication sessions started (the first, then one per reconnect)",
+        );
+        let replication_failures = counter(
+            "realtime_replication_failures",
+            "Replication sessions that ended in an error (each is followed by a reconnect)",
+        );
+        let family = Family::<SlotLabels, Counter>::default();
+        // Every reason is created now, so each is exposed from the start
+        // (at 0) and an increment needs no lookup.
+        let slot_recreations =
+            SlotRecreation::ALL.map(|reason| family.get_or_create(&SlotLabels { reason }).clone());
+        registry.register(
+            "realtime_slot_recreations",
+            "Replication slots dropped and recreated, by reason",
+            family,
+        );
+        let replication_lag = LagHistogram::default();
+        registry.register(
+            "realtime_replication_lag_seconds",
+            "From a transaction's commit to its changes being queued to the sockets",
+            replication_lag.clone(),
+        );
         Metrics {
-            connections_accepted: AtomicU64::new(0),
-            connections_refused: AtomicU64::new(0),
-            auth_failures: AtomicU64::new(0),
-            channels: AtomicI64::new(0),
-            messages_sent: AtomicU64::new(0),
-            bytes_sent: AtomicU64::new(0),
-            bad_frames: AtomicU64::new(0),
-            replication_sessions: AtomicU64::new(0),
-            replication_failures: AtomicU64::new(0),
-            transactions: AtomicU64::new(0),
-            duplicate_changes_skipped: AtomicU64::new(0),
-            lag_bytes: AtomicU64::new(0),
-            slot_recreations: [const { AtomicU64::new(0) }; 3],
-            lag_buckets: [const { AtomicU64::new(0) }; LAG_BUCKETS.len()],
-            lag_count: AtomicU64::new(0),
-            lag_sum_micros: AtomicU64::new(0),
+            registry,
+            connections,
+            connections_accepted,
+            connections_refused,
+            auth_failures,
+            channels,
+            changes_received,
+            frames_queued,
+            transactions,
+            duplicate_changes_skipped,
+            messages_sent,
+            bytes_sent,
+            slow_consumer_closes,
+            bad_frames,
+            replication_connected,
+            replication_sessions,
+            replication_failures,
+            lag_bytes,
+            slot_recreations,
+            replication_lag,
         }
     }
 
-    pub fn inc(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
     pub fn slot_recreated(&self, why: SlotRecreation) {
-        Self::inc(&self.slot_recreations[why as usize]);
+        self.slot_recreations[why as usize].inc();
     }
 
     /// Records how long after its commit a change was handed to the sockets.
     pub fn observe_lag(&self, micros: u64) {
-        let seconds = micros as f64 / 1e6;
-        if let Some(i) = LAG_BUCKETS.iter().position(|&b| seconds <= b) {
-            self.lag_buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.lag_count.fetch_add(1, Ordering::Relaxed);
-        self.lag_sum_micros.fetch_add(micros, Ordering::Relaxed);
+        self.replication_lag.observe(micros);
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// The Prometheus text exposition of every metric ([`CONTENT_TYPE`]).
     pub fn render(&self, hub: &Hub, stream: &StreamStatus) -> String {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        self.connections.set(hub.socket_count() as i64);
+        self.replication_connected.set(stream.is_live() as i64);
         let mut out = String::with_capacity(4096);
-        let mut one = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        };
-        one(
-            "realtime_connections",
-            "gauge",
-            "Open WebSocket connections.",
-            hub.socket_count().to_string(),
-        );
-        one(
-            "realtime_connections_accepted_total",
-            "counter",
-            "WebSocket upgrades accepted.",
-            get(&self.connections_accepted).to_string(),
-        );
-        one(
-            "realtime_connections_refused_total",
-            "counter",
-            "WebSocket upgrades refused because MAX_CONNECTIONS was reached.",
-            get(&self.connections_refused).to_string(),
-        );
-        one(
-            "realtime_auth_failures_total",
-            "counter",
-            "Tokens refused: at upgrade (HTTP 403), on join and on access_token.",
-            get(&self.auth_failures).to_string(),
-        );
-        one(
-            "realtime_channels",
-            "gauge",
-            "Joined channels over all sockets.",
-            self.channels.load(Ordering::Relaxed).max(0).to_string(),
-        );
-        one(
-            "realtime_changes_received_total",
-            "counter",
-            "Row changes received from the replication stream and dispatched.",
-            get(&hub.stats.changes).to_string(),
-        );
-        one(
-            "realtime_transactions_total",
-            "counter",
-            "Transactions received from the replication stream.",
-            get(&self.transactions).to_string(),
-        );
-        one(
-            "realtime_duplicate_changes_skipped_total",
-            "counter",
-            "Changes resent by PostgreSQL after a reconnect and not delivered twice.",
-            get(&self.duplicate_changes_skipped).to_string(),
-        );
-        one(
-            "realtime_messages_sent_total",
-            "counter",
-            "WebSocket text frames written to clients.",
-            get(&self.messages_sent).to_string(),
-        );
-        one(
-            "realtime_bytes_sent_total",
-            "counter",
-            "Payload bytes of the WebSocket text frames written to clients.",
-            get(&self.bytes_sent).to_string(),
-        );
-        one(
-            "realtime_slow_consumer_closes_total",
-            "counter",
-            "Sockets closed with 1013 because their send queue was full.",
-            get(&hub.stats.slow_consumer_closes).to_string(),
-        );
-        one(
-            "realtime_bad_frames_total",
-            "counter",
-            "Inbound frames refused: malformed, binary, too large.",
-            get(&self.bad_frames).to_string(),
-        );
-        one(
-            "realtime_replication_connected",
-            "gauge",
-            "1 while the replication stream is live.",
-            (stream.is_live() as u8).to_string(),
-        );
-        one(
-            "realtime_replication_sessions_total",
-            "counter",
-            "Replication sessions started (the first, then one per reconnect).",
-            get(&self.replication_sessions).to_string(),
-        );
-        one(
-            "realtime_replication_failures_total",
-            "counter",
-            "Replication sessions that ended in an error (each is followed by a reconnect).",
-            get(&self.replication_failures).to_string(),
-        );
-        one(
-            "realtime_replication_lag_bytes",
-            "gauge",
-            "WAL between the database's current position and the last position the server confirmed.",
-            get(&self.lag_bytes).to_string(),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP realtime_slot_recreations_total Replication slots dropped and recreated, by reason.\n\
-             # TYPE realtime_slot_recreations_total counter"
-        );
-        for why in SlotRecreation::ALL {
-            let _ = writeln!(
-                out,
-                "realtime_slot_recreations_total{{reason=\"{}\"}} {}",
-                why.as_str(),
-                get(&self.slot_recreations[why as usize])
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP realtime_replication_lag_seconds From a transaction's commit to its changes \
-             being queued to the sockets.\n# TYPE realtime_replication_lag_seconds histogram"
-        );
-        let mut cumulative = 0;
-        for (bound, count) in LAG_BUCKETS.iter().zip(&self.lag_buckets) {
-            cumulative += get(count);
-            let _ = writeln!(
-                out,
-                "realtime_replication_lag_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
-            );
-        }
-        let count = get(&self.lag_count);
-        let _ = writeln!(
-            out,
-            "realtime_replication_lag_seconds_bucket{{le=\"+Inf\"}} {count}\n\
-             realtime_replication_lag_seconds_sum {}\n\
-             realtime_replication_lag_seconds_count {count}",
-            get(&self.lag_sum_micros) as f64 / 1e6
-        );
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+            .expect("writing to a String does not fail");
         out
     }
 }
@@ -251,20 +244,77 @@ pub struct ChannelGauge(());
 
 impl ChannelGauge {
     pub fn open() -> Self {
-        METRICS.channels.fetch_add(1, Ordering::Relaxed);
+        METRICS.channels.inc();
         ChannelGauge(())
     }
 }
 
 impl Drop for ChannelGauge {
     fn drop(&mut self) {
-        METRICS.channels.fetch_sub(1, Ordering::Relaxed);
+        METRICS.channels.dec();
+    }
+}
+
+/// The commit-to-queued latency histogram, on atomics: the library's
+/// `Histogram` takes a lock per observation, and this is observed for
+/// every batch of changes the stream hands to the sockets.
+#[derive(Debug, Clone, Default)]
+struct LagHistogram(Arc<LagCounts>);
+
+#[derive(Debug, Default)]
+struct LagCounts {
+    /// Per bucket of [`LAG_BUCKETS`], not cumulative; the last is over
+    /// every bound (`+Inf` only).
+    buckets: [AtomicU64; LAG_BUCKETS.len() + 1],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl LagHistogram {
+    fn observe(&self, micros: u64) {
+        let seconds = micros as f64 / 1e6;
+        let i = LAG_BUCKETS
+            .iter()
+            .position(|&b| seconds <= b)
+            .unwrap_or(LAG_BUCKETS.len());
+        self.0.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.0.count.fetch_add(1, Ordering::Relaxed);
+        self.0.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for LagHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for LagHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> fmt::Result {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        // (upper bound, count in that bucket alone).
+        let buckets: Vec<(f64, u64)> = LAG_BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(self.0.buckets.iter().map(get))
+            .collect();
+        let sum = get(&self.0.sum_micros) as f64 / 1e6;
+        encoder.encode_histogram::<NoLabelSet>(sum, get(&self.0.count), &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A metrics store of its own, so that other tests' counts do not
+    /// show.
+    fn render(m: &Metrics) -> String {
+        m.render(&Hub::new(8), &StreamStatus::default())
+    }
 
     #[test]
     fn the_histogram_is_cumulative_and_the_text_parses_line_by_line() {
@@ -273,17 +323,153 @@ mod tests {
         m.observe_lag(20_000); // 20 ms
         m.observe_lag(60_000_000); // over every bound
         m.slot_recreated(SlotRecreation::Invalidated);
-        let text = m.render(&Hub::new(8), &StreamStatus::default());
+        let text = render(&m);
         assert!(text.contains("realtime_replication_lag_seconds_bucket{le=\"0.001\"} 1\n"));
         assert!(text.contains("realtime_replication_lag_seconds_bucket{le=\"0.025\"} 2\n"));
+        assert!(text.contains("realtime_replication_lag_seconds_bucket{le=\"1\"} 2\n"));
         assert!(text.contains("realtime_replication_lag_seconds_bucket{le=\"30\"} 2\n"));
         assert!(text.contains("realtime_replication_lag_seconds_bucket{le=\"+Inf\"} 3\n"));
         assert!(text.contains("realtime_replication_lag_seconds_count 3\n"));
+        assert!(text.contains("realtime_replication_lag_seconds_sum 60.0205\n"));
         assert!(text.contains("realtime_slot_recreations_total{reason=\"invalidated\"} 1\n"));
         assert!(text.contains("realtime_replication_connected 0\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').expect("name value");
             value.parse::<f64>().expect(line);
         }
+    }
+
+    /// The series the README lists, with their types: a dashboard or an
+    /// alert built on them keeps working.
+    #[test]
+    fn every_series_keeps_its_name_type_and_help() {
+        let m = Metrics::new();
+        let text = render(&m);
+        let families = [
+            ("realtime_connections", "gauge", "realtime_connections 0"),
+            ("realtime_channels", "gauge", "realtime_channels 0"),
+            (
+                "realtime_changes_received",
+                "counter",
+                "realtime_changes_received_total 0",
+            ),
+            (
+                "realtime_transactions",
+                "counter",
+                "realtime_transactions_total 0",
+            ),
+            (
+                "realtime_messages_sent",
+                "counter",
+                "realtime_messages_sent_total 0",
+            ),
+            (
+                "realtime_bytes_sent",
+                "counter",
+                "realtime_bytes_sent_total 0",
+            ),
+            (
+                "realtime_slow_consumer_closes",
+                "counter",
+                "realtime_slow_consumer_closes_total 0",
+            ),
+            (
+                "realtime_auth_failures",
+                "counter",
+                "realtime_auth_failures_total 0",
+            ),
+            (
+                "realtime_connections_accepted",
+                "counter",
+                "realtime_connections_accepted_total 0",
+            ),
+            (
+                "realtime_connections_refused",
+                "counter",
+                "realtime_connections_refused_total 0",
+            ),
+            (
+                "realtime_bad_frames",
+                "counter",
+                "realtime_bad_frames_total 0",
+            ),
+            (
+                "realtime_replication_connected",
+                "gauge",
+                "realtime_replication_connected 0",
+            ),
+            (
+                "realtime_replication_sessions",
+                "counter",
+                "realtime_replication_sessions_total 0",
+            ),
+            (
+                "realtime_replication_failures",
+                "counter",
+                "realtime_replication_failures_total 0",
+            ),
+            (
+                "realtime_replication_lag_bytes",
+                "gauge",
+                "realtime_replication_lag_bytes 0",
+            ),
+            (
+                "realtime_replication_lag_seconds",
+                "histogram",
+                "realtime_replication_lag_seconds_count 0",
+            ),
+            (
+                "realtime_slot_recreations",
+                "counter",
+                "realtime_slot_recreations_total{reason=\"wal_removed\"} 0",
+            ),
+            (
+                "realtime_duplicate_changes_skipped",
+                "counter",
+                "realtime_duplicate_changes_skipped_total 0",
+            ),
+            (
+                "realtime_frames_queued",
+                "counter",
+                "realtime_frames_queued_total 0",
+            ),
+        ];
+        let mut wrong = Vec::new();
+        for (family, kind, sample) in families {
+            // The text format names a counter's family with its `_total`.
+            let name = match kind {
+                "counter" => format!("{family}_total"),
+                _ => family.to_string(),
+            };
+            let lines = [
+                format!("# TYPE {name} {kind}\n"),
+                format!("# HELP {name} "),
+                format!("\n{sample}\n"),
+            ];
+            for line in lines {
+                if !text.contains(&line) {
+                    wrong.push(format!("{line:?}"));
+                }
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "missing {}\nin:\n{text}",
+            wrong.join(", ")
+        );
+        assert!(
+            !text.contains(".."),
+            "a help text ends in one period:\n{text}"
+        );
+    }
+
+    #[test]
+    fn scrape_time_values_come_from_their_owners() {
+        let m = Metrics::new();
+        let hub = Hub::new(8);
+        let _a = hub.register();
+        let _b = hub.register();
+        let text = m.render(&hub, &StreamStatus::default());
+        assert!(text.contains("\nrealtime_connections 2\n"), "{text}");
     }
 }

@@ -286,6 +286,28 @@ async fn bad_requests_get_an_error_reply_and_the_socket_goes_on() {
         error("unmatched topic"),
         "a leave of a topic the socket has not joined"
     );
+    assert_eq!(
+        answer(
+            &mut c,
+            TOPIC,
+            "phx_join",
+            json!({"config": {"broadcast": {"self": "yes"}}})
+        )
+        .await,
+        error(r#"invalid join payload: config.broadcast.self: expected true or false, got "yes""#),
+        "a join config of the wrong shape"
+    );
+    assert_eq!(
+        answer(
+            &mut c,
+            TOPIC,
+            "phx_join",
+            json!({"config": {"postgres_changes": [{"event": "*", "table": 5}]}})
+        )
+        .await,
+        error("invalid join payload: config.postgres_changes[0]: table: expected a string, got 5"),
+        "a binding of the wrong shape"
+    );
     assert_eq!(answer(&mut c, TOPIC, "phx_join", json!({})).await, ok());
     assert_eq!(
         answer(&mut c, TOPIC, "shout", json!({})).await,

@@ -17,6 +17,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::change::Change;
+use crate::metrics::METRICS;
+use crate::phoenix::close;
 use crate::phoenix::frame::{self, Frame, Vsn};
 
 mod bindings;
@@ -36,16 +38,9 @@ pub enum Outbound {
     /// A text frame, possibly shared by many sockets (reference-counted:
     /// each socket's WebSocket writes the same bytes, none copies them).
     Frame(Frame),
-    /// Close the socket with this code and reason.
+    /// Close the socket with this code (one of `phoenix::close`) and reason.
     Close(u16, String),
 }
-
-/// Close code for a socket whose send queue overflowed (RFC 6455 1013, "try
-/// again later": the client reconnects).
-pub const CLOSE_SLOW_CONSUMER: u16 = 1013;
-
-/// Close code when the server shuts down (RFC 6455 "going away").
-pub const CLOSE_GOING_AWAY: u16 = 1001;
 
 struct SocketEntry {
     tx: mpsc::Sender<Outbound>,
@@ -61,14 +56,6 @@ struct Index {
     /// (serializer, whether the member receives its own broadcasts).
     members: HashMap<Arc<str>, HashMap<SocketId, (Vsn, bool)>>,
     presence: PresenceIndex,
-}
-
-/// Counters the hub keeps (exported at `/metrics` later).
-#[derive(Debug, Default)]
-pub struct HubStats {
-    pub changes: AtomicU64,
-    pub frames_queued: AtomicU64,
-    pub slow_consumer_closes: AtomicU64,
 }
 
 /// The handle a socket task gets when it registers.
@@ -102,7 +89,6 @@ pub struct Hub {
     queue_depth: usize,
     shutdown: CancellationToken,
     writers: Arc<AtomicU64>,
-    pub stats: HubStats,
 }
 
 impl Hub {
@@ -113,7 +99,6 @@ impl Hub {
             queue_depth,
             shutdown: CancellationToken::new(),
             writers: Arc::new(AtomicU64::new(0)),
-            stats: HubStats::default(),
         }
     }
 
@@ -177,7 +162,7 @@ impl Hub {
     /// A socket whose queue is full is closed at once.
     pub fn close_all(&self) {
         for entry in self.read().sockets.values() {
-            let close = Outbound::Close(CLOSE_GOING_AWAY, "server shutting down".into());
+            let close = Outbound::Close(close::GOING_AWAY, close::SHUTTING_DOWN.into());
             if entry.tx.try_send(close).is_err() {
                 entry.cancel.cancel();
             }
@@ -188,7 +173,7 @@ impl Hub {
     /// Hands `change` to every socket whose topic matches, in the order
     /// dispatch is called. Never waits.
     pub fn dispatch(&self, change: &Change) {
-        self.stats.changes.fetch_add(1, Ordering::Relaxed);
+        METRICS.changes_received.inc();
         let mut slow: Vec<SocketId> = Vec::new();
         {
             let index = self.read();
@@ -216,9 +201,7 @@ impl Hub {
                 }
             });
             queued += self.dispatch_bindings(&index, change, &mut slow);
-            self.stats
-                .frames_queued
-                .fetch_add(queued, Ordering::Relaxed);
+            METRICS.frames_queued.inc_by(queued);
         }
         if !slow.is_empty() {
             self.close_slow(slow);
@@ -381,9 +364,7 @@ impl Hub {
         for id in ids {
             if let Some(entry) = index.sockets.get(&id) {
                 if !entry.cancel.is_cancelled() {
-                    self.stats
-                        .slow_consumer_closes
-                        .fetch_add(1, Ordering::Relaxed);
+                    METRICS.slow_consumer_closes.inc();
                     tracing::warn!(
                         socket = id,
                         queue_depth = self.queue_depth,

@@ -6,7 +6,6 @@
 //! client sent them (phoenix.js sends strings). Knows nothing of channels.
 
 use serde_json::value::RawValue;
-use serde_json::Value;
 
 use crate::change::push_json_str;
 
@@ -44,7 +43,10 @@ pub struct Inbound {
     pub msg_ref: Option<Box<RawValue>>,
     pub topic: String,
     pub event: String,
-    pub payload: Value,
+    /// The payload as sent (checked to be JSON): each event's handler
+    /// parses what it reads into its type (`payloads`); a broadcast is
+    /// relayed as is. `null` when the frame has none.
+    pub payload: Box<RawValue>,
 }
 
 /// Why a text frame is not a Phoenix message.
@@ -58,7 +60,7 @@ struct V1Frame {
     topic: Option<String>,
     event: Option<String>,
     #[serde(default)]
-    payload: Value,
+    payload: Option<Box<RawValue>>,
     #[serde(rename = "ref", default)]
     msg_ref: Option<Box<RawValue>>,
     #[serde(default)]
@@ -72,7 +74,7 @@ struct V2Frame(
     Option<Box<RawValue>>,
     Option<String>,
     Option<String>,
-    Value,
+    Option<Box<RawValue>>,
 );
 
 /// The reason a client reads in the close frame (at most 123 bytes with the
@@ -88,6 +90,11 @@ fn json_error(e: serde_json::Error) -> FrameError {
 
 fn non_null(raw: Option<Box<RawValue>>) -> Option<Box<RawValue>> {
     raw.filter(|r| r.get() != "null")
+}
+
+/// JSON `null`, for a frame without a payload.
+fn null() -> Box<RawValue> {
+    RawValue::from_string("null".into()).expect("null is JSON")
 }
 
 impl Inbound {
@@ -122,7 +129,7 @@ impl Inbound {
             msg_ref: non_null(msg_ref),
             topic,
             event,
-            payload,
+            payload: payload.unwrap_or_else(null),
         })
     }
 }
@@ -173,8 +180,12 @@ impl Inbound {
         if header[6] != JSON_ENCODING {
             return Err(bad("only JSON payloads are supported (encoding 1)"));
         }
-        let user_payload: Value = serde_json::from_slice(rest)
-            .map_err(|e| bad(&format!("the payload is not JSON: {e}")))?;
+        let user_payload = std::str::from_utf8(rest)
+            .map_err(|_| bad("the payload is not UTF-8"))
+            .and_then(|text| {
+                serde_json::from_str::<&RawValue>(text)
+                    .map_err(|e| bad(&format!("the payload is not JSON: {e}")))
+            })?;
         let raw = |s: String| -> Option<Box<RawValue>> {
             (!s.is_empty()).then(|| {
                 RawValue::from_string(serde_json::to_string(&s).expect("a string serializes"))
@@ -189,9 +200,21 @@ impl Inbound {
             msg_ref: raw(msg_ref),
             topic,
             event: "broadcast".into(),
-            payload: serde_json::json!({"type": "broadcast", "event": event, "payload": user_payload}),
+            payload: broadcast_payload(&event, user_payload),
         })
     }
+}
+
+/// `{"type":"broadcast","event":E,"payload":P}`, the payload of the JSON
+/// form of a user broadcast push, with P as sent.
+fn broadcast_payload(event: &str, payload: &RawValue) -> Box<RawValue> {
+    let mut out = String::with_capacity(payload.get().len() + event.len() + 48);
+    out.push_str("{\"type\":\"broadcast\",\"event\":");
+    push_json_str(&mut out, event);
+    out.push_str(",\"payload\":");
+    out.push_str(payload.get());
+    out.push('}');
+    RawValue::from_string(out).expect("a map of JSON values is JSON")
 }
 
 /// Encodes one outgoing message. `payload` is JSON text; refs are raw JSON
@@ -308,8 +331,8 @@ mod tests {
         assert_eq!(m.topic, "room");
         assert_eq!(m.event, "broadcast");
         assert_eq!(
-            m.payload,
-            serde_json::json!({"type": "broadcast", "event": "ping", "payload": {"n": 1}})
+            m.payload.get(),
+            r#"{"type":"broadcast","event":"ping","payload":{"n":1}}"#
         );
         assert!(Inbound::decode_binary(Vsn::V1, &b).is_err());
         assert!(Inbound::decode_binary(Vsn::V2, &b[..9]).is_err());
@@ -338,6 +361,7 @@ mod tests {
 mod properties {
     use super::*;
     use proptest::prelude::*;
+    use serde_json::Value;
 
     /// JSON values without floats (whose text form need not round-trip).
     fn json() -> impl Strategy<Value = Value> {
@@ -436,7 +460,8 @@ mod properties {
                 })?;
                 prop_assert_eq!(&m.topic, &topic);
                 prop_assert_eq!(&m.event, &event);
-                prop_assert_eq!(&m.payload, &payload);
+                let got: Value = serde_json::from_str(m.payload.get()).expect("JSON");
+                prop_assert_eq!(&got, &payload);
                 prop_assert_eq!(m.msg_ref.as_ref().map(|r| r.get()), reff.as_ref().map(|r| r.get()));
                 // v1 frames carry no join_ref when the server sends them.
                 let want_join = if vsn == Vsn::V2 { join.as_ref().map(|r| r.get()) } else { None };
@@ -483,8 +508,9 @@ mod properties {
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
             prop_assert_eq!(&m.topic, &topic);
             prop_assert_eq!(m.event.as_str(), "broadcast");
+            let got: Value = serde_json::from_str(m.payload.get()).expect("JSON");
             prop_assert_eq!(
-                m.payload,
+                got,
                 serde_json::json!({"type": "broadcast", "event": event, "payload": payload})
             );
             let refs = |r: &Option<Box<RawValue>>| r.as_ref().map(|r| r.get().to_string());

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::change::{self, Cell, Change, ChangeKind, ColumnInfo, Row, TableInfo};
 use crate::config::{Config, DbSsl, SlotConfig};
 use crate::hub::Hub;
-use crate::metrics::{Metrics, SlotRecreation, METRICS};
+use crate::metrics::{SlotRecreation, METRICS};
 use crate::replication::catalog::{TypeCatalog, TypeRow};
 use crate::replication::pgoutput::{
     self, Message, OldTuple, OldTupleKind, Relation, Tuple, TupleValue,
@@ -164,13 +164,13 @@ pub async fn run(
     let mut carry = Carry::default();
     loop {
         let started = Instant::now();
-        Metrics::inc(&METRICS.replication_sessions);
+        METRICS.replication_sessions.inc();
         let result = session(&config, &hub, &status, &control, &mut carry).await;
         status.set_live(false);
         if control.stop.is_cancelled() {
             break;
         }
-        Metrics::inc(&METRICS.replication_failures);
+        METRICS.replication_failures.inc();
         match result {
             Ok(()) => tracing::warn!("replication stream ended; reconnecting"),
             Err(e) => {
@@ -446,7 +446,7 @@ async fn session(
             } => {
                 decoder.begin(commit_time_micros);
                 tx = (final_lsn, 0, carry.delivered.already(final_lsn));
-                Metrics::inc(&METRICS.transactions);
+                METRICS.transactions.inc();
             }
             ReplicationEvent::XLogData { data, wal_end, .. } => {
                 wal_end_seen = wal_end_seen.max(wal_end);
@@ -455,7 +455,7 @@ async fn session(
                 decoder.message(pgoutput::decode(data)?, &mut catalog, |change| {
                     *seen += 1;
                     if *seen <= *skip {
-                        Metrics::inc(&METRICS.duplicate_changes_skipped);
+                        METRICS.duplicate_changes_skipped.inc();
                         return;
                     }
                     hub.dispatch(&change);
@@ -496,9 +496,7 @@ async fn session(
 /// `MAX_REPLICATION_LAG_MB`.
 fn check_lag(wal_end: Lsn, applied: Lsn, max: Option<u64>) -> Result<(), ReplicationError> {
     let lag = wal_end.as_u64().saturating_sub(applied.as_u64());
-    METRICS
-        .lag_bytes
-        .store(lag, std::sync::atomic::Ordering::Relaxed);
+    METRICS.lag_bytes.set(lag);
     match max {
         Some(max) if applied > Lsn::ZERO && lag > max => Err(ReplicationError::LagExceeded {
             lag_mb: lag / (1024 * 1024),

@@ -1,0 +1,150 @@
+//! The channels of a socket: what a joined channel is, which feature
+//! handles each client message, and how a channel ends.
+//!
+//! Owns the routing table ([`Session::handle`]) and the end of channels (a
+//! leave, a channel the server closes, every channel when the socket goes
+//! away). Each feature lives in its own file:
+//!
+//! | event | file |
+//! | --- | --- |
+//! | `phx_join` (1.x topics and 2.x config) | `join.rs` |
+//! | the `postgres_changes` bindings of a 2.x join | `postgres_changes.rs` |
+//! | `broadcast` | `broadcast.rs` |
+//! | `presence` (track, untrack) | `presence.rs` |
+//! | `access_token`, and the token of a join | `access_token.rs` |
+//! | `phx_leave`, `heartbeat`, anything else | here |
+//!
+//! Must not read the socket or parse frames (`session`, `frame`), nor keep
+//! subscriptions itself: the hub does.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use serde_json::value::RawValue;
+
+use crate::hub::LegacyTopic;
+use crate::metrics::ChannelGauge;
+use crate::phoenix::frame::Inbound;
+use crate::phoenix::session::Session;
+
+mod access_token;
+mod broadcast;
+mod join;
+mod postgres_changes;
+mod presence;
+
+/// What a joined channel subscribes to.
+pub(in crate::phoenix) enum ChannelKind {
+    /// realtime-js 1.x: the topic selects the rows.
+    Legacy(LegacyTopic),
+    /// realtime-js 2.x: `config` with postgres_changes, broadcast, presence.
+    V2 {
+        topic: Arc<str>,
+        /// Broadcasts get a `phx_reply` ok.
+        ack: bool,
+        presence_key: String,
+    },
+}
+
+/// A joined channel.
+pub(in crate::phoenix) struct Channel {
+    join_ref: Option<Box<RawValue>>,
+    kind: ChannelKind,
+    /// When the token the channel was joined (or last refreshed) with
+    /// expires, in seconds since the Unix epoch: then it is closed.
+    pub(in crate::phoenix) expires_at: Option<u64>,
+    /// Counts the channel at `/metrics` while it is joined.
+    _open: ChannelGauge,
+}
+
+impl Channel {
+    fn new(join_ref: Option<Box<RawValue>>, kind: ChannelKind, expires_at: Option<u64>) -> Self {
+        Channel {
+            join_ref,
+            kind,
+            expires_at,
+            _open: ChannelGauge::open(),
+        }
+    }
+}
+
+impl Session {
+    /// Routes one client message to the feature that handles it. Returns
+    /// the part that must wait, if any: only a 2.x join with bindings,
+    /// which looks them up in the catalog.
+    pub(in crate::phoenix) fn handle(&mut self, m: Inbound) -> Option<BoxFuture<'_, ()>> {
+        match (m.topic.as_str(), m.event.as_str()) {
+            ("phoenix", "heartbeat") => self.reply(&m, None, true, "{}"),
+            (_, "phx_join") => return self.join(m),
+            (_, "phx_leave") => self.leave(m),
+            (topic, "broadcast") if self.is_v2(topic) => self.broadcast(m),
+            (topic, "presence") if self.is_v2(topic) => self.presence(m),
+            (topic, "access_token") if self.channels.contains_key(topic) => self.refresh_token(m),
+            (topic, event) => {
+                let reason = if self.channels.contains_key(topic) {
+                    format!("unknown event {event:?} on topic {topic:?}")
+                } else {
+                    "unmatched topic".to_string()
+                };
+                self.reply_error(&m, &reason);
+            }
+        }
+        None
+    }
+
+    fn is_v2(&self, topic: &str) -> bool {
+        matches!(
+            self.channels.get(topic).map(|c| &c.kind),
+            Some(ChannelKind::V2 { .. })
+        )
+    }
+
+    /// `phx_leave`: an ok reply, then `phx_close`.
+    fn leave(&mut self, m: Inbound) {
+        let Some(channel) = self.channels.remove(&m.topic) else {
+            return self.reply_error(&m, "unmatched topic");
+        };
+        self.unsubscribe(&channel);
+        let join_ref = channel.join_ref.as_deref();
+        self.reply(&m, join_ref, true, "{}");
+        self.push_close(join_ref, &m.topic);
+    }
+
+    /// Ends a joined channel's subscriptions.
+    fn unsubscribe(&self, channel: &Channel) {
+        match &channel.kind {
+            ChannelKind::Legacy(t) => self.hub.unsubscribe_legacy(self.id, t),
+            ChannelKind::V2 { topic, .. } => self.hub.leave_channel(self.id, topic),
+        }
+    }
+
+    /// Ends a channel the server refuses to keep (its token expired or was
+    /// refused): a `system` error naming the reason, then `phx_close`.
+    pub(in crate::phoenix) fn close_channel(
+        &mut self,
+        topic: &str,
+        channel: Channel,
+        reason: &str,
+    ) {
+        self.unsubscribe(&channel);
+        let join_ref = channel.join_ref.as_deref();
+        let short = topic.strip_prefix("realtime:").unwrap_or(topic);
+        let system = serde_json::json!({"extension": "system", "status": "error",
+            "message": reason, "channel": short});
+        self.push(join_ref, topic, "system", &system.to_string());
+        self.push_close(join_ref, topic);
+    }
+
+    /// The socket went away: ends every channel (telling the other members
+    /// of a 2.x channel that its presence left) and unregisters the socket.
+    pub(in crate::phoenix) fn leave_all(mut self) {
+        let mut legacy = Vec::new();
+        for (_, channel) in self.channels.drain() {
+            match channel.kind {
+                ChannelKind::Legacy(t) => legacy.push(t),
+                ChannelKind::V2 { topic, .. } => self.hub.leave_channel(self.id, &topic),
+            }
+        }
+        self.hub.unregister(self.id, legacy);
+    }
+}

@@ -1,0 +1,146 @@
+//! The `postgres_changes` bindings of a 2.x join.
+//!
+//! Owns turning each requested binding into a hub [`Binding`]: its event,
+//! the published table(s) it names (looked up in the catalog: the one step
+//! of handling a message that waits), its filter checked against the
+//! table's columns. Also the join reply's echo of the bindings with their
+//! ids, and the `system` push that says whether they all stand; one refused
+//! binding means none is subscribed. Must not answer the join or keep the
+//! channel (`join`), nor match changes (the hub does).
+
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use crate::change::ChangeKind;
+use crate::filter::Filter;
+use crate::hub::Binding;
+use crate::phoenix::payloads::BindingRequest;
+use crate::phoenix::session::Session;
+
+/// A join's bindings after the catalog was asked about each.
+#[derive(Debug, Default)]
+pub(super) struct Resolved {
+    /// Each request as sent, with its id: the join reply's
+    /// `postgres_changes`.
+    echo: Vec<Value>,
+    bindings: Vec<Binding>,
+    /// Why the first refused binding was refused.
+    error: Option<String>,
+}
+
+impl Resolved {
+    /// The join reply's response: `{"postgres_changes": [...]}`.
+    pub(super) fn reply(&self) -> String {
+        serde_json::json!({ "postgres_changes": self.echo }).to_string()
+    }
+}
+
+impl Session {
+    /// Resolves every requested binding before the join is answered; ids
+    /// count from 1 in the order requested.
+    pub(super) async fn resolve_bindings(
+        &self,
+        requests: &[BindingRequest],
+        topic: &Arc<str>,
+    ) -> Resolved {
+        let mut out = Resolved::default();
+        for (i, req) in requests.iter().enumerate() {
+            let id = i as u32 + 1;
+            let mut echo = req.echo.clone();
+            echo.insert("id".into(), Value::from(id));
+            out.echo.push(Value::Object(echo));
+            match self.binding(req, id, topic).await {
+                Ok(b) => out.bindings.push(b),
+                Err(reason) => {
+                    out.error.get_or_insert(reason);
+                }
+            }
+        }
+        out
+    }
+
+    /// Subscribes the bindings, unless one was refused; returns why.
+    pub(super) fn subscribe_bindings(&self, resolved: Resolved) -> Option<String> {
+        if resolved.error.is_none() {
+            self.hub.add_bindings(resolved.bindings);
+        }
+        resolved.error
+    }
+
+    /// The `system` push after the join reply: "Subscribed to PostgreSQL",
+    /// or the reason a binding was refused.
+    pub(super) fn push_bindings_status(
+        &self,
+        join_ref: Option<&RawValue>,
+        topic: &str,
+        error: Option<String>,
+    ) {
+        let channel = topic.strip_prefix("realtime:").unwrap_or(topic);
+        let system = match &error {
+            None => serde_json::json!({"extension": "postgres_changes", "status": "ok",
+                "message": "Subscribed to PostgreSQL", "channel": channel}),
+            Some(reason) => {
+                tracing::info!(socket = self.id, %topic, %reason, "refused postgres_changes bindings");
+                serde_json::json!({"extension": "postgres_changes", "status": "error",
+                    "message": reason, "channel": channel})
+            }
+        };
+        self.push(join_ref, topic, "system", &system.to_string());
+    }
+
+    /// One binding, checked against the published tables.
+    async fn binding(
+        &self,
+        req: &BindingRequest,
+        id: u32,
+        topic: &Arc<str>,
+    ) -> Result<Binding, String> {
+        let event = match req.event.as_deref().map(str::to_ascii_uppercase).as_deref() {
+            Some("*") => None,
+            Some("INSERT") => Some(ChangeKind::Insert),
+            Some("UPDATE") => Some(ChangeKind::Update),
+            Some("DELETE") => Some(ChangeKind::Delete),
+            other => {
+                return Err(format!(
+                    "invalid event {:?}: use INSERT, UPDATE, DELETE or *",
+                    other.unwrap_or("")
+                ))
+            }
+        };
+        let schema = req.schema.clone().unwrap_or_else(|| "public".to_string());
+        let table = req.table.clone().filter(|t| !t.is_empty() && t != "*");
+        let tables = self.published.lookup(&schema, table.as_deref()).await?;
+        let Some(first) = tables.first() else {
+            return Err(match &table {
+                Some(t) => format!(
+                    "{schema}.{t} is not in any publication this server streams: add it, e.g. \
+                     ALTER PUBLICATION <name> ADD TABLE {schema}.{t}"
+                ),
+                None => format!(
+                    "schema {schema:?} has no table in the publications this server streams"
+                ),
+            });
+        };
+        let filter = match req.filter.as_deref().filter(|f| !f.is_empty()) {
+            None => None,
+            Some(text) => {
+                if table.is_none() {
+                    return Err(format!("filter {text:?} needs a table"));
+                }
+                Some(Filter::parse(text, |c| first.column(c)).map_err(|e| e.0)?)
+            }
+        };
+        Ok(Binding {
+            socket: self.id,
+            topic: topic.clone(),
+            vsn: self.vsn,
+            id,
+            schema,
+            table,
+            event,
+            filter,
+        })
+    }
+}
