@@ -12,7 +12,8 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::Api;
-use realtime_tests::operator::{resolve_env, wait_for, OperatorEnv, NS};
+use realtime_tests::kubelet::{self, Secrets};
+use realtime_tests::operator::{wait_for, OperatorEnv, NS};
 use realtime_tests::server::{free_port, ServerProcess};
 use realtime_tests::ws::PhxClient;
 use serde_json::json;
@@ -49,14 +50,17 @@ async fn a_change_committed_in_postgres_reaches_a_websocket_client_through_the_o
     .await;
     let template = sts.spec.unwrap().template;
     let pod_spec = template.spec.clone().unwrap();
-    let secrets = BTreeMap::from([(
+    let secrets = Secrets::from([(
         "db".to_string(),
         BTreeMap::from([("password".to_string(), "unused-with-trust-auth".to_string())]),
     )]);
-    let mut vars = resolve_env(
+    let mut vars = kubelet::resolve_env(
         pod_spec.containers[0].env.as_ref().unwrap(),
-        &secrets,
-        "chat-0",
+        kubelet::Pod {
+            name: "chat-0",
+            namespace: NS,
+            secrets: &secrets,
+        },
     );
     assert_eq!(vars["SLOT_NAME"], "rts_default_chat_{ordinal}");
     // Only where it listens differs from the pod: a free loopback port.
