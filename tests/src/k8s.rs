@@ -558,12 +558,20 @@ struct Started {
 }
 
 impl Started {
-    /// The first process that has exited, with its status.
-    fn exited(&mut self) -> Option<(&'static str, ExitStatus)> {
-        if let Some(status) = self.apiserver.as_mut().and_then(LoggedProcess::exited) {
-            return Some(("kube-apiserver", status));
+    /// An error naming the first process that has exited: startup failed.
+    fn alive(&mut self, logs: &impl Fn() -> String) -> Result<(), K8sError> {
+        let exited = match self.apiserver.as_mut().and_then(LoggedProcess::exited) {
+            Some(status) => Some(("kube-apiserver", status)),
+            None => self.etcd.exited().map(|status| ("etcd", status)),
+        };
+        match exited {
+            Some((process, status)) => Err(K8sError::Exited {
+                process,
+                status,
+                logs: logs(),
+            }),
+            None => Ok(()),
         }
-        self.etcd.exited().map(|status| ("etcd", status))
     }
 }
 
@@ -645,13 +653,7 @@ async fn wait_for_etcd(
 ) -> Result<(), K8sError> {
     let started = Instant::now();
     loop {
-        if let Some((process, status)) = procs.exited() {
-            return Err(K8sError::Exited {
-                process,
-                status,
-                logs: logs(),
-            });
-        }
+        procs.alive(logs)?;
         let text = fs::read_to_string(log).unwrap_or_default();
         if text.contains("serving client traffic insecurely") {
             return Ok(());
@@ -681,13 +683,7 @@ async fn wait_for_readyz(
     let started = Instant::now();
     let mut poll_timeout = Duration::from_secs(1);
     loop {
-        if let Some((process, status)) = procs.exited() {
-            return Err(K8sError::Exited {
-                process,
-                status,
-                logs: logs(),
-            });
-        }
+        procs.alive(logs)?;
         // kube-apiserver opens its port seconds before it serves: a request
         // sent then waits in the backlog. A short per-poll timeout (growing
         // slowly, for a loaded machine) keeps that from delaying readiness.

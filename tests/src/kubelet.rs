@@ -1,14 +1,17 @@
 //! The kubelet's part, which the tests play (the API server runs no pods):
 //! turning a container's `env` from a pod template into the variables the
-//! program is started with.
+//! program is started with, and reporting a pod of a template ready.
 //!
 //! Owns: plain values, `secretKeyRef` (from the Secrets the test holds) and
 //! `fieldRef` to the pod's name and namespace. Any other source is a test
 //! that needs more of the kubelet than this: it panics, naming the variable.
+//! Starting the program is the test's business ([`crate::server`]).
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::EnvVar;
+use k8s_openapi::api::core::v1::{EnvVar, Pod as PodObject, PodTemplateSpec};
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::Api;
 
 /// Secrets by name, then key, with their values: what `secretKeyRef` reads.
 pub type Secrets = BTreeMap<String, BTreeMap<String, String>>;
@@ -30,6 +33,34 @@ pub fn resolve_env(env: &[EnvVar], pod: Pod<'_>) -> BTreeMap<String, String> {
     env.iter()
         .map(|e| (e.name.clone(), value(e, pod)))
         .collect()
+}
+
+/// Creates pod `name` of `template` (its labels and spec) in `pods`'
+/// namespace and reports it Running and Ready, as the kubelet does once the
+/// readiness probe passes.
+pub async fn report_ready(pods: &Api<PodObject>, name: &str, template: &PodTemplateSpec) {
+    let pod = PodObject {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: template.metadata.as_ref().and_then(|m| m.labels.clone()),
+            ..Default::default()
+        },
+        spec: template.spec.clone(),
+        ..Default::default()
+    };
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .unwrap_or_else(|e| panic!("create the pod {name}: {e}"));
+    pods.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"status": {
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": "True"}],
+        }})),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("report the pod {name} ready: {e}"));
 }
 
 fn value(e: &EnvVar, pod: Pod<'_>) -> String {
@@ -82,6 +113,17 @@ mod tests {
         }
     }
 
+    fn secret(name: &str, key: &str) -> Option<EnvVarSource> {
+        Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: name.into(),
+                key: key.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
     #[test]
     fn values_secrets_and_pod_fields_resolve() {
         let secrets = Secrets::from([(
@@ -98,18 +140,7 @@ mod tests {
         let env = [
             var("PLAIN", Some("v"), None),
             var("EMPTY", None, None),
-            var(
-                "DB_PASSWORD",
-                None,
-                Some(EnvVarSource {
-                    secret_key_ref: Some(SecretKeySelector {
-                        name: "db".into(),
-                        key: "password".into(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-            ),
+            var("DB_PASSWORD", None, secret("db", "password")),
             var("POD", None, Some(field("metadata.name"))),
             var("NS", None, Some(field("metadata.namespace"))),
         ];
@@ -133,18 +164,7 @@ mod tests {
     #[test]
     #[should_panic(expected = "DB_PASSWORD: no key \"password\" in Secret apps/db")]
     fn a_missing_secret_names_the_variable() {
-        let env = [var(
-            "DB_PASSWORD",
-            None,
-            Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: "db".into(),
-                    key: "password".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-        )];
+        let env = [var("DB_PASSWORD", None, secret("db", "password"))];
         resolve_env(
             &env,
             Pod {

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::{conditions, wait::await_condition};
 use kube::{Api, Client};
 use realtime_harness::process::command_with_env;
@@ -623,29 +622,7 @@ impl Installed {
         let template = sts.spec.unwrap().template;
         let pods: Api<Pod> = Api::namespaced(self.admin.clone(), ns);
         for i in 0..replicas {
-            let pod_name = format!("{name}-{i}");
-            let pod = Pod {
-                metadata: ObjectMeta {
-                    name: Some(pod_name.clone()),
-                    labels: template.metadata.as_ref().unwrap().labels.clone(),
-                    ..Default::default()
-                },
-                spec: template.spec.clone(),
-                ..Default::default()
-            };
-            pods.create(&PostParams::default(), &pod)
-                .await
-                .expect("create the pod");
-            pods.patch_status(
-                &pod_name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": {
-                    "phase": "Running",
-                    "conditions": [{"type": "Ready", "status": "True"}],
-                }})),
-            )
-            .await
-            .expect("report the pod ready");
+            kubelet::report_ready(&pods, &format!("{name}-{i}"), &template).await;
         }
     }
 

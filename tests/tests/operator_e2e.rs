@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::Api;
 use realtime_tests::kubelet::{self, Secrets};
 use realtime_tests::operator::{wait_for, OperatorEnv, NS};
@@ -73,28 +72,7 @@ async fn a_change_committed_in_postgres_reaches_a_websocket_client_through_the_o
 
     // The pod object, reported ready as the kubelet would once /readyz answers.
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), NS);
-    let pod = Pod {
-        metadata: ObjectMeta {
-            name: Some("chat-0".into()),
-            labels: template.metadata.as_ref().unwrap().labels.clone(),
-            ..Default::default()
-        },
-        spec: Some(pod_spec),
-        ..Default::default()
-    };
-    pods.create(&PostParams::default(), &pod)
-        .await
-        .expect("create the pod");
-    pods.patch_status(
-        "chat-0",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": {
-            "phase": "Running",
-            "conditions": [{"type": "Ready", "status": "True"}],
-        }})),
-    )
-    .await
-    .expect("report the pod ready");
+    kubelet::report_ready(&pods, "chat-0", &template).await;
 
     let c = env
         .wait_condition("chat", "Available", "True", "AllReplicasReady")
