@@ -476,18 +476,7 @@ impl Drop for TempPostgres {
         if self.port != 0 {
             // Immediate: the data is thrown away anyway. Errors are ignored
             // (the server may already be stopped by a test).
-            let data = self.data_dir();
-            let _ = self.run_pg(
-                "pg_ctl",
-                &[
-                    "-D".as_ref(),
-                    data.as_os_str(),
-                    "-m".as_ref(),
-                    "immediate".as_ref(),
-                    "-w".as_ref(),
-                    "stop".as_ref(),
-                ],
-            );
+            let _ = self.stop("immediate");
         }
         if let Some(dir) = self.dir.take() {
             let _ = dir.close();
