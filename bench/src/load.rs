@@ -130,15 +130,7 @@ impl Reference {
             &[&slot],
         )
         .await?;
-        let mut child = tokio::process::Command::new(crate::stack::pg_tool(pg, "pg_recvlogical"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &pg.port().to_string(),
-                "-U",
-                "postgres",
-            ])
+        let mut child = tokio::process::Command::from(pg.client_command("pg_recvlogical"))
             .args([
                 "-d",
                 "postgres",

@@ -1,78 +1,50 @@
-//! The parts a scenario runs against: a throwaway PostgreSQL
-//! ([`TempPostgres`]) and the release `realtime-server` as a child process.
+//! The parts a scenario runs against, from `realtime-harness`: a throwaway
+//! PostgreSQL ([`TempPostgres::with_schema`]) and the release
+//! `realtime-server` as a child process ([`ServerProcess`]).
 //!
-//! Owns finding (or building) the server binary, starting it with an
-//! environment, waiting until it serves, and gating its replication
-//! connection in `pg_hba.conf` so that a scenario can connect its
+//! Owns what the benchmarks add to them: building the server binary before
+//! any timing, the server's environment for a benchmark, and gating its
+//! replication connection in `pg_hba.conf` so that a scenario can connect its
 //! subscribers before the stream starts.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
-pub use realtime_server::dev::postgres::TempPostgres;
-use realtime_server::dev::probe::http_get;
+use realtime_harness::server::SERVER_BIN_ENV;
+pub use realtime_harness::{ServerProcess, TempPostgres};
+
+/// How long the server may take to serve once started.
+const SERVER_START: Duration = Duration::from_secs(30);
 
 /// The server binary: `REALTIME_SERVER_BIN`, else the `realtime-server`
 /// beside this executable. Under `cargo run` it is (re)built first with the
 /// same profile, so one command always measures the current code.
 pub fn server_bin() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("REALTIME_SERVER_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe().context("locating this executable")?;
-    let dir = exe.parent().context("executable directory")?;
-    let bin = dir.join("realtime-server");
-    if let Some(cargo) = std::env::var_os("CARGO") {
-        let release = dir.file_name().is_some_and(|n| n == "release");
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "realtime-server"]);
-        if release {
-            cmd.arg("--release");
-        }
-        println!("building the server: {cmd:?}");
-        let status = cmd.status().context("running cargo build")?;
-        if !status.success() {
-            bail!("cargo build -p realtime-server failed");
-        }
-    }
-    if !bin.exists() {
-        bail!(
-            "{} does not exist: run `cargo build --release -p realtime-server`, or run the \
-             benchmark with `cargo run --release -p realtime-bench -- ...`, or set REALTIME_SERVER_BIN",
-            bin.display()
-        );
-    }
-    Ok(bin)
-}
-
-/// A PostgreSQL client program (`pg_recvlogical`, `pgbench`): beside the
-/// cluster's `initdb`, else in `pg_config --bindir`, else on PATH.
-pub fn pg_tool(pg: &TempPostgres, name: &str) -> PathBuf {
-    let beside = pg.bindir().join(name);
-    if beside.is_file() {
-        return beside;
-    }
-    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
-        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        if dir.join(name).is_file() {
-            return dir.join(name);
+    if std::env::var_os(SERVER_BIN_ENV).is_none() {
+        if let Some(cargo) = std::env::var_os("CARGO") {
+            let exe = std::env::current_exe().context("locating this executable")?;
+            let release = exe
+                .parent()
+                .and_then(|dir| dir.file_name())
+                .is_some_and(|n| n == "release");
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "-p", "realtime-server"]);
+            if release {
+                cmd.arg("--release");
+            }
+            println!("building the server: {cmd:?}");
+            let status = cmd.status().context("running cargo build")?;
+            if !status.success() {
+                bail!("cargo build -p realtime-server failed");
+            }
         }
     }
-    PathBuf::from(name)
-}
-
-/// Starts a throwaway PostgreSQL and runs `sql` on it.
-pub async fn postgres(sql: &str) -> anyhow::Result<(TempPostgres, tokio_postgres::Client)> {
-    let pg = tokio::task::spawn_blocking(TempPostgres::start)
-        .await?
-        .context("starting a throwaway PostgreSQL")?;
-    let db = pg.connect().await.context("connecting to PostgreSQL")?;
-    db.batch_execute(sql).await.context("creating the schema")?;
-    Ok((pg, db))
+    realtime_harness::server::server_bin().context(
+        "no server binary; or run the benchmark with `cargo run --release -p realtime-bench -- ...`",
+    )
 }
 
 /// Refuses (`closed`) or allows replication connections from loopback, and
@@ -102,103 +74,32 @@ pub async fn gate_replication(
     Ok(())
 }
 
-/// A running server process, killed on drop.
-pub struct Server {
-    child: Option<Child>,
-    pub port: u16,
-    log: tempfile::NamedTempFile,
+/// The environment for a server on `pg` serving `publication`, channels
+/// not secured, logging only warnings.
+pub fn server_env(pg: &TempPostgres, publication: &str) -> BTreeMap<String, String> {
+    let mut env = pg
+        .server_env(&[publication])
+        .expect("a free port on 127.0.0.1");
+    env.insert("RUST_LOG".into(), "warn".into());
+    // A durable slot's first session otherwise waits RESUME_DELAY_MS
+    // (5 s) for clients to rejoin before it streams: a pause for
+    // restarts, which would be timed here as ingest.
+    env.insert("RESUME_DELAY_MS".into(), "0".into());
+    env
 }
 
-impl Server {
-    /// The environment for a server on `pg` serving `publication`, channels
-    /// not secured, logging only warnings.
-    pub fn env(pg: &TempPostgres, publication: &str) -> BTreeMap<String, String> {
-        let mut env = pg
-            .server_env(&[publication])
-            .expect("a free port on 127.0.0.1");
-        env.insert("RUST_LOG".into(), "warn".into());
-        // A durable slot's first session otherwise waits RESUME_DELAY_MS
-        // (5 s) for clients to rejoin before it streams: a pause for
-        // restarts, which would be timed here as ingest.
-        env.insert("RESUME_DELAY_MS".into(), "0".into());
-        env
-    }
-
-    pub fn spawn(env: BTreeMap<String, String>) -> anyhow::Result<Server> {
-        let port: u16 = env["PORT"].parse()?;
-        let log = tempfile::NamedTempFile::new()?;
-        let child = Command::new(server_bin()?)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .envs(&env)
-            .stdin(Stdio::null())
-            .stdout(log.reopen()?)
-            .stderr(log.reopen()?)
-            .spawn()
-            .context("starting realtime-server")?;
-        Ok(Server {
-            child: Some(child),
-            port,
-            log,
-        })
-    }
-
-    /// Starts the server and waits until the replication stream is live.
-    pub async fn start(env: BTreeMap<String, String>) -> anyhow::Result<Server> {
-        let s = Self::spawn(env)?;
-        s.wait_for("/readyz", Duration::from_secs(30)).await?;
-        Ok(s)
-    }
-
-    /// Waits until `path` answers 200.
-    pub async fn wait_for(&self, path: &str, timeout: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let port = self.port;
-            let p = path.to_string();
-            let got =
-                tokio::task::spawn_blocking(move || http_get(port, &p).map(|(status, _)| status))
-                    .await?;
-            if got == Some(200) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "realtime-server: {path} not 200 after {timeout:?}; its log:\n{}",
-                    self.log()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    pub fn log(&self) -> String {
-        let mut s = String::new();
-        let _ = std::fs::File::open(self.log.path()).and_then(|mut f| f.read_to_string(&mut s));
-        s
-    }
-
-    /// Log lines at WARN or above (a slow-consumer close shows up here).
-    pub fn warnings(&self) -> Vec<String> {
-        self.log()
-            .lines()
-            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
-            .map(str::to_string)
-            .collect()
-    }
+/// Starts the server and waits until the replication stream is live.
+pub async fn start_server(env: BTreeMap<String, String>) -> anyhow::Result<ServerProcess> {
+    let mut server = ServerProcess::spawn(env)?;
+    wait_for(&mut server, "/readyz").await?;
+    Ok(server)
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+/// Waits until `path` answers 200 (blocking this worker only: the runtime
+/// is multi-threaded).
+pub async fn wait_for(server: &mut ServerProcess, path: &str) -> anyhow::Result<()> {
+    tokio::task::block_in_place(|| server.wait_for(path, SERVER_START))?;
+    Ok(())
 }
 
 /// Wall-clock microseconds since the epoch: the clock PostgreSQL's

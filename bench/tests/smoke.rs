@@ -3,34 +3,15 @@
 //! and prints its figures and ratios. No timing is asserted: numbers belong
 //! in BENCHMARKS.md, not in a test.
 
-use std::path::PathBuf;
 use std::process::Command;
-
-/// The server binary beside this test's `deps/` (`REALTIME_SERVER_BIN`
-/// overrides), as the end-to-end tests find it.
-fn server_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("REALTIME_SERVER_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("current test executable");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps");
-    let bin = dir.join("realtime-server");
-    assert!(
-        bin.exists(),
-        "{} does not exist: build it with `cargo build -p realtime-server` (cargo nextest run \
-         --workspace builds it)",
-        bin.display()
-    );
-    bin
-}
 
 fn smoke(scenario: &str) {
     let out = Command::new(env!("CARGO_BIN_EXE_realtime-bench"))
         .args([scenario, "--smoke"])
-        .env("REALTIME_SERVER_BIN", server_bin())
+        .env(
+            "REALTIME_SERVER_BIN",
+            realtime_harness::server::server_bin().unwrap_or_else(|e| panic!("{e}")),
+        )
         .env_remove("CARGO")
         .output()
         .expect("run realtime-bench");

@@ -1,6 +1,7 @@
 //! The `realtime-server` binary: configuration from the environment, logs
 //! with `tracing` (level from `RUST_LOG`, default `info`), serve until
-//! SIGTERM or SIGINT.
+//! SIGTERM or SIGINT. `realtime-server dev` runs the quick start, in builds
+//! with the default `dev` feature.
 
 use realtime_server::config::Config;
 use tracing_subscriber::EnvFilter;
@@ -16,7 +17,7 @@ async fn main() {
         .init();
 
     if std::env::args().nth(1).as_deref() == Some("dev") {
-        std::process::exit(realtime_server::dev::command::main().await);
+        std::process::exit(dev_command().await);
     }
     let config = match Config::from_env() {
         Ok(c) => c,
@@ -29,6 +30,23 @@ async fn main() {
         eprintln!("realtime-server: {e:#}");
         std::process::exit(1);
     }
+}
+
+#[cfg(feature = "dev")]
+async fn dev_command() -> i32 {
+    realtime_server::dev::command::main().await
+}
+
+/// A production build: say so, rather than reading `dev` as a misconfigured
+/// start.
+#[cfg(not(feature = "dev"))]
+async fn dev_command() -> i32 {
+    eprintln!(
+        "realtime-server: this build has no `dev` command (built without the `dev` feature, \
+         as the container image is). For the quick start, build with the default features: \
+         `cargo run -p realtime-server -- dev`."
+    );
+    2
 }
 
 async fn shutdown_signal() {

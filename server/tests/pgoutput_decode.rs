@@ -2,7 +2,7 @@
 //! read through `pg_logical_slot_get_binary_changes`, and checks every value.
 
 use bytes::Bytes;
-use realtime_server::dev::postgres::TempPostgres;
+use realtime_harness::TempPostgres;
 use realtime_server::replication::pgoutput::{
     decode, Message, OldTuple, OldTupleKind, Relation, ReplicaIdentity, Tuple, TupleValue,
     TRUNCATE_CASCADE, TRUNCATE_RESTART_IDENTITY,
@@ -32,24 +32,17 @@ async fn changes(client: &tokio_postgres::Client, sql: &str) -> Vec<Message> {
 
 #[tokio::test]
 async fn decodes_every_change_a_real_server_sends() {
-    let pg = tokio::task::spawn_blocking(TempPostgres::start)
-        .await
-        .expect("start task")
-        .expect("start PostgreSQL");
-    let client = pg.connect().await.expect("connect");
-
-    client
-        .batch_execute(
-            "CREATE TYPE mood AS ENUM ('happy', 'sad');
-             CREATE TABLE items (id int PRIMARY KEY, name varchar(64), big text);
-             ALTER TABLE items ALTER COLUMN big SET STORAGE EXTERNAL;
-             CREATE TABLE full_items (id int PRIMARY KEY, name text, feeling mood);
-             ALTER TABLE full_items REPLICA IDENTITY FULL;
-             CREATE PUBLICATION pub FOR TABLE items, full_items;
-             SELECT pg_replication_origin_create('node_a');",
-        )
-        .await
-        .expect("schema");
+    let (_pg, client) = TempPostgres::with_schema(
+        "CREATE TYPE mood AS ENUM ('happy', 'sad');
+         CREATE TABLE items (id int PRIMARY KEY, name varchar(64), big text);
+         ALTER TABLE items ALTER COLUMN big SET STORAGE EXTERNAL;
+         CREATE TABLE full_items (id int PRIMARY KEY, name text, feeling mood);
+         ALTER TABLE full_items REPLICA IDENTITY FULL;
+         CREATE PUBLICATION pub FOR TABLE items, full_items;
+         SELECT pg_replication_origin_create('node_a');",
+    )
+    .await
+    .expect("PostgreSQL with the schema");
     client
         .batch_execute("SELECT pg_create_logical_replication_slot('s', 'pgoutput')")
         .await

@@ -1,20 +1,19 @@
 //! Helpers for the tests of what ships: the Helm chart (rendered by the real
 //! `helm`, installed by `tests/k8s/install-helm.sh`), the sample resources, and
-//! the operator binary run as a child process with the environment the chart's
-//! Deployment gives it.
+//! the operator binary, which the tests run as a child process
+//! ([`crate::LoggedProcess`]) with the environment the chart's Deployment
+//! gives it ([`crate::kubelet`]).
 //!
-//! This module owns: finding `helm` and the chart, `helm template`, applying
-//! rendered YAML to the API server (server-side apply, as `kubectl apply
-//! --server-side` does), a ServiceAccount token from the TokenRequest API, and
-//! the operator process with its log.
+//! This module owns: finding `helm`, the chart and the operator binary, `helm
+//! template`, applying rendered YAML to the API server (server-side apply, as
+//! `kubectl apply --server-side` does), and a ServiceAccount token from the
+//! TokenRequest API.
 
-use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{EnvVar, ServiceAccount};
+use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::{pinned_kind, Scope};
@@ -197,85 +196,4 @@ pub async fn service_account_token(client: &Client, ns: &str, name: &str) -> Str
 /// `REALTIME_OPERATOR_BIN` overrides.
 pub fn operator_bin() -> PathBuf {
     crate::server::workspace_bin("realtime-operator", "REALTIME_OPERATOR_BIN")
-}
-
-/// Resolves a container's env as the kubelet would for pod `pod` in `ns`:
-/// plain values, and `fieldRef` to the pod's name and namespace.
-pub fn pod_env(env: &[EnvVar], pod: &str, ns: &str) -> BTreeMap<String, String> {
-    env.iter()
-        .map(|e| {
-            let value = match (&e.value, &e.value_from) {
-                (Some(v), _) => v.clone(),
-                (None, Some(from)) => {
-                    let f = from
-                        .field_ref
-                        .as_ref()
-                        .unwrap_or_else(|| panic!("{}: only fieldRef is expected", e.name));
-                    match f.field_path.as_str() {
-                        "metadata.name" => pod.to_string(),
-                        "metadata.namespace" => ns.to_string(),
-                        other => panic!("{}: unexpected fieldRef {other}", e.name),
-                    }
-                }
-                (None, None) => String::new(),
-            };
-            (e.name.clone(), value)
-        })
-        .collect()
-}
-
-/// A command run as a child process with its output in a log file; killed on
-/// drop (its log printed when the test is failing).
-pub struct LoggedProcess {
-    child: Option<Child>,
-    log: tempfile::NamedTempFile,
-    what: String,
-}
-
-impl LoggedProcess {
-    /// Spawns `cmd` with stdout and stderr going to the log.
-    pub fn spawn(mut cmd: Command, what: &str) -> LoggedProcess {
-        let log = tempfile::NamedTempFile::new().expect("log file");
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(log.reopen().expect("log"))
-            .stderr(log.reopen().expect("log"))
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-        LoggedProcess {
-            child: Some(child),
-            log,
-            what: what.into(),
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    /// Whether it has exited (and how).
-    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
-    }
-
-    /// The log so far.
-    pub fn log(&self) -> String {
-        let mut s = String::new();
-        let _ = std::fs::File::open(self.log.path()).and_then(|mut f| f.read_to_string(&mut s));
-        s
-    }
-}
-
-impl Drop for LoggedProcess {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("--- {} log ---\n{}", self.what, self.log());
-        }
-    }
 }

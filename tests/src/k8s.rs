@@ -23,13 +23,13 @@
 use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::config::{AuthInfo, KubeConfigOptions, Kubeconfig};
+use realtime_harness::{LoggedProcess, ProcessError};
 use tempfile::TempDir;
 
 /// Version of the kube-apiserver binary this harness expects.
@@ -72,6 +72,9 @@ pub enum K8sError {
         #[source]
         source: io::Error,
     },
+
+    #[error(transparent)]
+    Process(#[from] ProcessError),
 
     #[error("{step}: `{command}` failed with {status}: {stderr}")]
     Command {
@@ -226,10 +229,10 @@ pub struct Ports {
 /// A running etcd + kube-apiserver pair. Dropping it kills both and removes
 /// its temporary directory.
 pub struct KubeApiServer {
-    // Field order matters for drop: the processes are killed in `Drop::drop`,
-    // then the directory goes.
-    apiserver: Option<Child>,
-    etcd: Option<Child>,
+    // Field order matters for drop: fields drop in order, so the processes
+    // are killed (the API server first), then the directory goes.
+    apiserver: LoggedProcess,
+    etcd: LoggedProcess,
     pids: Pids,
     ports: Ports,
     admin_token: String,
@@ -315,7 +318,13 @@ impl KubeApiServer {
                 "creating the temp dir for etcd and kube-apiserver",
             ))?;
         let root = dir.path();
-        let ports = free_ports()?;
+        let [apiserver_port, etcd_client, etcd_peer] = realtime_harness::net::free_ports()
+            .map_err(K8sError::io("choosing ports for etcd and kube-apiserver"))?;
+        let ports = Ports {
+            apiserver: apiserver_port,
+            etcd_client,
+            etcd_peer,
+        };
 
         // Files the API server reads at start.
         let admin_token = random_token()?;
@@ -374,15 +383,15 @@ impl KubeApiServer {
             .arg("--log-level=info")
             .env_remove("ETCDCTL_API");
         let etcd = spawn_logged(etcd_cmd, "etcd", &etcd_log)?;
-        let mut guard = Guard {
-            etcd: Some(etcd),
+        let mut procs = Started {
+            etcd,
             apiserver: None,
         };
         let apiserver_log = root.join("kube-apiserver.log");
         let logs = || log_tails(&[("etcd", &etcd_log), ("kube-apiserver", &apiserver_log)]);
 
         wait_for_etcd(
-            &mut guard,
+            &mut procs,
             ports.etcd_client,
             &etcd_log,
             options.ready_timeout,
@@ -414,7 +423,7 @@ impl KubeApiServer {
             .arg("--disable-admission-plugins=ServiceAccount")
             .arg("--profiling=false")
             .args(&options.extra_args);
-        guard.apiserver = Some(spawn_logged(
+        procs.apiserver = Some(spawn_logged(
             apiserver_cmd,
             "kube-apiserver",
             &apiserver_log,
@@ -429,17 +438,18 @@ impl KubeApiServer {
             source,
         })?;
 
-        wait_for_readyz(&mut guard, &client, options.ready_timeout, &logs).await?;
+        wait_for_readyz(&mut procs, &client, options.ready_timeout, &logs).await?;
 
-        let (etcd, apiserver) = guard.take();
+        let Started { etcd, apiserver } = procs;
+        let apiserver = apiserver.expect("kube-apiserver was started");
         let pids = Pids {
-            etcd: etcd.id(),
-            apiserver: apiserver.id(),
+            etcd: etcd.pid(),
+            apiserver: apiserver.pid(),
         };
         tracing::info!(%server, elapsed = ?started.elapsed(), dir = %root.display(), "kube-apiserver ready");
         Ok(KubeApiServer {
-            apiserver: Some(apiserver),
-            etcd: Some(etcd),
+            apiserver,
+            etcd,
             pids,
             ports,
             admin_token,
@@ -527,18 +537,10 @@ impl KubeApiServer {
 
     /// The last lines of both logs, for test failure messages.
     pub fn log_tails(&self) -> String {
-        let root = self.dir.path();
         log_tails(&[
-            ("etcd", &root.join("etcd.log")),
-            ("kube-apiserver", &root.join("kube-apiserver.log")),
+            ("etcd", self.etcd.log_path()),
+            ("kube-apiserver", self.apiserver.log_path()),
         ])
-    }
-}
-
-impl Drop for KubeApiServer {
-    fn drop(&mut self) {
-        stop(&mut self.apiserver);
-        stop(&mut self.etcd);
     }
 }
 
@@ -548,50 +550,28 @@ struct Bins {
     openssl: PathBuf,
 }
 
-/// Kills what was started when startup fails half-way.
-struct Guard {
-    etcd: Option<Child>,
-    apiserver: Option<Child>,
+/// The processes started so far; dropping it (startup failed half-way)
+/// kills them.
+struct Started {
+    etcd: LoggedProcess,
+    apiserver: Option<LoggedProcess>,
 }
 
-impl Guard {
-    fn take(&mut self) -> (Child, Child) {
-        let etcd = self.etcd.take().expect("etcd was started");
-        let apiserver = self.apiserver.take().expect("kube-apiserver was started");
-        (etcd, apiserver)
-    }
-
-    /// The first process that has exited, with its status.
-    fn exited(&mut self) -> Result<Option<(&'static str, ExitStatus)>, K8sError> {
-        for (name, child) in [
-            ("kube-apiserver", &mut self.apiserver),
-            ("etcd", &mut self.etcd),
-        ] {
-            if let Some(child) = child {
-                if let Some(status) = child
-                    .try_wait()
-                    .map_err(K8sError::io(format!("checking whether {name} is running")))?
-                {
-                    return Ok(Some((name, status)));
-                }
-            }
+impl Started {
+    /// An error naming the first process that has exited: startup failed.
+    fn alive(&mut self, logs: &impl Fn() -> String) -> Result<(), K8sError> {
+        let exited = match self.apiserver.as_mut().and_then(LoggedProcess::exited) {
+            Some(status) => Some(("kube-apiserver", status)),
+            None => self.etcd.exited().map(|status| ("etcd", status)),
+        };
+        match exited {
+            Some((process, status)) => Err(K8sError::Exited {
+                process,
+                status,
+                logs: logs(),
+            }),
+            None => Ok(()),
         }
-        Ok(None)
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        stop(&mut self.apiserver);
-        stop(&mut self.etcd);
-    }
-}
-
-fn stop(child: &mut Option<Child>) {
-    if let Some(mut child) = child.take() {
-        // SIGKILL: nothing is kept, so a graceful shutdown only costs time.
-        let _ = child.kill();
-        let _ = child.wait();
     }
 }
 
@@ -611,25 +591,6 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
-}
-
-/// Three distinct free loopback ports. They are free now; a process may take
-/// one before the servers bind it, which start detects and retries.
-fn free_ports() -> Result<Ports, K8sError> {
-    let bind = || {
-        TcpListener::bind(("127.0.0.1", 0)).map_err(K8sError::io("binding a free loopback port"))
-    };
-    let (a, b, c) = (bind()?, bind()?, bind()?);
-    let port = |l: &TcpListener| {
-        l.local_addr()
-            .map(|a| a.port())
-            .map_err(K8sError::io("reading a bound port"))
-    };
-    Ok(Ports {
-        apiserver: port(&a)?,
-        etcd_client: port(&b)?,
-        etcd_peer: port(&c)?,
-    })
 }
 
 /// 32 hex characters from the OS random source.
@@ -675,23 +636,16 @@ fn run_openssl(
     }
 }
 
-/// Spawns with stdout and stderr appended to `log`.
-fn spawn_logged(mut cmd: Command, name: &str, log: &Path) -> Result<Child, K8sError> {
-    let file = File::create(log).map_err(K8sError::io(format!("creating {}", log.display())))?;
-    let err = file
-        .try_clone()
-        .map_err(K8sError::io(format!("opening {}", log.display())))?;
-    cmd.stdin(Stdio::null()).stdout(file).stderr(err);
-    cmd.spawn().map_err(K8sError::io(format!(
-        "starting {name} ({})",
-        Path::new(cmd.get_program()).display()
-    )))
+/// Spawns with stdout and stderr in `log`. Quiet when a test panics: the
+/// logs are long, and startup errors carry their tails.
+fn spawn_logged(cmd: Command, name: &str, log: &Path) -> Result<LoggedProcess, K8sError> {
+    Ok(LoggedProcess::spawn_logging_to(cmd, name, log)?.quiet_on_panic())
 }
 
 /// Waits until our etcd logs that it serves clients: that proves it bound
 /// the port (a health check alone could reach another test's etcd).
 async fn wait_for_etcd(
-    guard: &mut Guard,
+    procs: &mut Started,
     port: u16,
     log: &Path,
     timeout: Duration,
@@ -699,13 +653,7 @@ async fn wait_for_etcd(
 ) -> Result<(), K8sError> {
     let started = Instant::now();
     loop {
-        if let Some((process, status)) = guard.exited()? {
-            return Err(K8sError::Exited {
-                process,
-                status,
-                logs: logs(),
-            });
-        }
+        procs.alive(logs)?;
         let text = fs::read_to_string(log).unwrap_or_default();
         if text.contains("serving client traffic insecurely") {
             return Ok(());
@@ -727,7 +675,7 @@ async fn wait_for_etcd(
 /// Polls `/readyz` (and the system namespaces) with the admin token. Another test's server on the same
 /// port would reject our random token, so success means it is ours.
 async fn wait_for_readyz(
-    guard: &mut Guard,
+    procs: &mut Started,
     client: &kube::Client,
     timeout: Duration,
     logs: &impl Fn() -> String,
@@ -735,13 +683,7 @@ async fn wait_for_readyz(
     let started = Instant::now();
     let mut poll_timeout = Duration::from_secs(1);
     loop {
-        if let Some((process, status)) = guard.exited()? {
-            return Err(K8sError::Exited {
-                process,
-                status,
-                logs: logs(),
-            });
-        }
+        procs.alive(logs)?;
         // kube-apiserver opens its port seconds before it serves: a request
         // sent then waits in the backlog. A short per-poll timeout (growing
         // slowly, for a loaded machine) keeps that from delaying readiness.

@@ -1,12 +1,15 @@
-//! Test harnesses shared by the end-to-end tests: a throwaway PostgreSQL (the
-//! server crate's `dev` module, re-exported here), the real server binary as a
-//! child process, a Phoenix Channels WebSocket client, and a real Kubernetes
-//! API server (etcd + kube-apiserver on loopback).
+//! The end-to-end tests' own harnesses, on top of `realtime-harness` (a
+//! throwaway PostgreSQL, child processes, ports; re-exported here): the real
+//! server binary for a test ([`server`]), a Phoenix Channels WebSocket client
+//! ([`ws`]), a real Kubernetes API server ([`k8s`]), the operator in-process
+//! ([`operator`]), the chart and the operator binary ([`chart`]), and the
+//! kubelet's part: a pod's environment ([`kubelet`]).
 
 pub mod chart;
 pub mod k8s;
+pub mod kubelet;
 pub mod operator;
 pub mod server;
 pub mod ws;
 
-pub use realtime_server::dev::postgres::{PgError, TempPostgres};
+pub use realtime_harness::{LoggedProcess, PgError, TempPostgres};

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{EnvVar, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::ByteString;
@@ -81,14 +81,13 @@ pub struct OperatorEnv {
 
 impl OperatorEnv {
     pub async fn start() -> OperatorEnv {
-        let pg = tokio::task::spawn_blocking(TempPostgres::start)
+        // No schema: each test creates its tables.
+        let (pg, db) = TempPostgres::with_schema("")
             .await
-            .unwrap()
             .expect("start PostgreSQL");
         let k8s = KubeApiServer::start().await.expect("start the API server");
         let client = k8s.client();
         install_crd(&client).await;
-        let db = pg.connect().await.expect("connect to PostgreSQL");
         let env = OperatorEnv {
             k8s,
             pg,
@@ -283,35 +282,4 @@ impl Drop for OperatorEnv {
             task.abort();
         }
     }
-}
-
-/// Resolves an env list as the kubelet would: `value`, `secretKeyRef` from
-/// `secrets` (`name` -> key -> value), `fieldRef metadata.name` from `pod_name`.
-pub fn resolve_env(
-    env: &[EnvVar],
-    secrets: &BTreeMap<String, BTreeMap<String, String>>,
-    pod_name: &str,
-) -> BTreeMap<String, String> {
-    env.iter()
-        .map(|e| {
-            let value = if let Some(v) = &e.value {
-                v.clone()
-            } else {
-                let from = e.value_from.as_ref().expect("value or valueFrom");
-                if let Some(s) = &from.secret_key_ref {
-                    secrets
-                        .get(&s.name)
-                        .and_then(|m| m.get(&s.key))
-                        .unwrap_or_else(|| panic!("secret {}/{} for {}", s.name, s.key, e.name))
-                        .clone()
-                } else if let Some(f) = &from.field_ref {
-                    assert_eq!(f.field_path, "metadata.name", "{}", e.name);
-                    pod_name.to_string()
-                } else {
-                    panic!("unsupported valueFrom for {}", e.name)
-                }
-            };
-            (e.name.clone(), value)
-        })
-        .collect()
 }

@@ -1,59 +1,46 @@
-//! The real `realtime-server` binary as a child process, for end-to-end tests.
-//!
-//! Owns starting the binary with an environment (by default: a throwaway
-//! PostgreSQL's connection, a free port, channels not secured), waiting until
-//! `/readyz` says the replication stream is live, and killing it on drop. Its
-//! log goes to a file whose tail is shown when something fails.
+//! The real `realtime-server` binary for a test: `realtime-harness`'s
+//! [`realtime_harness::ServerProcess`], with what a test wants of it (the
+//! environment for a throwaway PostgreSQL, debug logs, a panic naming the
+//! cause and showing the log when it does not start), and the [`Stack`] most
+//! end-to-end tests start from.
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+pub use realtime_harness::net::http_get;
 
 use crate::TempPostgres;
 
-/// Where cargo put the server binary: beside the test executable's `deps/`.
-/// `REALTIME_SERVER_BIN` overrides.
+/// How long a server may take to stream once started.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a server may take to exit after a signal.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where cargo put the server binary (`REALTIME_SERVER_BIN` overrides).
 pub fn server_bin() -> PathBuf {
-    workspace_bin("realtime-server", "REALTIME_SERVER_BIN")
+    realtime_harness::server::server_bin().unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Where cargo put the workspace binary `name`: beside the test executable's
-/// `deps/` (tests/run builds every binary first). The variable `override_var`
-/// points elsewhere.
+/// Where cargo put the workspace binary `name` (tests/run builds every
+/// binary); the variable `override_var` points elsewhere.
 pub fn workspace_bin(name: &str, override_var: &str) -> PathBuf {
-    if let Some(p) = std::env::var_os(override_var) {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("current test executable");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps");
-    let bin = dir.join(name);
-    assert!(
-        bin.exists(),
-        "{} does not exist: build it with `cargo build -p {name}` (tests/run builds every binary)",
-        bin.display()
-    );
-    bin
+    realtime_harness::server::workspace_bin(name, override_var).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// A port free on 127.0.0.1 a moment ago.
 pub fn free_port() -> u16 {
-    realtime_server::dev::postgres::free_port().expect("free port")
+    realtime_harness::net::free_port().expect("a free port on 127.0.0.1")
 }
 
-/// A running server process.
-pub struct ServerProcess {
-    child: Option<Child>,
-    pub port: u16,
-    pub env: BTreeMap<String, String>,
-    log: tempfile::NamedTempFile,
-}
+/// A running server process, stopped on drop (its log printed if the test
+/// is failing).
+pub struct ServerProcess(realtime_harness::ServerProcess);
 
 impl ServerProcess {
-    /// The environment that points a server at `pg` with `publications`.
+    /// The environment that points a server at `pg` with `publications`,
+    /// channels not secured, debug logs.
     pub fn env_for(pg: &TempPostgres, publications: &[&str]) -> BTreeMap<String, String> {
         let mut env = pg.server_env(publications).expect("free port");
         env.insert("RUST_LOG".into(), "info,realtime_server=debug".into());
@@ -62,95 +49,45 @@ impl ServerProcess {
 
     /// Starts the server with `env` and waits until it is ready.
     pub fn start(env: BTreeMap<String, String>) -> ServerProcess {
-        let s = Self::spawn(env);
-        s.wait_ready(Duration::from_secs(30));
+        let mut s = Self::spawn(env);
+        s.wait_ready(READY_TIMEOUT);
         s
     }
 
     /// Starts the server with `env` without waiting.
     pub fn spawn(env: BTreeMap<String, String>) -> ServerProcess {
-        let port: u16 = env
-            .get("PORT")
-            .and_then(|p| p.parse().ok())
-            .expect("PORT in env");
-        let log = tempfile::NamedTempFile::new().expect("log file");
-        let child = Command::new(server_bin())
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .envs(&env)
-            .stdin(Stdio::null())
-            .stdout(log.reopen().expect("log"))
-            .stderr(log.reopen().expect("log"))
-            .spawn()
-            .expect("spawn realtime-server");
-        ServerProcess {
-            child: Some(child),
-            port,
-            env,
-            log,
-        }
+        ServerProcess(realtime_harness::ServerProcess::spawn(env).unwrap_or_else(|e| panic!("{e}")))
     }
 
-    pub fn ws_url(&self, vsn: &str) -> String {
-        format!("ws://127.0.0.1:{}/socket/websocket?vsn={vsn}", self.port)
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    /// The server's log so far.
-    pub fn log(&self) -> String {
-        let mut s = String::new();
-        let _ = std::fs::File::open(self.log.path()).and_then(|mut f| f.read_to_string(&mut s));
-        s
-    }
-
-    /// GET `path` on the server: (status, body).
-    pub fn get(&self, path: &str) -> Option<(u16, String)> {
-        http_get(self.port, path)
-    }
-
-    pub fn wait_ready(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some((200, _)) = self.get("/readyz") {
-                return;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "realtime-server not ready after {timeout:?}; its log:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
+    /// Waits until `/readyz` says the replication stream is live.
+    pub fn wait_ready(&mut self, timeout: Duration) {
+        if let Err(e) = self.0.wait_for("/readyz", timeout) {
+            panic!("realtime-server not ready: {e}");
         }
     }
 
     /// Sends `signal` (e.g. "KILL", "TERM") and waits for the exit status.
     pub fn signal_and_wait(&mut self, signal: &str) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("running");
-        let _ = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(child.id().to_string())
-            .status();
-        child.wait().expect("wait for realtime-server")
+        self.0
+            .stop(signal, EXIT_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 }
 
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("--- realtime-server log ---\n{}", self.log());
-        }
+/// The harness's server: ports, URLs, GETs, the log.
+impl Deref for ServerProcess {
+    type Target = realtime_harness::ServerProcess;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }
 
-pub use realtime_server::dev::probe::http_get;
+impl DerefMut for ServerProcess {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
 
 /// A throwaway PostgreSQL with a schema and a publication `realtime_test`,
 /// and the server streaming it: what most end-to-end tests start from.
@@ -164,12 +101,9 @@ impl Stack {
     /// Applies `schema_sql`, then `publication_sql` (which creates
     /// `realtime_test`), and starts a server on it.
     pub async fn start(schema_sql: &str, publication_sql: &str) -> Stack {
-        let pg = tokio::task::spawn_blocking(TempPostgres::start)
+        let (pg, db) = TempPostgres::with_schema(schema_sql)
             .await
-            .expect("start task")
-            .expect("start PostgreSQL");
-        let db = pg.connect().await.expect("connect");
-        db.batch_execute(schema_sql).await.expect("schema");
+            .expect("PostgreSQL with the schema");
         db.batch_execute(publication_sql)
             .await
             .expect("publication");

@@ -11,14 +11,15 @@
 //! Needs PostgreSQL, Node 20+, `chromium` and `npm ci` in tests/browser:
 //! tests/setup.sh installs them all.
 
-use std::io::Read;
-use std::net::{Ipv4Addr, TcpListener};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::ExitStatus;
+use std::time::Duration;
 
-use realtime_server::dev::postgres::port_is_free;
-use realtime_tests::server::{http_get, server_bin};
+use realtime_harness::net::{free_port, http_get, port_is_free};
+use realtime_harness::process::command_with_env;
+use realtime_harness::LoggedProcess;
+use realtime_tests::server::server_bin;
 
 /// From the spawn to a live stream: builds a cluster, so allow for a busy machine.
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
@@ -27,129 +28,66 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The whole browser script.
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// A running `realtime-server dev`, its output in a file.
+/// A running `realtime-server dev`, its output in a file. Dropped, it gets
+/// SIGINT first, so that even a failed test removes its cluster.
 struct Dev {
-    child: Option<Child>,
+    process: LoggedProcess,
     port: u16,
-    log: tempfile::NamedTempFile,
 }
 
 impl Dev {
     /// Starts `realtime-server dev` on a free port and waits until it printed
     /// its banner and `/readyz` answers 200.
     fn start() -> Dev {
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let log = tempfile::NamedTempFile::new().expect("log file");
-        let child = Command::new(server_bin())
-            .arg("dev")
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("PORT", port.to_string())
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log.reopen().expect("log"))
-            .stderr(log.reopen().expect("log"))
-            .spawn()
-            .expect("spawn realtime-server dev");
-        let mut dev = Dev {
-            child: Some(child),
-            port,
-            log,
-        };
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if dev.value("files:").is_some() && matches!(http_get(port, "/readyz"), Some((200, _)))
-            {
-                return dev;
-            }
-            if let Some(status) = dev.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                dev.child = None;
-                panic!(
-                    "realtime-server dev exited ({status}) before it was ready; its output:\n{}",
-                    dev.log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "realtime-server dev not ready after {READY_TIMEOUT:?}; its output:\n{}",
-                dev.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let port = free_port().expect("free port");
+        let env = BTreeMap::from([
+            ("PORT".to_string(), port.to_string()),
+            ("RUST_LOG".into(), "info".into()),
+            ("NO_COLOR".into(), "1".into()),
+        ]);
+        let mut cmd = command_with_env(server_bin(), &env);
+        cmd.arg("dev");
+        let process = LoggedProcess::spawn(cmd, "realtime-server dev")
+            .expect("spawn realtime-server dev")
+            .stop_on_drop_with("INT", EXIT_TIMEOUT);
+        let mut dev = Dev { process, port };
+        dev.process
+            .wait_for("its banner and 200 from /readyz", READY_TIMEOUT, |p| {
+                (value(&p.log(), "files:").is_some()
+                    && matches!(http_get(port, "/readyz"), Some((200, _))))
+                .then_some(())
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        dev
     }
 
     /// Everything it printed so far.
     fn log(&self) -> String {
-        let mut bytes = Vec::new();
-        let _ = std::fs::File::open(self.log.path()).and_then(|mut f| f.read_to_end(&mut bytes));
-        String::from_utf8_lossy(&bytes).into_owned()
-    }
-
-    /// The first word after `key` on a banner line (`database:`, `files:`).
-    fn value(&self, key: &str) -> Option<String> {
-        self.log().lines().find_map(|line| {
-            let rest = line.trim_start().strip_prefix(key)?;
-            rest.split_whitespace().next().map(str::to_string)
-        })
+        self.process.log()
     }
 
     fn database_url(&self) -> String {
-        self.value("database:").expect("a `database:` line")
+        value(&self.log(), "database:").expect("a `database:` line")
     }
 
     fn temp_dir(&self) -> PathBuf {
-        PathBuf::from(self.value("files:").expect("a `files:` line"))
+        PathBuf::from(value(&self.log(), "files:").expect("a `files:` line"))
     }
 
     /// Sends SIGINT, as Ctrl-C does, and waits for the exit.
     fn interrupt(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("running");
-        let sent = Command::new("kill")
-            .arg("-INT")
-            .arg(child.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(sent.success(), "kill -INT failed");
-        let deadline = Instant::now() + EXIT_TIMEOUT;
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "realtime-server dev did not exit within {EXIT_TIMEOUT:?} of SIGINT; its output:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.process
+            .stop("INT", EXIT_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 }
 
-impl Drop for Dev {
-    fn drop(&mut self) {
-        if self.child.is_some() {
-            // SIGINT first, so that even a failed test removes its cluster.
-            let status = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let _ = self.interrupt();
-            }));
-            if status.is_err() {
-                if let Some(mut child) = self.child.take() {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                }
-            }
-        }
-        if std::thread::panicking() {
-            eprintln!("--- realtime-server dev output ---\n{}", self.log());
-        }
-    }
+/// The first word after `key` on a banner line (`database:`, `files:`).
+fn value(log: &str, key: &str) -> Option<String> {
+    log.lines().find_map(|line| {
+        let rest = line.trim_start().strip_prefix(key)?;
+        rest.split_whitespace().next().map(str::to_string)
+    })
 }
 
 /// Processes whose command line mentions `needle` (e.g. a postmaster's `-D`).
@@ -275,9 +213,9 @@ async fn dev_page_shows_changes_and_its_form_changes_the_database_in_chromium() 
         .env("DATABASE_URL", dev.database_url())
         .env("ARTIFACTS_DIR", &artifacts)
         .env("CHROMIUM", &chromium)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("spawn `node` (install Node 20+; tests/setup.sh does)");

@@ -17,17 +17,12 @@ use serde_json::json;
 const TOPIC: &str = "realtime:public:numbers";
 
 async fn pg_with_numbers() -> (Arc<TempPostgres>, tokio_postgres::Client) {
-    let pg = tokio::task::spawn_blocking(TempPostgres::start)
-        .await
-        .unwrap()
-        .expect("start PostgreSQL");
-    let db = pg.connect().await.unwrap();
-    db.batch_execute(
+    let (pg, db) = TempPostgres::with_schema(
         "CREATE TABLE numbers (n int PRIMARY KEY, pad text);
          CREATE PUBLICATION realtime_faults FOR TABLE numbers;",
     )
     .await
-    .unwrap();
+    .expect("PostgreSQL with the schema");
     (Arc::new(pg), db)
 }
 
@@ -281,7 +276,7 @@ async fn sigkill_during_a_stream_loses_no_committed_change() {
 async fn a_cut_connection_and_postgres_restarts_lose_nothing_and_keep_sockets_open() {
     const TOTAL: u32 = 2500;
     let (pg, _db) = pg_with_numbers().await;
-    let server = start(server_env(&pg, "faults_pg_restart")).await;
+    let mut server = start(server_env(&pg, "faults_pg_restart")).await;
 
     let Stream {
         seen,

@@ -9,23 +9,23 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::{conditions, wait::await_condition};
 use kube::{Api, Client};
+use realtime_harness::process::command_with_env;
 use realtime_operator::crd::{Condition, RealtimeServer};
 use realtime_tests::chart::{
-    apply_all, chart_dir, documents, find, helm, operator_bin, pod_env, repo_root,
-    service_account_token, template, LoggedProcess,
+    apply_all, chart_dir, documents, find, helm, operator_bin, repo_root, service_account_token,
+    template,
 };
 use realtime_tests::k8s::KubeApiServer;
+use realtime_tests::kubelet::{self, Secrets};
 use realtime_tests::server::{free_port, http_get};
-use realtime_tests::TempPostgres;
+use realtime_tests::{LoggedProcess, TempPostgres};
 use serde_json::{json, Value};
 
 const RELEASE: &str = "rt";
@@ -460,18 +460,13 @@ struct Installed {
 }
 
 async fn install(values: &[&str], namespaces: &[&str]) -> Installed {
-    let pg = tokio::task::spawn_blocking(TempPostgres::start)
-        .await
-        .unwrap()
-        .expect("start PostgreSQL");
-    let db = pg.connect().await.expect("connect to PostgreSQL");
-    db.batch_execute(
+    let (pg, db) = TempPostgres::with_schema(
         "CREATE TABLE messages (id bigint PRIMARY KEY, body text);
          CREATE TABLE rooms (id bigint PRIMARY KEY, name text);
          CREATE TABLE profiles (id bigint PRIMARY KEY, name text);",
     )
     .await
-    .unwrap();
+    .expect("PostgreSQL with the schema");
     let k8s = KubeApiServer::start().await.expect("start the API server");
     let admin = k8s.client();
     let ns_docs: Vec<Value> = std::iter::once(OPERATOR_NS)
@@ -522,10 +517,13 @@ impl Installed {
         let sa = pod.service_account_name.clone().unwrap();
         let c = &pod.containers[0];
         assert_eq!(c.args.as_deref(), Some(&["run".to_string()][..]));
-        let mut env = pod_env(
+        let mut env = kubelet::resolve_env(
             c.env.as_ref().unwrap(),
-            &format!("{FULLNAME}-7d9f8b-x2x4q"),
-            OPERATOR_NS,
+            kubelet::Pod {
+                name: &format!("{FULLNAME}-7d9f8b-x2x4q"),
+                namespace: OPERATOR_NS,
+                secrets: &Secrets::new(),
+            },
         );
         let port = free_port();
         let health: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -536,23 +534,16 @@ impl Installed {
             .k8s
             .write_kubeconfig_for_token("operator.kubeconfig", &token)
             .unwrap();
-        let mut cmd = Command::new(operator_bin());
-        cmd.arg("run")
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .envs(&env)
-            .env("KUBECONFIG", kubeconfig);
-        let mut op = LoggedProcess::spawn(cmd, "realtime-operator");
-        let deadline = Instant::now() + WAIT;
-        while !log_has(&op, "leading: starting the controller") {
-            assert!(op.exited().is_none(), "the operator exited:\n{}", op.log());
-            assert!(
-                Instant::now() < deadline,
-                "the operator did not lead in time:\n{}",
-                op.log()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        env.insert("KUBECONFIG".into(), kubeconfig.display().to_string());
+        let mut cmd = command_with_env(operator_bin(), &env);
+        cmd.arg("run");
+        let mut op = LoggedProcess::spawn(cmd, "realtime-operator").expect("spawn");
+        tokio::task::block_in_place(|| {
+            op.wait_for("the Lease (its log line)", WAIT, |op| {
+                log_has(op, "leading: starting the controller").then_some(())
+            })
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
         (op, port)
     }
 
@@ -631,29 +622,7 @@ impl Installed {
         let template = sts.spec.unwrap().template;
         let pods: Api<Pod> = Api::namespaced(self.admin.clone(), ns);
         for i in 0..replicas {
-            let pod_name = format!("{name}-{i}");
-            let pod = Pod {
-                metadata: ObjectMeta {
-                    name: Some(pod_name.clone()),
-                    labels: template.metadata.as_ref().unwrap().labels.clone(),
-                    ..Default::default()
-                },
-                spec: template.spec.clone(),
-                ..Default::default()
-            };
-            pods.create(&PostParams::default(), &pod)
-                .await
-                .expect("create the pod");
-            pods.patch_status(
-                &pod_name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": {
-                    "phase": "Running",
-                    "conditions": [{"type": "Ready", "status": "True"}],
-                }})),
-            )
-            .await
-            .expect("report the pod ready");
+            kubelet::report_ready(&pods, &format!("{name}-{i}"), &template).await;
         }
     }
 

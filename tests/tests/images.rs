@@ -12,10 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use realtime_tests::chart::{operator_bin, repo_root, LoggedProcess};
+use realtime_harness::process::command_with_env;
+use realtime_tests::chart::{operator_bin, repo_root};
 use realtime_tests::k8s::KubeApiServer;
-use realtime_tests::server::{free_port, http_get, server_bin, ServerProcess};
-use realtime_tests::TempPostgres;
+use realtime_tests::server::{free_port, server_bin, ServerProcess};
+use realtime_tests::{LoggedProcess, TempPostgres};
 
 /// The user of the images (`USER` in the Dockerfiles, distroless `nonroot`).
 const IMAGE_UID: u32 = 65532;
@@ -40,17 +41,14 @@ fn confined(bin: &Path, args: &[&str], env: &BTreeMap<String, String>) -> Comman
         0,
         "switching to uid {IMAGE_UID} and remounting / needs root (the tests run as root)"
     );
-    let mut cmd = Command::new("unshare");
+    let mut cmd = command_with_env("unshare", env);
     cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
         .arg(format!(
             "mount -o remount,bind,ro / && exec setpriv --reuid={IMAGE_UID} \
              --regid={IMAGE_UID} --clear-groups --no-new-privs -- \"$0\" \"$@\""
         ))
         .arg(bin)
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .envs(env);
+        .args(args);
     cmd
 }
 
@@ -81,28 +79,11 @@ fn root_mount_options(pid: u32) -> String {
         .unwrap_or_default()
 }
 
-/// Waits until GET `path` on `port` answers 200; panics with the log otherwise.
-async fn wait_ok(p: &mut LoggedProcess, port: u16, path: &'static str) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let got = tokio::task::spawn_blocking(move || http_get(port, path))
-            .await
-            .unwrap();
-        if let Some((200, body)) = got {
-            return body;
-        }
-        assert!(
-            p.exited().is_none(),
-            "it exited before answering {path}:\n{}",
-            p.log()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "{path} did not answer 200 within {WAIT:?}:\n{}",
-            p.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// Waits until GET `path` on `port` answers 200; panics with the log
+/// otherwise (also at once if it exits).
+fn wait_ok(p: &mut LoggedProcess, port: u16, path: &str) -> String {
+    tokio::task::block_in_place(|| p.wait_http_ok(port, path, WAIT))
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// It really runs as the image user on a read-only root.
@@ -149,26 +130,58 @@ fn the_dockerfiles_build_each_binary_into_a_non_root_image() {
     }
 }
 
+/// The server's image is a production build: without the default `dev`
+/// feature, whose dependency tree holds no test harness. (The default build
+/// does hold it, or this test could not fail.)
+#[test]
+fn the_server_image_is_built_without_the_dev_command_and_the_harness() {
+    let dockerfile = std::fs::read_to_string(repo_root().join("server/Dockerfile")).unwrap();
+    assert!(
+        dockerfile
+            .contains("cargo build --release --locked -p realtime-server --no-default-features"),
+        "server/Dockerfile builds without default features"
+    );
+    let packages = |features: &[&str]| {
+        let out = Command::new(env!("CARGO"))
+            .args(["tree", "--locked", "--offline", "-p", "realtime-server"])
+            .args(features)
+            .args(["-e", "normal,build", "--prefix", "none", "--format", "{p}"])
+            .current_dir(repo_root())
+            .output()
+            .expect("run cargo tree");
+        assert!(
+            out.status.success(),
+            "cargo tree failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let production = packages(&["--no-default-features"]);
+    assert!(production.contains("realtime-server"), "{production}");
+    assert!(
+        !production.contains("realtime-harness"),
+        "the production build depends on the harness:\n{production}"
+    );
+    let default = packages(&[]);
+    assert!(default.contains("realtime-harness"), "{default}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_runs_as_non_root_on_a_read_only_root_filesystem() {
-    let pg = tokio::task::spawn_blocking(TempPostgres::start)
-        .await
-        .unwrap()
-        .expect("start PostgreSQL");
-    let db = pg.connect().await.unwrap();
-    db.batch_execute(
+    let (pg, _db) = TempPostgres::with_schema(
         "CREATE TABLE messages (id bigint PRIMARY KEY); \
          CREATE PUBLICATION realtime_test FOR TABLE messages;",
     )
     .await
-    .unwrap();
+    .expect("PostgreSQL with the schema");
     let (_dir, bin) = readable_copy(&server_bin());
     let env = ServerProcess::env_for(&pg, &["realtime_test"]);
     let port: u16 = env["PORT"].parse().unwrap();
-    let mut server = LoggedProcess::spawn(confined(&bin, &[], &env), "realtime-server");
-    assert_eq!(wait_ok(&mut server, port, "/healthz").await.trim(), "ok");
+    let mut server =
+        LoggedProcess::spawn(confined(&bin, &[], &env), "realtime-server").expect("spawn");
+    assert_eq!(wait_ok(&mut server, port, "/healthz").trim(), "ok");
     // /readyz: the replication stream from PostgreSQL is live.
-    wait_ok(&mut server, port, "/readyz").await;
+    wait_ok(&mut server, port, "/readyz");
     assert_confined(&server);
 }
 
@@ -188,10 +201,11 @@ async fn the_operator_runs_as_non_root_on_a_read_only_root_filesystem() {
         ("POD_NAME".into(), "realtime-operator-0".into()),
         ("RUST_LOG".into(), "info".into()),
     ]);
-    let mut op = LoggedProcess::spawn(confined(&bin, &["run"], &env), "realtime-operator");
-    assert_eq!(wait_ok(&mut op, port, "/healthz").await.trim(), "ok");
+    let mut op =
+        LoggedProcess::spawn(confined(&bin, &["run"], &env), "realtime-operator").expect("spawn");
+    assert_eq!(wait_ok(&mut op, port, "/healthz").trim(), "ok");
     // /readyz: it reached the API server.
-    wait_ok(&mut op, port, "/readyz").await;
+    wait_ok(&mut op, port, "/readyz");
     assert_confined(&op);
     let deadline = Instant::now() + WAIT;
     while !op.log().contains("leading: starting the controller") {

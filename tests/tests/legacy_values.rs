@@ -423,18 +423,13 @@ async fn a_million_row_transaction_reaches_a_subscriber_completely() {
 
 #[tokio::test]
 async fn a_row_over_max_record_bytes_arrives_without_its_large_values() {
-    let pg = tokio::task::spawn_blocking(realtime_tests::TempPostgres::start)
-        .await
-        .unwrap()
-        .expect("start PostgreSQL");
-    let db = pg.connect().await.unwrap();
-    db.batch_execute(
+    let (pg, db) = realtime_tests::TempPostgres::with_schema(
         "CREATE TABLE docs (id int PRIMARY KEY, title text, body text);
          ALTER TABLE docs REPLICA IDENTITY FULL;
          CREATE PUBLICATION realtime_test FOR ALL TABLES;",
     )
     .await
-    .unwrap();
+    .expect("PostgreSQL with the schema");
     let mut env = ServerProcess::env_for(&pg, &["realtime_test"]);
     env.insert("MAX_RECORD_BYTES".into(), "4096".into());
     let server = tokio::task::spawn_blocking(move || ServerProcess::start(env))

@@ -10,17 +10,12 @@ use realtime_tests::TempPostgres;
 use serde_json::json;
 
 async fn pg_with_publication() -> (TempPostgres, tokio_postgres::Client) {
-    let pg = tokio::task::spawn_blocking(TempPostgres::start)
-        .await
-        .unwrap()
-        .expect("start PostgreSQL");
-    let db = pg.connect().await.unwrap();
-    db.batch_execute(
+    let (pg, db) = TempPostgres::with_schema(
         "CREATE TABLE items (id int PRIMARY KEY);
          CREATE PUBLICATION realtime_test FOR ALL TABLES;",
     )
     .await
-    .unwrap();
+    .expect("PostgreSQL with the schema");
     (pg, db)
 }
 

@@ -28,17 +28,12 @@ struct Env {
 /// PostgreSQL with a published table `items (id, body)` and the server on it,
 /// with `limits` added to its environment.
 async fn start(limits: &[(&str, &str)]) -> Env {
-    let pg = tokio::task::spawn_blocking(TempPostgres::start)
-        .await
-        .expect("start task")
-        .expect("start PostgreSQL");
-    let db = pg.connect().await.expect("connect");
-    db.batch_execute(
+    let (pg, db) = TempPostgres::with_schema(
         "CREATE TABLE items (id int PRIMARY KEY, body text);
          CREATE PUBLICATION realtime_test FOR ALL TABLES;",
     )
     .await
-    .expect("schema");
+    .expect("PostgreSQL with the schema");
     let mut env = ServerProcess::env_for(&pg, &["realtime_test"]);
     for (k, v) in limits {
         env.insert(k.to_string(), v.to_string());

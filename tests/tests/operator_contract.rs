@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use realtime_operator::crd::RealtimeServer;
 use realtime_operator::reconcile::{build, validate::validate};
 use realtime_server::config::{Config, DbSsl, SlotConfig};
-use realtime_tests::operator::resolve_env;
+use realtime_tests::kubelet::{resolve_env, Pod};
 use serde_json::json;
 
 fn resource(spec: serde_json::Value) -> RealtimeServer {
@@ -38,7 +38,14 @@ fn pod_env(obj: &RealtimeServer, pod: &str) -> BTreeMap<String, String> {
             BTreeMap::from([("secret".to_string(), "jwt-key".to_string())]),
         ),
     ]);
-    resolve_env(&env, &secrets, pod)
+    resolve_env(
+        &env,
+        Pod {
+            name: pod,
+            namespace: "default",
+            secrets: &secrets,
+        },
+    )
 }
 
 #[test]

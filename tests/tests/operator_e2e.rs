@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::Api;
-use realtime_tests::operator::{resolve_env, wait_for, OperatorEnv, NS};
+use realtime_tests::kubelet::{self, Secrets};
+use realtime_tests::operator::{wait_for, OperatorEnv, NS};
 use realtime_tests::server::{free_port, ServerProcess};
 use realtime_tests::ws::PhxClient;
 use serde_json::json;
@@ -49,14 +49,17 @@ async fn a_change_committed_in_postgres_reaches_a_websocket_client_through_the_o
     .await;
     let template = sts.spec.unwrap().template;
     let pod_spec = template.spec.clone().unwrap();
-    let secrets = BTreeMap::from([(
+    let secrets = Secrets::from([(
         "db".to_string(),
         BTreeMap::from([("password".to_string(), "unused-with-trust-auth".to_string())]),
     )]);
-    let mut vars = resolve_env(
+    let mut vars = kubelet::resolve_env(
         pod_spec.containers[0].env.as_ref().unwrap(),
-        &secrets,
-        "chat-0",
+        kubelet::Pod {
+            name: "chat-0",
+            namespace: NS,
+            secrets: &secrets,
+        },
     );
     assert_eq!(vars["SLOT_NAME"], "rts_default_chat_{ordinal}");
     // Only where it listens differs from the pod: a free loopback port.
@@ -69,28 +72,7 @@ async fn a_change_committed_in_postgres_reaches_a_websocket_client_through_the_o
 
     // The pod object, reported ready as the kubelet would once /readyz answers.
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), NS);
-    let pod = Pod {
-        metadata: ObjectMeta {
-            name: Some("chat-0".into()),
-            labels: template.metadata.as_ref().unwrap().labels.clone(),
-            ..Default::default()
-        },
-        spec: Some(pod_spec),
-        ..Default::default()
-    };
-    pods.create(&PostParams::default(), &pod)
-        .await
-        .expect("create the pod");
-    pods.patch_status(
-        "chat-0",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": {
-            "phase": "Running",
-            "conditions": [{"type": "Ready", "status": "True"}],
-        }})),
-    )
-    .await
-    .expect("report the pod ready");
+    kubelet::report_ready(&pods, "chat-0", &template).await;
 
     let c = env
         .wait_condition("chat", "Available", "True", "AllReplicasReady")

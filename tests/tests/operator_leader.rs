@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use kube::Api;
 use realtime_operator::lease::{LeaderElector, LeaseSettings};
-use realtime_tests::chart::{operator_bin, LoggedProcess};
+use realtime_tests::chart::operator_bin;
 use realtime_tests::k8s::KubeApiServer;
 use realtime_tests::operator::{install_crd, wait_for, OperatorEnv, NS};
 use realtime_tests::server::{free_port, http_get};
+use realtime_tests::LoggedProcess;
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -187,6 +188,7 @@ fn start_binary(k8s: &KubeApiServer, identity: &str) -> LoggedProcess {
         .env("HEALTH_ADDRESS", format!("127.0.0.1:{}", free_port()))
         .env("RUST_LOG", "info");
     LoggedProcess::spawn(cmd, &format!("realtime-operator {identity}"))
+        .expect("start the operator binary")
 }
 
 /// Waits until `op` logged `text`.
@@ -209,11 +211,7 @@ async fn wait_log(op: &mut LoggedProcess, text: &str, timeout: Duration) {
 
 /// Sends SIGTERM to `op`.
 fn send_term(op: &LoggedProcess) {
-    let sent = Command::new("kill")
-        .args(["-TERM", &op.pid().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(sent.success(), "kill -TERM {}", op.pid());
+    op.signal("TERM").expect("send SIGTERM to the operator");
 }
 
 /// Waits (at most `timeout`) for `op` to exit.

@@ -111,12 +111,9 @@ async fn run_node_test_with(
         );
     }
 
-    let pg = tokio::task::spawn_blocking(TempPostgres::start)
+    let (pg, _db) = TempPostgres::with_schema(schema)
         .await
-        .unwrap()
-        .expect("start PostgreSQL");
-    let db = pg.connect().await.expect("connect");
-    db.batch_execute(schema).await.expect("schema");
+        .expect("PostgreSQL with the schema");
     let mut env = ServerProcess::env_for(&pg, &["realtime_test"]);
     if let Some(secret) = jwt_secret {
         env.insert("SECURE_CHANNELS".into(), "true".into());
@@ -253,17 +250,12 @@ async fn the_readme_realtime_js_2_example_runs_as_written() {
         "tests/js/node_modules is missing: run `npm ci --no-audit --no-fund` in tests/js (tests/setup.sh does)"
     );
 
-    let pg = tokio::task::spawn_blocking(TempPostgres::start)
-        .await
-        .unwrap()
-        .expect("start PostgreSQL");
-    let db = pg.connect().await.unwrap();
-    db.batch_execute(
+    let (pg, db) = TempPostgres::with_schema(
         "CREATE TABLE messages (id bigint PRIMARY KEY, room_id int, body text, pinned bool);
          CREATE PUBLICATION realtime_test FOR ALL TABLES;",
     )
     .await
-    .unwrap();
+    .expect("PostgreSQL with the schema");
     let env = ServerProcess::env_for(&pg, &["realtime_test"]);
     let server = tokio::task::spawn_blocking(move || ServerProcess::start(env))
         .await

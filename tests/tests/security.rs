@@ -50,17 +50,12 @@ async fn upgrade_status(url: &str, header: Option<&str>) -> u16 {
 }
 
 async fn secured() -> (TempPostgres, tokio_postgres::Client, ServerProcess) {
-    let pg = tokio::task::spawn_blocking(TempPostgres::start)
-        .await
-        .unwrap()
-        .expect("start PostgreSQL");
-    let db = pg.connect().await.unwrap();
-    db.batch_execute(
+    let (pg, db) = TempPostgres::with_schema(
         "CREATE TABLE items (id int PRIMARY KEY);
          CREATE PUBLICATION realtime_test FOR ALL TABLES;",
     )
     .await
-    .unwrap();
+    .expect("PostgreSQL with the schema");
     let mut env = ServerProcess::env_for(&pg, &["realtime_test"]);
     env.insert("SECURE_CHANNELS".into(), "true".into());
     env.insert("JWT_SECRET".into(), SECRET.into());

@@ -15,7 +15,7 @@ use crate::client::{self, Join, Ws};
 use crate::floor::Floor;
 use crate::opts::Opts;
 use crate::report::{self, Target};
-use crate::stack::{self, Server};
+use crate::stack::{self, TempPostgres};
 use crate::sys::{self, CpuMeter, Who};
 
 const SCHEMA: &str = "
@@ -36,8 +36,8 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
         "connections: {sockets} idle sockets joined to realtime:public:conn, heartbeat every {}s",
         heartbeat.as_secs()
     ));
-    let (pg, _db) = stack::postgres(SCHEMA).await?;
-    let server = Server::start(Server::env(&pg, "bench")).await?;
+    let (pg, _db) = TempPostgres::with_schema(SCHEMA).await?;
+    let server = stack::start_server(stack::server_env(&pg, "bench")).await?;
     // One socket first, so that lazily built state is not counted per socket.
     let warm = client::connect_many(server.port, 1, 0, |_| {
         Join::Legacy("realtime:public:conn".into())

@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::client::{self, Join};
 use crate::opts::Opts;
 use crate::report::{self, Target};
-use crate::stack::{self, Server, TempPostgres};
+use crate::stack::{self, TempPostgres};
 use crate::sys::{CpuMeter, Who};
 
 const SCHEMA: &str = "
@@ -28,7 +28,7 @@ const SCRIPT: &str = "INSERT INTO dbc (v, body) VALUES (1, 'a short body');\n";
 pub async fn run(opts: &Opts) -> anyhow::Result<()> {
     let secs = opts.usize("seconds", 15, 1)?;
     let clients = opts.usize("clients", 4, 2)?;
-    let (pg, db) = stack::postgres(SCHEMA).await?;
+    let (pg, db) = TempPostgres::with_schema(SCHEMA).await?;
     let script = tempfile::NamedTempFile::new()?;
     std::fs::write(script.path(), SCRIPT)?;
     // pgbench may run as another user (postgres) than this process.
@@ -44,7 +44,7 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
     let (base, base_cpu) = pgbench(&pg, script.path(), clients, secs, &[]).await?;
 
     // The server streaming every row to one subscriber.
-    let server = Server::start(Server::env(&pg, "bench")).await?;
+    let server = stack::start_server(stack::server_env(&pg, "bench")).await?;
     let mut ws = client::connect_joined(
         server.port,
         client::source_addr(0),
@@ -146,19 +146,11 @@ async fn pgbench(
         who.push((name, Who::Pid(*pid)));
     }
     let meter = CpuMeter::start(who);
-    let mut cmd = std::process::Command::new(crate::stack::pg_tool(pg, "pgbench"));
-    cmd.args([
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &pg.port().to_string(),
-        "-U",
-        "postgres",
-    ])
-    .args(["-n", "-c", &clients.to_string(), "-j", "2"])
-    .args(["-T", &secs.to_string(), "-f"])
-    .arg(script)
-    .arg("postgres");
+    let mut cmd = pg.client_command("pgbench");
+    cmd.args(["-n", "-c", &clients.to_string(), "-j", "2"])
+        .args(["-T", &secs.to_string(), "-f"])
+        .arg(script)
+        .arg("postgres");
     let out = tokio::task::spawn_blocking(move || cmd.output()).await??;
     let (_, cpu) = meter.stop();
     let text = String::from_utf8_lossy(&out.stdout);

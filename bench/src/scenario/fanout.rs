@@ -13,7 +13,7 @@ use crate::client::{self, Join, Ws};
 use crate::floor::Floor;
 use crate::opts::Opts;
 use crate::report::{self, Target};
-use crate::stack::{self, Server};
+use crate::stack::{self, TempPostgres};
 use crate::sys::{self, CpuMeter, Who};
 
 const SCHEMA: &str = "
@@ -29,8 +29,8 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
     report::section(&format!(
         "fan-out: {sockets} sockets on one topic, {changes} one-row transactions"
     ));
-    let (pg, db) = stack::postgres(SCHEMA).await?;
-    let server = Server::start(Server::env(&pg, "bench")).await?;
+    let (pg, db) = TempPostgres::with_schema(SCHEMA).await?;
+    let server = stack::start_server(stack::server_env(&pg, "bench")).await?;
     let ws = client::connect_many(server.port, sockets, 0, |_| {
         Join::Legacy("realtime:public:fan".into())
     })

@@ -12,7 +12,7 @@ use crate::client::{self, Join};
 use crate::load::{self, Phase, Samples};
 use crate::opts::Opts;
 use crate::report::{self, Target};
-use crate::stack::{self, Server, STAMP_SQL};
+use crate::stack::{self, TempPostgres, STAMP_SQL};
 use crate::sys::{self, CpuDelta, CpuMeter, Who};
 
 const SCHEMA: &str = "
@@ -35,8 +35,8 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
     let nofile = sys::raise_nofile_limit();
     let many = sys::cap_sockets(many, nofile);
     sys::warn_about_limits(many, client::PER_SOURCE, nofile);
-    let (pg, _db) = stack::postgres(SCHEMA).await?;
-    let server = Server::start(Server::env(&pg, "bench")).await?;
+    let (pg, _db) = TempPostgres::with_schema(SCHEMA).await?;
+    let server = stack::start_server(stack::server_env(&pg, "bench")).await?;
     let writers = load::writers(&pg, 4).await?;
     let mut results = Vec::new();
     for (p, n) in [few, many].into_iter().enumerate() {

@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::client::{self, Join};
 use crate::opts::Opts;
 use crate::report::{self, Target};
-use crate::stack::{self, Server, TempPostgres};
+use crate::stack::{self, ServerProcess, TempPostgres};
 use crate::sys::{CpuMeter, Who};
 
 const SCHEMA: &str = "
@@ -27,7 +27,7 @@ const SCHEMA: &str = "
 pub async fn run(opts: &Opts) -> anyhow::Result<()> {
     let big = opts.usize("rows", 1_000_000, 2_000)?;
     let txns = opts.usize("txns", 100_000, 200)?;
-    let (pg, db) = stack::postgres(SCHEMA).await?;
+    let (pg, db) = TempPostgres::with_schema(SCHEMA).await?;
     case(
         &pg,
         &db,
@@ -97,13 +97,10 @@ async fn case(
         ("pg_recvlogical", Who::ReapedChildren),
         ("postgres", Who::Postgres(pg.data_dir())),
     ]);
-    let tool = stack::pg_tool(pg, "pg_recvlogical");
-    let port = pg.port();
+    let mut recv = pg.client_command("pg_recvlogical");
     let lsn = end_lsn.clone();
     let status = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(tool)
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
-            .args(["-d", "postgres", "--slot", "bench_recv", "--start"])
+        recv.args(["-d", "postgres", "--slot", "bench_recv", "--start"])
             .args(["--endpos", &lsn, "--no-loop", "-f", "/dev/null"])
             .args(["-o", "proto_version=1", "-o", "publication_names=bench"])
             .status()
@@ -118,15 +115,15 @@ async fn case(
     // The server, on its own slot, with its replication connection held back
     // until the subscriber has joined.
     stack::gate_replication(pg, db, true).await?;
-    let mut env = Server::env(pg, "bench");
+    let mut env = stack::server_env(pg, "bench");
     env.insert("SLOT_NAME".into(), "bench_server".into());
     env.insert("DB_RECONNECT_BACKOFF_MIN".into(), "5".into());
     env.insert("DB_RECONNECT_BACKOFF_MAX".into(), "10".into());
     // One subscriber that may fall behind the decoder: never close it.
     env.insert("SOCKET_QUEUE_DEPTH".into(), (rows + 1000).to_string());
     env.insert("RUST_LOG".into(), "off".into());
-    let server = Server::spawn(env)?;
-    server.wait_for("/healthz", Duration::from_secs(30)).await?;
+    let mut server = ServerProcess::spawn(env)?;
+    stack::wait_for(&mut server, "/healthz").await?;
     let mut ws = client::connect_joined(
         server.port,
         client::source_addr(0),

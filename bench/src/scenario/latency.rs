@@ -11,7 +11,7 @@ use crate::client::{self, Join};
 use crate::load::{self, Phase, Reference, Samples};
 use crate::opts::Opts;
 use crate::report;
-use crate::stack::{self, Server, STAMP_SQL};
+use crate::stack::{self, TempPostgres, STAMP_SQL};
 use crate::sys::{CpuMeter, Who};
 
 const SCHEMA: &str = "
@@ -25,10 +25,10 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
     let sockets = opts.usize("sockets", 1_000, 20)?;
     let rates = opts.list("rates", &[1_000, 5_000], &[100, 300])?;
     let secs = opts.usize("seconds", 10, 1)?;
-    let (pg, db) = stack::postgres(SCHEMA).await?;
+    let (pg, db) = TempPostgres::with_schema(SCHEMA).await?;
     let phase = Phase::default();
     let reference = Reference::start(&pg, &db, "bench_ref", &phase).await?;
-    let server = Server::start(Server::env(&pg, "bench")).await?;
+    let server = stack::start_server(stack::server_env(&pg, "bench")).await?;
     let t = std::time::Instant::now();
     let ws = client::connect_many(server.port, sockets, 0, |_| {
         Join::Legacy("realtime:public:lat".into())

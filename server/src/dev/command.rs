@@ -1,9 +1,9 @@
 //! `realtime-server dev`: a throwaway PostgreSQL, a demo schema and the server
 //! on it, in one command.
 //!
-//! Owns the quick start: starting a [`TempPostgres`] (or, with `DB_HOST` set,
-//! using that database), creating the demo table `public.todos` and the
-//! publication `realtime_dev`, serving with secure channels off plus a small
+//! Owns the quick start: starting a [`TempPostgres`] with the demo schema
+//! (or, with `DB_HOST` set, applying it to that database): the demo table
+//! `public.todos` and the publication `realtime_dev`; serving with secure channels off plus a small
 //! demo API under `/dev/` for the page's form, and on SIGINT or SIGTERM
 //! stopping the server and PostgreSQL and removing its files.
 //!
@@ -19,8 +19,9 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
+use realtime_harness::TempPostgres;
+
 use crate::config::{Config, VARIABLES};
-use crate::dev::postgres::TempPostgres;
 use crate::http::ExtraRoutes;
 
 /// The publication the dev command creates and streams from by default.
@@ -80,23 +81,20 @@ pub async fn main() -> i32 {
         None
     } else {
         println!("realtime-server dev: starting a throwaway PostgreSQL...");
-        let start = tokio::task::spawn_blocking(TempPostgres::start);
+        let start = TempPostgres::with_schema(DEMO_SCHEMA);
         tokio::pin!(start);
         tokio::select! {
             started = &mut start => match started {
-                Ok(Ok(pg)) => Some(pg),
-                Ok(Err(e)) => {
-                    eprintln!("realtime-server dev: cannot start PostgreSQL: {e}");
-                    return 1;
-                }
+                // The demo API makes its own connection.
+                Ok((pg, _db)) => Some(pg),
                 Err(e) => {
-                    eprintln!("realtime-server dev: starting PostgreSQL panicked: {e}");
+                    eprintln!("realtime-server dev: cannot start PostgreSQL with the demo schema: {e}");
                     return 1;
                 }
             },
             _ = signals.recv() => {
                 // The start cannot be interrupted: let it finish, then undo it.
-                if let Ok(Ok(pg)) = start.await {
+                if let Ok((pg, _db)) = start.await {
                     stop_postgres(pg).await;
                 }
                 return 0;
@@ -209,12 +207,16 @@ async fn run(pg: Option<&TempPostgres>, env: HashMap<String, String>, mut signal
         db_config,
         client: tokio::sync::Mutex::new(None),
     });
-    if let Err(e) = demo.setup().await {
-        eprintln!(
-            "realtime-server dev: cannot create the demo table and publication in {}:{}/{}: {e:#}",
-            config.db.host, config.db.port, config.db.name
-        );
-        return 1;
+    // A throwaway cluster was started with the schema; the user's database
+    // (DB_HOST) gets it here.
+    if pg.is_none() {
+        if let Err(e) = demo.setup().await {
+            eprintln!(
+                "realtime-server dev: cannot create the demo table and publication in {}:{}/{}: {e:#}",
+                config.db.host, config.db.port, config.db.name
+            );
+            return 1;
+        }
     }
 
     let psql = psql_line(&config, pg);

@@ -1,8 +1,7 @@
-//! Local development support: a throwaway PostgreSQL with logical replication
-//! (used by the tests and by the quick start), the `dev` command, and the live
-//! page served at `/`.
+//! Local development support: the live page served at `/`, and (with the
+//! default `dev` feature) the `dev` command, which starts a throwaway
+//! PostgreSQL from `realtime-harness`.
 
+#[cfg(feature = "dev")]
 pub mod command;
 pub mod page;
-pub mod postgres;
-pub mod probe;

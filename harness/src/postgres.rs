@@ -1,19 +1,21 @@
-//! A throwaway PostgreSQL cluster with logical replication, for the tests and for
-//! `realtime-server dev`.
+//! A throwaway PostgreSQL cluster with logical replication, for the tests, the
+//! benchmarks and `realtime-server dev`.
 //!
 //! Owns: finding the machine's PostgreSQL binaries, `initdb` into a temporary
 //! directory, starting the server on a free loopback port with `wal_level =
-//! logical`, and removing every trace of it on drop (also when a test panics).
-//! As root it runs PostgreSQL as the `postgres` user, since `initdb` refuses to
-//! run as root. It never touches a cluster it did not create.
+//! logical`, applying a schema ([`TempPostgres::with_schema`], the one way to
+//! get a database to test against), and removing every trace of it on drop
+//! (also when a test panics). As root it runs PostgreSQL as the `postgres`
+//! user, since `initdb` refuses to run as root. It never touches a cluster it
+//! did not create.
 
 use std::fmt;
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom};
-use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Duration;
+
+use crate::net::free_port;
 
 /// The superuser that `initdb` creates; tests and the dev command connect as it.
 pub const SUPERUSER: &str = "postgres";
@@ -58,6 +60,35 @@ pub enum PgError {
         log: String,
         tail: String,
     },
+    #[error("{step} {url}: {reason}")]
+    Sql {
+        step: &'static str,
+        url: String,
+        /// The error with its causes: tokio-postgres says only "db error"
+        /// and keeps PostgreSQL's message in its source.
+        reason: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("starting PostgreSQL: the blocking task failed: {0}")]
+    Task(String),
+}
+
+impl PgError {
+    fn sql(step: &'static str, url: String, source: tokio_postgres::Error) -> PgError {
+        let mut reason = source.to_string();
+        let mut cause = std::error::Error::source(&source);
+        while let Some(c) = cause {
+            reason.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
+        PgError::Sql {
+            step,
+            url,
+            reason,
+            source,
+        }
+    }
 }
 
 fn io_err(step: impl Into<String>) -> impl FnOnce(io::Error) -> PgError {
@@ -112,7 +143,7 @@ impl TempPostgres {
 
         let mut last_err = None;
         for _ in 0..PORT_ATTEMPTS {
-            pg.port = free_port()?;
+            pg.port = free_port().map_err(io_err("choosing a port for PostgreSQL"))?;
             pg.write_config()?;
             match pg.pg_ctl_start() {
                 Ok(()) => return Ok(pg),
@@ -129,6 +160,41 @@ impl TempPostgres {
             }
         }
         Err(last_err.expect("at least one start attempt"))
+    }
+
+    /// Starts a cluster (off the async runtime: it blocks for about a second),
+    /// connects, and runs `schema` (any SQL; several statements run as one
+    /// transaction; "" for none). The one way the tests, the benchmarks and
+    /// `realtime-server dev` get a database with their tables. On failure
+    /// nothing is left behind.
+    pub async fn with_schema(
+        schema: &str,
+    ) -> Result<(TempPostgres, tokio_postgres::Client), PgError> {
+        let pg = tokio::task::spawn_blocking(TempPostgres::start)
+            .await
+            .map_err(|e| PgError::Task(e.to_string()))??;
+        let applied = async {
+            let url = pg.url();
+            let db = pg
+                .connect()
+                .await
+                .map_err(|e| PgError::sql("connecting to", url.clone(), e))?;
+            if !schema.is_empty() {
+                db.batch_execute(schema)
+                    .await
+                    .map_err(|e| PgError::sql("applying the schema to", url, e))?;
+            }
+            Ok(db)
+        }
+        .await;
+        match applied {
+            Ok(db) => Ok((pg, db)),
+            Err(e) => {
+                // Stopping blocks: not on the runtime's threads.
+                let _ = tokio::task::spawn_blocking(move || drop(pg)).await;
+                Err(e)
+            }
+        }
     }
 
     /// The cluster's directory: `data/`, the server log and the Unix socket.
@@ -176,17 +242,23 @@ impl TempPostgres {
         &self,
         publications: &[&str],
     ) -> Result<std::collections::BTreeMap<String, String>, PgError> {
+        use realtime_contract::config::var;
         let publications = serde_json::to_string(publications).expect("a list of strings is JSON");
         Ok([
-            ("PORT", free_port()?.to_string()),
-            ("BIND_ADDRESS", self.host().to_string()),
-            ("DB_HOST", self.host().to_string()),
-            ("DB_PORT", self.port().to_string()),
-            ("DB_NAME", self.dbname().to_string()),
-            ("DB_USER", self.user().to_string()),
-            ("DB_PASSWORD", "unused-with-trust-auth".to_string()),
-            ("PUBLICATIONS", publications),
-            ("SECURE_CHANNELS", "false".to_string()),
+            (
+                var::PORT,
+                free_port()
+                    .map_err(io_err("choosing the server's port"))?
+                    .to_string(),
+            ),
+            (var::BIND_ADDRESS, self.host().to_string()),
+            (var::DB_HOST, self.host().to_string()),
+            (var::DB_PORT, self.port().to_string()),
+            (var::DB_NAME, self.dbname().to_string()),
+            (var::DB_USER, self.user().to_string()),
+            (var::DB_PASSWORD, "unused-with-trust-auth".to_string()),
+            (var::PUBLICATIONS, publications),
+            (var::SECURE_CHANNELS, "false".to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -277,6 +349,20 @@ impl TempPostgres {
         } else {
             cmd.env("PGPORT", self.port.to_string());
         }
+        cmd
+    }
+
+    /// A PostgreSQL client program (`pgbench`, `pg_recvlogical`, `psql`) run
+    /// as this process's user, connecting over TCP to this cluster through
+    /// `PGHOST`, `PGPORT`, `PGUSER` and `PGDATABASE`. Found beside the
+    /// cluster's binaries, else in `pg_config --bindir`, else on PATH.
+    pub fn client_command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(client_program(&self.bindir, program));
+        cmd.env_remove("PGDATA")
+            .env("PGHOST", self.host())
+            .env("PGPORT", self.port.to_string())
+            .env("PGUSER", SUPERUSER)
+            .env("PGDATABASE", self.dbname());
         cmd
     }
 
@@ -391,18 +477,7 @@ impl Drop for TempPostgres {
         if self.port != 0 {
             // Immediate: the data is thrown away anyway. Errors are ignored
             // (the server may already be stopped by a test).
-            let data = self.data_dir();
-            let _ = self.run_pg(
-                "pg_ctl",
-                &[
-                    "-D".as_ref(),
-                    data.as_os_str(),
-                    "-m".as_ref(),
-                    "immediate".as_ref(),
-                    "-w".as_ref(),
-                    "stop".as_ref(),
-                ],
-            );
+            let _ = self.stop("immediate");
         }
         if let Some(dir) = self.dir.take() {
             let _ = dir.close();
@@ -464,6 +539,22 @@ pub fn find_bindir() -> Result<PathBuf, PgError> {
         .ok_or(PgError::BinariesNotFound)
 }
 
+/// `program` beside the server binaries in `bindir`, else in `pg_config
+/// --bindir` (client packages may live apart), else the bare name for PATH.
+fn client_program(bindir: &Path, program: &str) -> PathBuf {
+    let beside = bindir.join(program);
+    if beside.is_file() {
+        return beside;
+    }
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if dir.join(program).is_file() {
+            return dir.join(program);
+        }
+    }
+    PathBuf::from(program)
+}
+
 fn is_root() -> bool {
     // SAFETY-free check: `id -u` avoids a libc dependency for one call.
     Command::new("id")
@@ -482,18 +573,6 @@ fn user_exists(name: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// A port that was free on 127.0.0.1 a moment ago. Another process may take it
-/// before it is bound (`start` retries with a new one for PostgreSQL).
-pub fn free_port() -> Result<u16, PgError> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .map_err(io_err("binding 127.0.0.1:0 to find a free port"))?;
-    let port = listener
-        .local_addr()
-        .map_err(io_err("reading the bound address"))?
-        .port();
-    Ok(port)
-}
-
 fn read_tail(path: &Path, max: u64) -> String {
     let Ok(mut file) = fs::File::open(path) else {
         return format!("(no log at {})", path.display());
@@ -503,19 +582,4 @@ fn read_tail(path: &Path, max: u64) -> String {
     let mut buf = Vec::new();
     let _ = file.read_to_end(&mut buf);
     String::from_utf8_lossy(&buf).into_owned()
-}
-
-/// Waits until `port` on 127.0.0.1 accepts no connection, up to `timeout`.
-/// Tests use it to prove a stopped cluster released its port.
-pub fn port_is_free(port: u16, timeout: Duration) -> bool {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
-            return true;
-        }
-        if std::time::Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use realtime_server::dev::postgres::port_is_free;
-use realtime_tests::TempPostgres;
+use realtime_harness::net::port_is_free;
+use realtime_harness::TempPostgres;
 
 #[tokio::test]
 async fn cluster_has_logical_replication() {
@@ -119,4 +119,38 @@ async fn a_stopped_cluster_restarts_with_its_data() {
     let c = pg.connect().await.unwrap();
     let x: i32 = c.query_one("SELECT x FROM kept", &[]).await.unwrap().get(0);
     assert_eq!(x, 7);
+}
+
+#[tokio::test]
+async fn with_schema_applies_it() {
+    let (_pg, db) = TempPostgres::with_schema(
+        "CREATE TABLE items (id int PRIMARY KEY);
+         INSERT INTO items VALUES (1), (2);",
+    )
+    .await
+    .expect("PostgreSQL with the schema");
+    let n: i64 = db
+        .query_one("SELECT count(*) FROM items", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+}
+
+#[tokio::test]
+async fn client_programs_reach_the_cluster_as_this_user() {
+    let (pg, _db) = TempPostgres::with_schema("CREATE TABLE t (x int); INSERT INTO t VALUES (42)")
+        .await
+        .expect("PostgreSQL with the schema");
+    let out = pg
+        .client_command("psql")
+        .args(["-At", "-c", "SELECT x FROM t"])
+        .output()
+        .expect("run psql");
+    assert!(
+        out.status.success(),
+        "psql failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
 }
