@@ -7,6 +7,7 @@
 //! encode once) -> per-socket queue -> `phoenix::writer` -> client.
 
 pub mod auth;
+pub mod authz;
 pub mod change;
 pub mod dev;
 pub mod filter;
