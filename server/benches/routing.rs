@@ -51,6 +51,7 @@ fn route(hub: &Hub, table: &Arc<TableInfo>, changes: usize) -> f64 {
             ]),
             old_record: None,
             errors: vec![],
+            unlimited: None,
         };
         hub.dispatch(&change);
     }

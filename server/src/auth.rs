@@ -1,34 +1,65 @@
 //! Client authentication: this module owns verifying the JWTs that clients present
-//! (at the WebSocket upgrade and in channel joins) against `JWT_SECRET` and
-//! `JWT_CLAIM_VALIDATORS`. It decides "valid or not, and why"; what to do about an
-//! invalid token (HTTP 403, an error reply) belongs to the callers.
+//! (at the WebSocket upgrade and in channel joins) against the configured keys
+//! (`JWT_SECRET`, `JWT_JWKS`, `JWT_JWKS_URL`, see [`keys`]), the time claims
+//! (`exp`, `nbf`, with `JWT_LEEWAY`) and `JWT_CLAIM_VALIDATORS`. It decides
+//! "valid or not, and why"; what to do about an invalid token (HTTP 403, an
+//! error reply) belongs to the callers.
 //!
 //! Error messages ([`AuthError`]'s `Display`) go to the client, so they never
-//! include the secret or the token.
+//! include a secret or the token.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::{Map, Value};
 
 use crate::config::Secret;
 
-/// The algorithms we accept: HMAC with SHA-2, the only ones a shared secret can verify.
-const ACCEPTED: &str = "HS256, HS384 or HS512";
+pub mod keys;
+use keys::{Key, RemoteJwks};
+
+/// The algorithms a token may name; each is verified only by a key that
+/// verifies it.
+const ACCEPTED: &str =
+    "HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA";
+
+/// Where the verification keys come from.
+#[derive(Debug, Clone, Default)]
+pub struct KeySources {
+    /// `JWT_SECRET`: verifies HS256, HS384 and HS512.
+    pub secret: Option<Secret>,
+    /// `JWT_JWKS`: a JWKS document (or one JWK).
+    pub jwks: Option<String>,
+    /// `JWT_JWKS_URL`: where to fetch a JWKS.
+    pub jwks_url: Option<String>,
+    /// `JWT_LEEWAY`: how far `exp` and `nbf` may be off.
+    pub leeway: Duration,
+}
 
 /// Verifies client tokens. Cheap to clone; build one at start and share it.
 #[derive(Clone)]
 pub struct JwtVerifier {
-    key: DecodingKey,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    secret: Option<DecodingKey>,
+    inline: Vec<Key>,
+    remote: Option<RemoteJwks>,
     claim_validators: Map<String, Value>,
+    leeway: u64,
 }
 
 impl std::fmt::Debug for JwtVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JwtVerifier")
-            .field("key", &"<redacted>")
-            .field("claim_validators", &self.claim_validators)
+            .field("secret", &self.inner.secret.as_ref().map(|_| "<redacted>"))
+            .field("inline", &self.inner.inline)
+            .field("remote", &self.inner.remote)
+            .field("claim_validators", &self.inner.claim_validators)
+            .field("leeway", &self.inner.leeway)
             .finish()
     }
 }
@@ -38,6 +69,8 @@ impl std::fmt::Debug for JwtVerifier {
 pub struct Claims {
     /// `exp` (seconds since the Unix epoch), when the token has one.
     pub exp: Option<u64>,
+    /// When the token stops being accepted: `exp` plus the leeway.
+    pub expires_at: Option<u64>,
     /// Every claim, as sent.
     pub raw: Map<String, Value>,
 }
@@ -46,6 +79,11 @@ impl Claims {
     /// The `role` claim (Supabase: `anon`, `authenticated`, `service_role`), if it is a string.
     pub fn role(&self) -> Option<&str> {
         self.raw.get("role").and_then(Value::as_str)
+    }
+
+    /// Whether the token is still accepted at `now` (seconds since the epoch).
+    pub fn valid_at(&self, now: u64) -> bool {
+        self.expires_at.is_none_or(|e| now < e)
     }
 }
 
@@ -60,82 +98,222 @@ pub enum AuthError {
     BadSignature,
     #[error("access token has expired")]
     Expired,
+    #[error("access token is not valid yet (nbf is in the future)")]
+    NotYetValid,
     #[error("access token algorithm {0} is not supported: expected {ACCEPTED}")]
     UnsupportedAlgorithm(String),
+    #[error("access token names key {0:?}, which this server does not have")]
+    UnknownKey(String),
+    #[error("no key of this server verifies {0} tokens")]
+    NoKey(String),
+    #[error("access token algorithm {alg} does not match key {kid:?}")]
+    KeyMismatch { kid: String, alg: String },
     #[error("access token claim `{claim}` does not have the value this server requires")]
     ClaimMismatch { claim: String },
 }
 
 impl JwtVerifier {
-    /// `secret` is used as is (its bytes are the HMAC key, not base64-decoded);
-    /// every pair of `claim_validators` must equal the token's claim exactly.
+    /// A verifier with the HMAC secret only: its bytes are the key as is
+    /// (not base64-decoded). No leeway.
     pub fn new(secret: &Secret, claim_validators: Map<String, Value>) -> JwtVerifier {
-        JwtVerifier {
-            key: DecodingKey::from_secret(secret.expose().as_bytes()),
-            claim_validators,
+        let sources = KeySources {
+            secret: Some(secret.clone()),
+            ..KeySources::default()
+        };
+        JwtVerifier::with_keys(&sources, claim_validators).expect("a secret alone is valid")
+    }
+
+    /// A verifier with every configured key. Errors name the setting.
+    /// Nothing is fetched yet: call [`JwtVerifier::refresh`].
+    pub fn with_keys(
+        sources: &KeySources,
+        claim_validators: Map<String, Value>,
+    ) -> Result<JwtVerifier, String> {
+        let inline = match &sources.jwks {
+            None => Vec::new(),
+            Some(text) => {
+                let (keys, skipped) =
+                    keys::parse_jwks(text).map_err(|e| format!("JWT_JWKS: {e}"))?;
+                for why in skipped {
+                    tracing::warn!("JWT_JWKS: leaving out {why}");
+                }
+                if keys.is_empty() {
+                    return Err("JWT_JWKS has no key that verifies signatures".into());
+                }
+                keys
+            }
+        };
+        let remote = match &sources.jwks_url {
+            None => None,
+            Some(url) => {
+                let remote = RemoteJwks::new(url).map_err(|e| format!("JWT_JWKS_URL: {e}"))?;
+                if url.starts_with("http://") {
+                    tracing::warn!(%url, "JWT_JWKS_URL is not https: whoever can alter the traffic can make the server accept their tokens");
+                }
+                Some(remote)
+            }
+        };
+        Ok(JwtVerifier {
+            inner: Arc::new(Inner {
+                secret: sources
+                    .secret
+                    .as_ref()
+                    .map(|s| DecodingKey::from_secret(s.expose().as_bytes())),
+                inline,
+                remote,
+                claim_validators,
+                leeway: sources.leeway.as_secs(),
+            }),
+        })
+    }
+
+    /// Fetches the remote JWKS, if there is one (at start, then every
+    /// [`keys::REFRESH_INTERVAL`]).
+    pub async fn refresh(&self) -> Result<(), String> {
+        match &self.inner.remote {
+            Some(remote) => remote.refresh().await,
+            None => Ok(()),
         }
     }
 
-    /// Verifies a token and returns its claims.
+    /// Whether there is a remote JWKS to refresh.
+    pub fn has_remote_keys(&self) -> bool {
+        self.inner.remote.is_some()
+    }
+
+    /// [`JwtVerifier::verify`]; when the token names a key this server does
+    /// not have and a remote JWKS is configured, fetches it again (at most
+    /// once per [`keys::REFETCH_INTERVAL`]) and tries once more.
+    pub async fn verify_fetching(&self, token: &str) -> Result<Claims, AuthError> {
+        match self.verify(token) {
+            Err(AuthError::UnknownKey(kid)) => match &self.inner.remote {
+                Some(remote) => {
+                    let _ = remote.refresh_for_unknown_kid().await;
+                    self.verify(token)
+                }
+                None => Err(AuthError::UnknownKey(kid)),
+            },
+            other => other,
+        }
+    }
+
+    /// Verifies a token with the keys at hand and returns its claims.
     ///
-    /// - Algorithm: HS256, HS384 or HS512, as the token's header says; any other
-    ///   `alg` (RS256, `none`, ...) is refused before anything else is looked at.
-    /// - Signature: HMAC with the secret.
+    /// - Algorithm: one of [`ACCEPTED`], and a key that verifies exactly
+    ///   that algorithm: the HMAC secret for HS*, a JWK for what its type
+    ///   (or its own `alg`) says. With a `kid`, only the key of that `kid`.
+    ///   `none` and anything else are refused before anything is looked at.
     /// - `exp`: **not required**. A token without `exp` is accepted (it never
-    ///   expires; anon/service keys are often like that). When present it must be a
-    ///   number and in the future (no leeway).
+    ///   expires; anon/service keys are often like that). When present it must
+    ///   be a number, and later than now minus the leeway; `exp: null` is
+    ///   refused.
+    /// - `nbf`: when present, a number not later than now plus the leeway.
     /// - Every claim validator pair must equal the claim exactly (JSON equality).
-    /// - Nothing else is checked: not `nbf`, `iat`, `aud` or `iss` (unless a claim
+    /// - Nothing else is checked: not `iat`, `aud` or `iss` (unless a claim
     ///   validator names them).
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         let token = token.trim();
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
-        let algorithm = header_algorithm(token)?;
+        let (algorithm, kid) = header(token)?;
+        let inner = &self.inner;
+        let remote = inner.remote.as_ref().map(|r| r.keys());
+        let jwks = inner
+            .inline
+            .iter()
+            .chain(remote.iter().flat_map(|k| k.iter()));
+        let mut candidates: Vec<&DecodingKey> = Vec::new();
+        let is_hmac = matches!(
+            algorithm,
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+        );
+        if is_hmac {
+            candidates.extend(inner.secret.as_ref());
+        }
+        let mut same_kid_other_alg = false;
+        for key in jwks {
+            if kid.is_some() && key.kid != kid {
+                continue;
+            }
+            if key.algorithms.contains(&algorithm) {
+                candidates.push(&key.key);
+            } else if kid.is_some() {
+                same_kid_other_alg = true;
+            }
+        }
+        let alg_name = format!("{algorithm:?}");
+        if candidates.is_empty() {
+            return Err(match kid {
+                Some(kid) if same_kid_other_alg => AuthError::KeyMismatch { kid, alg: alg_name },
+                Some(kid) => AuthError::UnknownKey(kid),
+                None => AuthError::NoKey(alg_name),
+            });
+        }
 
-        let mut validation = Validation::new(algorithm);
-        validation.required_spec_claims.clear();
-        validation.validate_exp = false; // checked below, with our rules
-        validation.validate_nbf = false;
-        validation.validate_aud = false;
-        validation.leeway = 0;
+        // The signature first, with jsonwebtoken's primitive; the claims are
+        // read here, so each malformed claim gets its own reason.
+        let (message, signature) = token.rsplit_once('.').expect("three parts");
+        let mut verified = false;
+        for key in candidates {
+            if key.family() != algorithm.family() {
+                continue;
+            }
+            match jsonwebtoken::crypto::verify(signature, message.as_bytes(), key, algorithm) {
+                Ok(true) => {
+                    verified = true;
+                    break;
+                }
+                Ok(false) => {}
+                Err(e) if matches!(e.kind(), ErrorKind::Base64(_)) => {
+                    return Err(AuthError::Malformed(
+                        "the signature is not valid base64url".into(),
+                    ))
+                }
+                // A key that cannot verify this token (e.g. the wrong size):
+                // another may.
+                Err(_) => {}
+            }
+        }
+        if !verified {
+            return Err(AuthError::BadSignature);
+        }
+        let payload = message.split('.').nth(1).unwrap_or_default();
+        let payload = base64url_decode(payload)
+            .ok_or_else(|| AuthError::Malformed("a part is not valid base64url".into()))?;
+        let raw: Map<String, Value> = serde_json::from_slice(&payload)
+            .map_err(|_| AuthError::Malformed("the claims are not a JSON object".into()))?;
 
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &validation)
-            .map_err(|e| match e.kind() {
-                ErrorKind::InvalidSignature => AuthError::BadSignature,
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                ErrorKind::InvalidAlgorithm | ErrorKind::UnsupportedAlgorithm => {
-                    AuthError::UnsupportedAlgorithm(format!("{algorithm:?}"))
-                }
-                ErrorKind::Json(_) => {
-                    AuthError::Malformed("the claims are not a JSON object".into())
-                }
-                ErrorKind::Base64(_) | ErrorKind::Utf8(_) => {
-                    AuthError::Malformed("a part is not valid base64url".into())
-                }
-                _ => AuthError::Malformed("not a valid JWT".into()),
-            })?;
-        let raw = data.claims;
-
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let leeway = inner.leeway as f64;
         let exp = match raw.get("exp") {
-            None | Some(Value::Null) => None,
+            None => None,
             Some(exp) => {
                 let Some(seconds) = exp.as_f64().filter(|s| s.is_finite()) else {
                     return Err(AuthError::Malformed("the exp claim is not a number".into()));
                 };
-                let now = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_secs_f64())
-                    .unwrap_or(0.0);
-                if seconds <= now {
+                if seconds + leeway <= now {
                     return Err(AuthError::Expired);
                 }
-                Some(exp.as_u64().unwrap_or(seconds as u64))
+                Some(seconds)
             }
         };
+        match raw.get("nbf") {
+            None => {}
+            Some(nbf) => {
+                let Some(seconds) = nbf.as_f64().filter(|s| s.is_finite()) else {
+                    return Err(AuthError::Malformed("the nbf claim is not a number".into()));
+                };
+                if seconds - leeway > now {
+                    return Err(AuthError::NotYetValid);
+                }
+            }
+        }
 
-        for (claim, required) in &self.claim_validators {
+        for (claim, required) in &inner.claim_validators {
             if raw.get(claim) != Some(required) {
                 return Err(AuthError::ClaimMismatch {
                     claim: claim.clone(),
@@ -143,14 +321,18 @@ impl JwtVerifier {
             }
         }
 
-        Ok(Claims { exp, raw })
+        Ok(Claims {
+            exp: exp.map(|s| s as u64),
+            expires_at: exp.map(|s| (s + leeway).ceil() as u64),
+            raw,
+        })
     }
 }
 
-/// The token's `alg`, if it is one we accept. Read by hand (not with
-/// `jsonwebtoken::decode_header`) so an unknown `alg` is named in the error
-/// rather than reported as bad JSON.
-fn header_algorithm(token: &str) -> Result<Algorithm, AuthError> {
+/// The token's `alg`, if it is one we accept, and its `kid`. Read by hand
+/// (not with `jsonwebtoken::decode_header`) so an unknown `alg` is named in
+/// the error rather than reported as bad JSON.
+fn header(token: &str) -> Result<(Algorithm, Option<String>), AuthError> {
     let mut parts = token.split('.');
     let (Some(header), Some(_payload), Some(_signature), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -163,17 +345,38 @@ fn header_algorithm(token: &str) -> Result<Algorithm, AuthError> {
         .ok_or_else(|| AuthError::Malformed("the header is not valid base64url".into()))?;
     let header: Map<String, Value> = serde_json::from_slice(&header)
         .map_err(|_| AuthError::Malformed("the header is not a JSON object".into()))?;
-    match header.get("alg") {
+    let kid = match header.get("kid") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(k)) => Some(k.chars().take(128).collect()),
+        Some(_) => {
+            return Err(AuthError::Malformed(
+                "the header's kid is not a string".into(),
+            ))
+        }
+    };
+    let algorithm = match header.get("alg") {
         Some(Value::String(alg)) => match alg.as_str() {
-            "HS256" => Ok(Algorithm::HS256),
-            "HS384" => Ok(Algorithm::HS384),
-            "HS512" => Ok(Algorithm::HS512),
-            other => Err(AuthError::UnsupportedAlgorithm(
-                other.chars().take(32).collect(),
-            )),
+            "HS256" => Algorithm::HS256,
+            "HS384" => Algorithm::HS384,
+            "HS512" => Algorithm::HS512,
+            "RS256" => Algorithm::RS256,
+            "RS384" => Algorithm::RS384,
+            "RS512" => Algorithm::RS512,
+            "PS256" => Algorithm::PS256,
+            "PS384" => Algorithm::PS384,
+            "PS512" => Algorithm::PS512,
+            "ES256" => Algorithm::ES256,
+            "ES384" => Algorithm::ES384,
+            "EdDSA" => Algorithm::EdDSA,
+            other => {
+                return Err(AuthError::UnsupportedAlgorithm(
+                    other.chars().take(32).collect(),
+                ))
+            }
         },
-        _ => Err(AuthError::Malformed("the header has no alg".into())),
-    }
+        _ => return Err(AuthError::Malformed("the header has no alg".into())),
+    };
+    Ok((algorithm, kid))
 }
 
 /// Base64url without padding (RFC 7515); trailing `=` tolerated.
@@ -326,19 +529,26 @@ mod tests {
         assert_eq!(v.verify(&t), Err(AuthError::Expired));
         let t = token(Algorithm::HS256, json!({"exp": "tomorrow"}), SECRET);
         assert!(matches!(v.verify(&t), Err(AuthError::Malformed(_))));
+        let t = token(Algorithm::HS256, json!({"exp": null}), SECRET);
+        assert!(matches!(v.verify(&t), Err(AuthError::Malformed(_))));
     }
 
     #[test]
     fn other_algorithms_are_rejected() {
         let v = verifier(json!({}));
         let claims = json!({"role": "service_role"});
-        for alg in ["RS256", "ES256", "none", "PS512", "EdDSA", "XY999"] {
+        for alg in ["none", "XY999", "HS1", "RSA-OAEP"] {
             let t = forged(json!({"alg": alg, "typ": "JWT"}), claims.clone());
             assert_eq!(
                 v.verify(&t),
                 Err(AuthError::UnsupportedAlgorithm(alg.into())),
                 "{alg}"
             );
+        }
+        // Algorithms with no key of this server.
+        for alg in ["RS256", "ES256", "PS512", "EdDSA"] {
+            let t = forged(json!({"alg": alg, "typ": "JWT"}), claims.clone());
+            assert_eq!(v.verify(&t), Err(AuthError::NoKey(alg.into())), "{alg}");
         }
         // An unsigned token ("alg": "none", empty signature).
         let t = forged(json!({"alg": "none"}), claims.clone());
@@ -347,14 +557,58 @@ mod tests {
             v.verify(&unsigned),
             Err(AuthError::UnsupportedAlgorithm("none".into()))
         );
-        let message = AuthError::UnsupportedAlgorithm("RS256".into()).to_string();
+        let message = AuthError::UnsupportedAlgorithm("none".into()).to_string();
         assert_eq!(
             message,
-            "access token algorithm RS256 is not supported: expected HS256, HS384 or HS512"
+            "access token algorithm none is not supported: expected HS256, HS384, HS512, RS256, \
+             RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA"
         );
         // A header that claims HS384 over an HS256 signature does not verify.
         let t = forged(json!({"alg": "HS384"}), claims);
         assert_eq!(v.verify(&t), Err(AuthError::BadSignature));
+    }
+
+    #[test]
+    fn time_claims_with_a_leeway() {
+        let v = JwtVerifier::with_keys(
+            &KeySources {
+                secret: Some(Secret::new(SECRET)),
+                leeway: Duration::from_secs(5),
+                ..KeySources::default()
+            },
+            Map::new(),
+        )
+        .unwrap();
+        let t = |claims: Value| token(Algorithm::HS256, claims, SECRET);
+        // Within the leeway: accepted, and expires at exp + leeway.
+        let c = v.verify(&t(json!({"exp": now() - 2}))).unwrap();
+        assert_eq!(c.expires_at, Some(now() - 2 + 5));
+        assert!(c.valid_at(now()) && !c.valid_at(now() + 3));
+        assert_eq!(
+            v.verify(&t(json!({"exp": now() - 6}))),
+            Err(AuthError::Expired)
+        );
+        assert!(v.verify(&t(json!({"nbf": now() + 3}))).is_ok());
+        assert_eq!(
+            v.verify(&t(json!({"nbf": now() + 60}))),
+            Err(AuthError::NotYetValid)
+        );
+        // null and non-numbers are refused, with the claim named.
+        for (claims, name) in [
+            (json!({"exp": null}), "exp"),
+            (json!({"exp": "tomorrow"}), "exp"),
+            (json!({"nbf": null}), "nbf"),
+            (json!({"nbf": [1]}), "nbf"),
+        ] {
+            match v.verify(&t(claims.clone())) {
+                Err(AuthError::Malformed(why)) => assert!(why.contains(name), "{claims}: {why}"),
+                other => panic!("{claims}: {other:?}"),
+            }
+        }
+        // No exp: never expires.
+        let c = v.verify(&t(json!({"role": "anon"}))).unwrap();
+        assert_eq!((c.exp, c.expires_at), (None, None));
+        assert!(c.valid_at(u64::MAX - 1));
     }
 
     #[test]

@@ -135,9 +135,22 @@ pub struct Change {
     /// Things the client should know about this change, e.g. a TOASTed value
     /// that could not be filled.
     pub errors: Vec<String>,
+    /// The new and old rows before `MAX_RECORD_BYTES` cut them down, when it
+    /// did: row level security decides on the whole row.
+    pub unlimited: Option<Arc<(Option<Row>, Option<Row>)>>,
 }
 
 impl Change {
+    /// The whole new row, when `record` was cut down.
+    pub fn unlimited_new(&self) -> Option<&Row> {
+        self.unlimited.as_ref().and_then(|u| u.0.as_ref())
+    }
+
+    /// The whole old row, when `old_record` was cut down.
+    pub fn unlimited_old(&self) -> Option<&Row> {
+        self.unlimited.as_ref().and_then(|u| u.1.as_ref())
+    }
+
     /// The text of `column` in the row that selects this change for a
     /// `column=eq.value` topic: the new row, or the old row for DELETE.
     pub fn filter_text(&self, column: usize) -> Option<&[u8]> {
@@ -434,6 +447,7 @@ mod tests {
             ]),
             old_record: Some(vec![Cell::Text(Bytes::from_static(b"2")), Cell::Absent]),
             errors: vec![],
+            unlimited: None,
         };
         assert_eq!(
             change.legacy_json(),
@@ -450,6 +464,7 @@ mod tests {
             record: None,
             old_record: None,
             errors: vec![],
+            unlimited: None,
         };
         assert_eq!(
             change.legacy_json(),

@@ -6,6 +6,7 @@
 //! kubelet's part: a pod's environment ([`kubelet`]).
 
 pub mod chart;
+pub mod jwt;
 pub mod k8s;
 pub mod kubelet;
 pub mod operator;

@@ -8,6 +8,10 @@
 //! and claims. Knows nothing of sockets or of the replication stream.
 
 pub mod analysis;
+pub mod authorizer;
 pub mod db;
+pub mod image;
+pub mod lanes;
 pub mod nodetree;
 pub mod plan;
+pub mod setup;

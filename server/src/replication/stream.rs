@@ -642,6 +642,7 @@ impl ChangeBuilder {
             record,
             old_record,
             errors: Vec::new(),
+            unlimited: None,
         };
         limit_record(&mut change, self.max_record_bytes);
         change
@@ -665,6 +666,11 @@ fn limit_record(change: &mut Change, max: usize) {
     if total <= max {
         return;
     }
+    // Cells share their bytes: keeping the whole rows costs no copy.
+    change.unlimited = Some(std::sync::Arc::new((
+        change.record.clone(),
+        change.old_record.clone(),
+    )));
     let mut dropped: Vec<&str> = Vec::new();
     for row in [&mut change.record, &mut change.old_record]
         .into_iter()
