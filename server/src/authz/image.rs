@@ -35,11 +35,11 @@ pub fn previous(change: &Change) -> Option<&Row> {
 }
 
 /// Whether `row` holds a value (or NULL) for every column in `reads`
-/// (`None`: every column of the table).
+/// (`None`: a column no image has, so never).
 pub fn complete(table: &TableInfo, row: &Row, reads: Option<&BTreeSet<String>>) -> bool {
     let known = |c: &Cell| matches!(c, Cell::Text(_) | Cell::Null);
     match reads {
-        None => row.iter().all(known) && row.len() == table.columns.len(),
+        None => false,
         Some(columns) => columns.iter().all(|name| {
             table
                 .column_index(name)
@@ -139,11 +139,10 @@ mod tests {
         );
         let reads: BTreeSet<String> = ["owner".to_string()].into();
         assert!(complete(&t, &row, Some(&reads)));
-        assert!(complete(&t, &row, None));
+        assert!(!complete(&t, &row, None));
         let key_only = vec![text("1"), Cell::Absent, Cell::Absent];
         assert_eq!(json(&t, &key_only), r#"{"id":"1"}"#);
         assert!(!complete(&t, &key_only, Some(&reads)));
-        assert!(!complete(&t, &key_only, None));
         let toast = vec![text("1"), Cell::UnchangedToast, Cell::Null];
         assert!(!complete(&t, &toast, Some(&reads)));
         assert_eq!(json(&t, &toast), r#"{"id":"1","doc":null}"#);

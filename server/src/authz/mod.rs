@@ -10,6 +10,7 @@
 pub mod analysis;
 pub mod authorizer;
 pub mod db;
+pub mod decide;
 pub mod image;
 pub mod lanes;
 pub mod nodetree;

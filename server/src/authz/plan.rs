@@ -86,8 +86,8 @@ pub struct PolicyPlan {
     pub names: Vec<String>,
     pub permissive: Vec<Part>,
     pub restrictive: Vec<Part>,
-    /// The columns (by name) the combined policies read; `None`: the whole
-    /// row or a column no row image has (a system column).
+    /// The columns (by name) the combined policies read (every column for a
+    /// whole-row reference); `None`: a system column, which no row image has.
     pub reads: Option<BTreeSet<String>>,
     /// Checks row images (`$1`: `text[]` of JSON objects) and returns the
     /// 1-based positions of those the policies let through. `None` when no
@@ -299,8 +299,13 @@ pub async fn load_on(
         refs.whole_row |= r.whole_row;
         refs.system |= r.system;
     }
-    let reads = if refs.whole_row || refs.system {
+    // The whole row: every column, generated ones included (a row image
+    // from the stream has none, so such a row is never decided on a
+    // partial image). A system column: never decidable.
+    let reads = if refs.system {
         None
+    } else if refs.whole_row {
+        Some(columns.values().cloned().collect())
     } else {
         refs.columns
             .iter()
