@@ -38,7 +38,7 @@ fn table() -> Arc<TableInfo> {
 }
 
 /// Changes per second through `hub` for rows whose id matches no binding.
-fn route(hub: &Hub, table: &Arc<TableInfo>, changes: usize) -> f64 {
+fn route(hub: &Arc<Hub>, table: &Arc<TableInfo>, changes: usize) -> f64 {
     let start = Instant::now();
     for i in 0..changes {
         let change = Change {
@@ -58,8 +58,8 @@ fn route(hub: &Hub, table: &Arc<TableInfo>, changes: usize) -> f64 {
     changes as f64 / start.elapsed().as_secs_f64()
 }
 
-fn hub_with(subscriptions: usize) -> (Hub, Vec<realtime_server::hub::Registration>) {
-    let hub = Hub::new(16);
+fn hub_with(subscriptions: usize) -> (Arc<Hub>, Vec<realtime_server::hub::Registration>) {
+    let hub = Arc::new(Hub::new(16));
     let mut regs = Vec::new();
     for i in 0..subscriptions {
         let reg = hub.register();
@@ -76,6 +76,7 @@ fn hub_with(subscriptions: usize) -> (Hub, Vec<realtime_server::hub::Registratio
             table: Some("items".into()),
             event: None,
             filter: Some(filter),
+            subscriber: None,
         }]);
         regs.push(reg);
     }

@@ -90,6 +90,9 @@ pub struct Authorizer {
     principals: Mutex<HashMap<Principal, (u64, Weak<Principal>)>>,
     next_principal: AtomicU64,
     generation: watch::Sender<u64>,
+    pub stats: AuthzStats,
+    /// Tables an undecidable change was last logged for, and when.
+    undecidable_logged: Mutex<HashMap<u32, std::time::Instant>>,
 }
 
 impl std::fmt::Debug for Authorizer {
@@ -98,6 +101,17 @@ impl std::fmt::Debug for Authorizer {
             .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
+}
+
+/// Counters of decisions the server could not make (exported at `/metrics`).
+#[derive(Debug, Default)]
+pub struct AuthzStats {
+    /// (change, group) pairs withheld because the change's image lacks a
+    /// column the policies read.
+    pub undecidable: AtomicU64,
+    /// (change, group) pairs withheld because the group's access to the
+    /// table was not computed yet (a schema-wide subscription's new table).
+    pub unresolved: AtomicU64,
 }
 
 /// A group of subscribers: one principal, shared.
@@ -165,7 +179,33 @@ impl Authorizer {
             principals: Mutex::new(HashMap::new()),
             next_principal: AtomicU64::new(1),
             generation: watch::channel(0).0,
+            stats: AuthzStats::default(),
+            undecidable_logged: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Logs (at most once a minute per table) that a change was withheld
+    /// because its image lacks what the policies read.
+    pub fn undecidable(&self, change: &crate::change::Change, group: &Group) {
+        let mut logged = self
+            .undecidable_logged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        let due = logged
+            .get(&change.table.id)
+            .is_none_or(|t| now.duration_since(*t) >= Duration::from_secs(60));
+        if due {
+            logged.insert(change.table.id, now);
+            tracing::warn!(
+                table = %format!("{}.{}", change.table.schema, change.table.name),
+                kind = change.kind.as_str(),
+                role = %group.principal.role,
+                "a change was withheld: its row image lacks a column the table's policies read \
+                 (an unchanged TOASTed value, a generated or system column); set REPLICA \
+                 IDENTITY FULL on the table if the policies read large values"
+            );
+        }
     }
 
     pub fn settings(&self) -> &AuthzSettings {

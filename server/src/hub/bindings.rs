@@ -4,13 +4,21 @@
 //! filters by column and canonical value, so a change costs one lookup per
 //! filtered column however many sockets filter on other values. Only the
 //! range and `neq` filters of the change's own table are scanned.
+//!
+//! When channels are secured, a binding whose group's policies reduce to
+//! `column = value` (the owner pattern) is indexed by that column and value
+//! like an `eq` filter, so a change reaches it with one lookup however many
+//! users are subscribed; its own filter is then checked on the way. A
+//! binding whose group may see no row of the table is kept aside, never
+//! visited.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use indexmap::IndexSet;
 
-use super::SocketId;
+use super::{SocketId, Subscriber};
+use crate::authz::plan::Access;
 use crate::change::{Cell, Change, ChangeKind};
 use crate::filter::{Comparison, Filter, Value};
 use crate::phoenix::frame::Vsn;
@@ -28,6 +36,30 @@ pub struct Binding {
     /// `None`: every event (`*`).
     pub event: Option<ChangeKind>,
     pub filter: Option<Filter>,
+    /// Who the binding acts as, when channels are secured.
+    pub subscriber: Option<Subscriber>,
+}
+
+impl Binding {
+    /// The `column = value` this binding is indexed by, when its group's
+    /// policies reduce to it (the first of their equalities).
+    fn owned_by(&self) -> Option<(&str, &str)> {
+        match self.subscriber.as_ref()?.access.as_ref()?.access {
+            Access::Match(ref c) => c.first().map(|(k, v)| (k.as_str(), v.as_str())),
+            _ => None,
+        }
+    }
+
+    /// Whether the binding's group may see no row of its table.
+    fn sees_nothing(&self) -> bool {
+        matches!(
+            self.subscriber
+                .as_ref()
+                .and_then(|s| s.access.as_ref())
+                .map(|a| &a.access),
+            Some(Access::Nothing | Access::Denied(_))
+        )
+    }
 }
 
 type Key = u64;
@@ -53,11 +85,19 @@ struct TableNode {
     /// column -> its equality bindings.
     eq: HashMap<String, EqColumn>,
     scanned: Keys,
+    /// column -> text value -> bindings whose policies say `column = value`.
+    owned: HashMap<String, HashMap<String, Keys>>,
+    /// Bindings whose group may see no row of the table.
+    silent: Keys,
 }
 
 impl TableNode {
     fn is_empty(&self) -> bool {
-        self.unfiltered.is_empty() && self.eq.is_empty() && self.scanned.is_empty()
+        self.unfiltered.is_empty()
+            && self.eq.is_empty()
+            && self.scanned.is_empty()
+            && self.owned.is_empty()
+            && self.silent.is_empty()
     }
 }
 
@@ -82,6 +122,15 @@ impl BindingIndex {
     pub(super) fn add(&mut self, b: Binding) {
         self.next += 1;
         let k = self.next;
+        self.by_channel
+            .entry((b.socket, b.topic.clone()))
+            .or_default()
+            .push(k);
+        self.insert_key(k, b);
+    }
+
+    /// Indexes binding `k`.
+    fn insert_key(&mut self, k: Key, b: Binding) {
         let schema = self.schemas.entry(b.schema.clone()).or_default();
         match &b.table {
             None => {
@@ -89,29 +138,36 @@ impl BindingIndex {
             }
             Some(t) => {
                 let node = schema.tables.entry(t.clone()).or_default();
-                match b.filter.as_ref().map(|f| (f, f.eq_keys())) {
-                    None => {
-                        node.unfiltered.insert(k);
-                    }
-                    Some((f, Some(keys))) => {
-                        let col = node.eq.entry(f.column.clone()).or_insert_with(|| EqColumn {
-                            kind: f.kind,
-                            values: HashMap::new(),
-                        });
-                        for key in keys {
-                            col.values.entry(key).or_default().insert(k);
+                if b.sees_nothing() {
+                    node.silent.insert(k);
+                } else if let Some((column, value)) = b.owned_by() {
+                    node.owned
+                        .entry(column.to_string())
+                        .or_default()
+                        .entry(value.to_string())
+                        .or_default()
+                        .insert(k);
+                } else {
+                    match b.filter.as_ref().map(|f| (f, f.eq_keys())) {
+                        None => {
+                            node.unfiltered.insert(k);
                         }
-                    }
-                    Some((_, None)) => {
-                        node.scanned.insert(k);
+                        Some((f, Some(keys))) => {
+                            let col = node.eq.entry(f.column.clone()).or_insert_with(|| EqColumn {
+                                kind: f.kind,
+                                values: HashMap::new(),
+                            });
+                            for key in keys {
+                                col.values.entry(key).or_default().insert(k);
+                            }
+                        }
+                        Some((_, None)) => {
+                            node.scanned.insert(k);
+                        }
                     }
                 }
             }
         }
-        self.by_channel
-            .entry((b.socket, b.topic.clone()))
-            .or_default()
-            .push(k);
         self.bindings.insert(k, b);
     }
 
@@ -122,18 +178,37 @@ impl BindingIndex {
             return;
         };
         for k in keys {
-            let Some(b) = self.bindings.remove(&k) else {
-                continue;
-            };
-            let Some(schema) = self.schemas.get_mut(&b.schema) else {
-                continue;
-            };
-            match &b.table {
-                None => {
-                    schema.all_tables.swap_remove(&k);
-                }
-                Some(t) => {
-                    if let Some(node) = schema.tables.get_mut(t) {
+            self.remove_key(k);
+        }
+    }
+
+    /// Unindexes binding `k` and returns it.
+    fn remove_key(&mut self, k: Key) -> Option<Binding> {
+        let b = self.bindings.remove(&k)?;
+        let Some(schema) = self.schemas.get_mut(&b.schema) else {
+            return Some(b);
+        };
+        match &b.table {
+            None => {
+                schema.all_tables.swap_remove(&k);
+            }
+            Some(t) => {
+                if let Some(node) = schema.tables.get_mut(t) {
+                    if b.sees_nothing() {
+                        node.silent.swap_remove(&k);
+                    } else if let Some((column, value)) = b.owned_by() {
+                        if let Some(values) = node.owned.get_mut(column) {
+                            if let Some(keys) = values.get_mut(value) {
+                                keys.swap_remove(&k);
+                                if keys.is_empty() {
+                                    values.remove(value);
+                                }
+                            }
+                            if values.is_empty() {
+                                node.owned.remove(column);
+                            }
+                        }
+                    } else {
                         match b.filter.as_ref().map(|f| (f, f.eq_keys())) {
                             None => {
                                 node.unfiltered.swap_remove(&k);
@@ -157,16 +232,17 @@ impl BindingIndex {
                                 node.scanned.swap_remove(&k);
                             }
                         }
-                        if node.is_empty() {
-                            schema.tables.remove(t);
-                        }
+                    }
+                    if node.is_empty() {
+                        schema.tables.remove(t);
                     }
                 }
             }
-            if schema.all_tables.is_empty() && schema.tables.is_empty() {
-                self.schemas.remove(&b.schema);
-            }
         }
+        if schema.all_tables.is_empty() && schema.tables.is_empty() {
+            self.schemas.remove(&b.schema);
+        }
+        Some(b)
     }
 
     /// Every binding that `change` reaches.
@@ -208,6 +284,80 @@ impl BindingIndex {
                 }
             }
         }
+        // Owner-indexed: one lookup by the deciding row's value; their own
+        // filter is checked here. A row that does not hold the column (a
+        // key-only old row of a DELETE) cannot be looked up: all of them are
+        // visited, and the policies' rule for such deletes applies.
+        for (column, values) in &node.owned {
+            let mut visit_filtered = |k: &'a Key| {
+                if let Some(b) = self.bindings.get(k) {
+                    let passes = b
+                        .filter
+                        .as_ref()
+                        .is_none_or(|f| f.matches(row_text(change, &f.column).as_deref()));
+                    if passes {
+                        visit(k);
+                    }
+                }
+            };
+            match deciding_text(change, column) {
+                Some(text) => {
+                    if let Some(keys) = values.get(text.as_str()) {
+                        keys.iter().for_each(&mut visit_filtered);
+                    }
+                }
+                None if change.kind == ChangeKind::Delete => {
+                    values.values().flatten().for_each(&mut visit_filtered);
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Every binding that acts as someone, with its table (`None`: the whole
+    /// schema), for looking at their access again.
+    pub(super) fn secured(&self) -> Vec<(Key, SocketId, Arc<str>, Option<String>, Subscriber)> {
+        self.bindings
+            .iter()
+            .filter_map(|(k, b)| {
+                let s = b.subscriber.clone()?;
+                Some((*k, b.socket, b.topic.clone(), b.table.clone(), s))
+            })
+            .collect()
+    }
+
+    /// Replaces a binding's access (it is indexed again by it).
+    pub(super) fn set_access(
+        &mut self,
+        k: Key,
+        access: Option<crate::authz::authorizer::GroupAccess>,
+    ) {
+        let Some(mut b) = self.remove_key(k) else {
+            return;
+        };
+        if let Some(s) = b.subscriber.as_mut() {
+            s.access = access;
+        }
+        self.insert_key(k, b);
+    }
+
+    /// Removes one binding (of a channel that stays); returns it.
+    pub(super) fn remove_binding(&mut self, k: Key) -> Option<Binding> {
+        let b = self.remove_key(k)?;
+        if let Some(keys) = self.by_channel.get_mut(&(b.socket, b.topic.clone())) {
+            keys.retain(|x| *x != k);
+        }
+        Some(b)
+    }
+}
+
+/// The text of `column` in the row that decides a change for row level
+/// security (the whole row, before `MAX_RECORD_BYTES` cut it).
+fn deciding_text(change: &Change, column: &str) -> Option<String> {
+    let idx = change.table.column_index(column)?;
+    match crate::authz::image::primary(change)?.get(idx)? {
+        Cell::Text(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        _ => None,
     }
 }
 

@@ -6,9 +6,19 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::SocketId;
+use super::{Revoked, SocketId, Subscriber};
+use crate::authz::authorizer::Authorizer;
+use crate::authz::plan::Access;
 use crate::change::{Change, ChangeKind};
 use crate::phoenix::frame::Vsn;
+
+/// One socket on a topic.
+#[derive(Debug, Clone)]
+pub(super) struct LegacySub {
+    pub(super) vsn: Vsn,
+    /// Who it acts as, when channels are secured.
+    pub(super) subscriber: Option<Subscriber>,
+}
 
 /// A legacy (realtime-js 1.x) topic, parsed once at join.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -71,7 +81,7 @@ impl LegacyTopic {
 #[derive(Debug)]
 pub(super) struct TopicSubs {
     pub(super) topic: Arc<str>,
-    pub(super) sockets: HashMap<SocketId, Vsn>,
+    pub(super) sockets: HashMap<SocketId, LegacySub>,
 }
 
 impl TopicSubs {
@@ -195,6 +205,48 @@ impl LegacyIndex {
         if sn.subs.is_none() && sn.tables.is_empty() {
             self.schemas.remove(schema);
         }
+    }
+
+    /// Removes the subscriptions to one table whose group lost access to it
+    /// (see `Hub::refresh_access`).
+    pub(super) fn revoked(&mut self, authz: &Authorizer) -> Vec<Revoked> {
+        let mut out = Vec::new();
+        let mut check = |subs: &mut TopicSubs, table: String| {
+            subs.sockets.retain(|socket, sub| {
+                let Some(s) = &sub.subscriber else {
+                    return true;
+                };
+                let Some(oid) = s.table else {
+                    return true;
+                };
+                match authz.cached_access(oid, &s.group).map(|a| a.access) {
+                    Some(Access::Denied(reason)) => {
+                        out.push(Revoked {
+                            socket: *socket,
+                            topic: subs.topic.clone(),
+                            table: table.clone(),
+                            reason,
+                        });
+                        false
+                    }
+                    _ => true,
+                }
+            });
+        };
+        for (schema, sn) in &mut self.schemas {
+            for (table, tn) in &mut sn.tables {
+                let name = format!("{schema}.{table}");
+                if let Some(subs) = tn.subs.as_mut() {
+                    check(subs, name.clone());
+                }
+                for values in tn.rows.values_mut() {
+                    for subs in values.values_mut() {
+                        check(subs, name.clone());
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// Calls `f` with every subscriber set that `change` reaches.

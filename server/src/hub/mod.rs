@@ -16,21 +16,47 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::authz::authorizer::{Authorizer, Group, GroupAccess};
+use crate::authz::lanes::Item;
 use crate::change::Change;
 use crate::metrics::METRICS;
 use crate::phoenix::close;
 use crate::phoenix::frame::{self, Frame, Vsn};
 
 mod bindings;
+mod deliver;
 mod legacy;
 mod presence;
 pub use bindings::Binding;
 use bindings::BindingIndex;
+use deliver::{Deliveries, Pending, Target, Verdicts};
 use legacy::LegacyIndex;
 pub use legacy::LegacyTopic;
 use presence::PresenceIndex;
 
 pub type SocketId = u64;
+
+/// Who a subscription acts as, when channels are secured: its group (role
+/// and claims) and, for a subscription to one table, what the group may see
+/// of it (as the subscription is indexed; `None`: looked up per change).
+#[derive(Debug, Clone)]
+pub struct Subscriber {
+    pub group: Group,
+    /// The table's OID, for a subscription to one table.
+    pub table: Option<u32>,
+    pub access: Option<GroupAccess>,
+}
+
+/// A subscription whose group lost access to its table (a revoked grant):
+/// the hub removed it; the socket tells its client.
+#[derive(Debug, Clone)]
+pub struct Revoked {
+    pub socket: SocketId,
+    pub topic: Arc<str>,
+    /// `schema.table`
+    pub table: String,
+    pub reason: String,
+}
 
 /// What a socket's writer sends, in order.
 #[derive(Debug, Clone)]
@@ -89,17 +115,39 @@ pub struct Hub {
     queue_depth: usize,
     shutdown: CancellationToken,
     writers: Arc<AtomicU64>,
+    /// When channels are secured: decides who sees each change.
+    authz: Option<Arc<Authorizer>>,
+    /// The position of the last change dispatched (see `authz::lanes::Inflight`).
+    seq: AtomicU64,
 }
 
 impl Hub {
     pub fn new(queue_depth: usize) -> Self {
+        Self::with_authorizer(queue_depth, None)
+    }
+
+    /// A hub whose deliveries `authz` decides (channels secured).
+    pub fn with_authorizer(queue_depth: usize, authz: Option<Arc<Authorizer>>) -> Self {
         Hub {
             index: RwLock::new(Index::default()),
             next_id: AtomicU64::new(1),
             queue_depth,
             shutdown: CancellationToken::new(),
             writers: Arc::new(AtomicU64::new(0)),
+            authz,
+            seq: AtomicU64::new(0),
         }
+    }
+
+    pub fn authorizer(&self) -> Option<&Arc<Authorizer>> {
+        self.authz.as_ref()
+    }
+
+    /// The position of the last change dispatched: the confirmed position
+    /// may pass a transaction only once no change up to its last one waits
+    /// in a lane (`Authorizer::lanes.inflight`).
+    pub fn last_seq(&self) -> u64 {
+        self.seq.load(Ordering::SeqCst)
     }
 
     pub fn register(&self) -> Registration {
@@ -135,12 +183,19 @@ impl Hub {
         }
     }
 
-    pub fn subscribe_legacy(&self, id: SocketId, vsn: Vsn, key: &LegacyTopic, topic: &str) {
+    pub fn subscribe_legacy(
+        &self,
+        id: SocketId,
+        vsn: Vsn,
+        key: &LegacyTopic,
+        topic: &str,
+        subscriber: Option<Subscriber>,
+    ) {
         self.write()
             .legacy
             .entry(key, topic)
             .sockets
-            .insert(id, vsn);
+            .insert(id, legacy::LegacySub { vsn, subscriber });
     }
 
     pub fn unsubscribe_legacy(&self, id: SocketId, key: &LegacyTopic) {
@@ -171,36 +226,80 @@ impl Hub {
     }
 
     /// Hands `change` to every socket whose topic matches, in the order
-    /// dispatch is called. Never waits.
-    pub fn dispatch(&self, change: &Change) {
+    /// dispatch is called. Never waits: when channels are secured, the
+    /// subscribers whose group needs a check inside PostgreSQL get the
+    /// change from the table's lane, after the check, still in order; so do
+    /// all of the table's subscribers while its lane holds earlier changes.
+    pub fn dispatch(self: &Arc<Self>, change: &Change) {
         METRICS.changes_received.inc();
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
         let mut slow: Vec<SocketId> = Vec::new();
+        let mut now = Deliveries::default();
+        let mut pending = Pending::default();
         {
             let index = self.read();
-            let mut payload: Option<String> = None;
-            let event = change.kind.as_str();
-            let mut queued = 0u64;
+            let mut verdicts = Verdicts::new(self.authz.as_ref(), change);
             index.legacy.matching(change, |subs| {
-                let payload = payload.get_or_insert_with(|| change.legacy_json());
-                let mut frames: [Option<Frame>; 2] = [None, None];
-                for (&id, &vsn) in &subs.sockets {
-                    let Some(entry) = index.sockets.get(&id) else {
-                        continue;
+                for (&socket, sub) in &subs.sockets {
+                    let target = Target::Legacy {
+                        topic: subs.topic.clone(),
+                        socket,
+                        vsn: sub.vsn,
                     };
-                    let frame = frames[vsn as usize]
-                        .get_or_insert_with(|| {
-                            frame::encode(vsn, None, None, &subs.topic, event, payload)
-                        })
-                        .clone();
-                    match entry.tx.try_send(Outbound::Frame(frame)) {
-                        Ok(()) => queued += 1,
-                        Err(mpsc::error::TrySendError::Full(_)) => slow.push(id),
-                        // The socket is going away and unregisters itself.
-                        Err(mpsc::error::TrySendError::Closed(_)) => {}
-                    }
+                    verdicts.route(sub.subscriber.as_ref(), target, &mut now, &mut pending);
                 }
             });
-            queued += self.dispatch_bindings(&index, change, &mut slow);
+            index.bindings.matching(change, |b| {
+                let target = Target::Binding {
+                    socket: b.socket,
+                    topic: b.topic.clone(),
+                    vsn: b.vsn,
+                    id: b.id,
+                };
+                verdicts.route(b.subscriber.as_ref(), target, &mut now, &mut pending);
+            });
+            let busy = self
+                .authz
+                .as_ref()
+                .is_some_and(|a| a.lanes.busy(change.table.id));
+            if !busy && !now.is_empty() {
+                let queued = now.queue(&index, change, &mut slow);
+                METRICS.frames_queued.inc_by(queued);
+                now = Deliveries::default();
+            }
+        }
+        if !slow.is_empty() {
+            self.close_slow(slow);
+        }
+        if pending.is_empty() && now.is_empty() {
+            return;
+        }
+        let Some(authz) = &self.authz else {
+            return;
+        };
+        // Behind the table's earlier changes: the checks, then everyone.
+        let (checks, waiting) = pending.into_parts();
+        let hub = self.clone();
+        let change = change.clone();
+        authz.lanes.submit(
+            change.table.id,
+            Item {
+                seq,
+                checks,
+                deliver: Box::new(move |results| {
+                    let deliveries = deliver::after_checks(now, waiting, results);
+                    hub.queue_deliveries(&change, &deliveries);
+                }),
+            },
+        );
+    }
+
+    /// Queues decided deliveries (from a lane).
+    fn queue_deliveries(&self, change: &Change, deliveries: &Deliveries) {
+        let mut slow = Vec::new();
+        {
+            let index = self.read();
+            let queued = deliveries.queue(&index, change, &mut slow);
             METRICS.frames_queued.inc_by(queued);
         }
         if !slow.is_empty() {
@@ -208,48 +307,40 @@ impl Hub {
         }
     }
 
-    /// The `postgres_changes` half of [`Hub::dispatch`]: the typed `data` is
-    /// encoded once; each channel gets `{"ids": [...], "data": ...}` with the
-    /// ids of its bindings that matched, and channels with the same topic and
-    /// ids share one frame.
-    fn dispatch_bindings(&self, index: &Index, change: &Change, slow: &mut Vec<SocketId>) -> u64 {
-        // (socket, topic) -> (serializer, ids of the matched bindings)
-        type PerChannel<'a> = HashMap<(SocketId, &'a Arc<str>), (Vsn, Vec<u32>)>;
-        let mut per_channel: PerChannel = HashMap::new();
-        index.bindings.matching(change, |b| {
-            per_channel
-                .entry((b.socket, &b.topic))
-                .or_insert_with(|| (b.vsn, Vec::new()))
-                .1
-                .push(b.id);
-        });
-        if per_channel.is_empty() {
-            return 0;
-        }
-        let data = crate::typed::postgres_changes_data(change);
-        type FrameCache<'a> = HashMap<(&'a Arc<str>, Vsn, Vec<u32>), Frame>;
-        let mut frames: FrameCache = HashMap::new();
-        let mut queued = 0;
-        for ((socket, topic), (vsn, mut ids)) in per_channel {
-            let Some(entry) = index.sockets.get(&socket) else {
+    /// After a catalog change (`Authorizer::generation`): every binding on a
+    /// table takes its group's new access and is indexed by it; those whose
+    /// group lost access are removed and returned, for their sockets to
+    /// tell the clients. 1.x subscriptions are returned the same way.
+    pub fn refresh_access(&self) -> Vec<Revoked> {
+        let Some(authz) = &self.authz else {
+            return Vec::new();
+        };
+        let mut revoked = Vec::new();
+        let mut index = self.write();
+        for (key, socket, topic, table, subscriber) in index.bindings.secured() {
+            let (Some(old), Some(table_oid)) = (&subscriber.access, subscriber.table) else {
                 continue;
             };
-            ids.sort_unstable();
-            let frame = frames
-                .entry((topic, vsn, ids))
-                .or_insert_with_key(|(topic, vsn, ids)| {
-                    let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
-                    let payload = format!("{{\"ids\":[{}],\"data\":{}}}", ids.join(","), data);
-                    frame::encode(*vsn, None, None, topic, "postgres_changes", &payload)
-                })
-                .clone();
-            match entry.tx.try_send(Outbound::Frame(frame)) {
-                Ok(()) => queued += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => slow.push(socket),
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            let Some(new) = authz.cached_access(table_oid, &subscriber.group) else {
+                continue;
+            };
+            if let crate::authz::plan::Access::Denied(reason) = &new.access {
+                if let Some(b) = index.bindings.remove_binding(key) {
+                    revoked.push(Revoked {
+                        socket,
+                        topic,
+                        table: format!("{}.{}", b.schema, table.unwrap_or_default()),
+                        reason: reason.clone(),
+                    });
+                }
+                continue;
+            }
+            if new.access != old.access {
+                index.bindings.set_access(key, Some(new));
             }
         }
-        queued
+        revoked.extend(index.legacy.revoked(authz));
+        revoked
     }
 
     /// Adds a channel's `postgres_changes` bindings.

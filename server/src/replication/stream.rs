@@ -11,9 +11,10 @@
 //! session that reads it.
 //!
 //! Progress: the confirmed LSN moves to a transaction's end only after
-//! [`Hub::dispatch`] handed all of its changes to the socket queues (dispatch
-//! never waits, so this is at its Commit message), and to a keepalive's
-//! position only between transactions. pgwire-replication answers keepalive
+//! [`Hub::dispatch`] handed all of its changes to the socket queues: at its
+//! Commit message, or, when some of its changes wait in a row level security
+//! lane, once none of them (nor any earlier change) is left there; and to a
+//! keepalive's position only between transactions with no change waiting. pgwire-replication answers keepalive
 //! requests and sends standby status updates on a timer.
 
 use std::collections::HashMap;
@@ -46,6 +47,10 @@ const SESSION_OPTIONS: &str =
 /// How soon confirmed progress reaches PostgreSQL (one small message, so the
 /// slot releases WAL promptly and a restart resends little).
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// While committed transactions wait for their changes' checks, how often
+/// the session looks whether they can be confirmed.
+const CONFIRM_POLL: Duration = Duration::from_millis(20);
 
 /// How long the session sleeps in a read with nothing arriving before it
 /// sends a status update anyway.
@@ -242,7 +247,7 @@ fn text(row: &[Option<Bytes>], i: usize) -> String {
 
 async fn session(
     config: &Config,
-    hub: &Hub,
+    hub: &Arc<Hub>,
     status: &StreamStatus,
     control: &StreamControl,
     carry: &mut Carry,
@@ -425,6 +430,15 @@ async fn session(
     let mut tx = (Lsn::ZERO, 0u64, 0u64);
     let mut wal_end_seen = Lsn::ZERO;
     let mut applied = Lsn::ZERO;
+    // Committed transactions whose changes still wait in a lane: (the
+    // position of their last change, their end LSN), in commit order.
+    let inflight = hub.authorizer().map(|a| a.lanes.inflight.clone());
+    let mut waiting: std::collections::VecDeque<(u64, Lsn)> = std::collections::VecDeque::new();
+    let settled = |seq: u64| {
+        inflight
+            .as_ref()
+            .is_none_or(|i| i.earliest().is_none_or(|e| e > seq))
+    };
     loop {
         let event = tokio::select! {
             biased;
@@ -434,6 +448,17 @@ async fn session(
                 return Ok(());
             }
             event = client.recv() => event.map_err(conn_err)?,
+            _ = tokio::time::sleep(CONFIRM_POLL), if !waiting.is_empty() => {
+                while let Some(&(seq, end)) = waiting.front() {
+                    if !settled(seq) {
+                        break;
+                    }
+                    waiting.pop_front();
+                    applied = applied.max(end);
+                    client.update_applied_lsn(end);
+                }
+                continue;
+            }
         };
         let Some(event) = event else {
             return Err(ReplicationError::Ended);
@@ -472,15 +497,24 @@ async fn session(
                     through: carry.delivered.through.max(lsn),
                     partial: None,
                 };
-                applied = applied.max(end_lsn);
-                client.update_applied_lsn(end_lsn);
+                let last = hub.last_seq();
+                if waiting.is_empty() && settled(last) {
+                    applied = applied.max(end_lsn);
+                    client.update_applied_lsn(end_lsn);
+                } else {
+                    waiting.push_back((last, end_lsn));
+                }
                 check_lag(wal_end_seen.max(end_lsn), applied, max_lag)?;
             }
             ReplicationEvent::KeepAlive { wal_end, .. } => {
                 wal_end_seen = wal_end_seen.max(wal_end);
                 // Between transactions everything before wal_end that concerns
                 // the publications has been handed over.
-                if !decoder.in_transaction && wal_end > Lsn::ZERO {
+                if !decoder.in_transaction
+                    && wal_end > Lsn::ZERO
+                    && waiting.is_empty()
+                    && settled(hub.last_seq())
+                {
                     applied = applied.max(wal_end);
                     client.update_applied_lsn(wal_end);
                 }

@@ -80,7 +80,8 @@ impl Session {
         // The reply is queued before the subscription starts, so it precedes
         // every change the channel receives.
         self.reply(&m, join_ref.as_deref(), true, "{}");
-        self.hub.subscribe_legacy(self.id, self.vsn, &key, &m.topic);
+        self.hub
+            .subscribe_legacy(self.id, self.vsn, &key, &m.topic, None);
         self.channels.insert(
             m.topic,
             Channel::new(join_ref, ChannelKind::Legacy(key), expires_at),

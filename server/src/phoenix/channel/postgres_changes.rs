@@ -141,6 +141,7 @@ impl Session {
             table,
             event,
             filter,
+            subscriber: None,
         })
     }
 }
