@@ -645,7 +645,4 @@ fn db_error(e: tokio_postgres::Error) -> DbError {
     }
 }
 
-/// An identifier, quoted as PostgreSQL's `quote_ident` does when needed.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
+pub use realtime_contract::sql::quote_ident;
