@@ -8,9 +8,13 @@
 //! - [`tls`]: what each `DB_SSL` / `sslMode` means for a connection, one
 //!   connector for the server's and the operator's SQL connections.
 //! - [`sql`]: quoting identifiers and literals for SQL text.
+//! - [`authorization`]: the database objects the server's authorization
+//!   uses, applied by the server's `setup-authorization` command or by the
+//!   operator.
 //!
 //! Nothing here does I/O or knows about Kubernetes, WebSockets or replication.
 
+pub mod authorization;
 pub mod config;
 pub mod sql;
 pub mod tls;

@@ -171,6 +171,14 @@ pub struct AuthSpec {
     /// The HMAC secret that signs client tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt_secret_ref: Option<SecretKeyRef>,
+    /// Prepare the database for authorization at every reconcile: create the
+    /// roles tokens name (anon, authenticated, service_role) and grant them
+    /// to `spec.database.user`, create Supabase's auth.uid(), auth.role()
+    /// and auth.jwt() when missing, and realtime.messages with
+    /// realtime.topic() for private channels. Idempotent; never replaces
+    /// what exists. Needs a database user that may create roles and schemas.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub setup_authorization: bool,
 }
 
 fn default_true() -> bool {
@@ -182,6 +190,7 @@ impl Default for AuthSpec {
         AuthSpec {
             secure_channels: true,
             jwt_secret_ref: None,
+            setup_authorization: false,
         }
     }
 }

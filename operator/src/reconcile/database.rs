@@ -347,3 +347,16 @@ mod tests {
         assert_eq!(table(&t), r#""Odd Schema"."t""x""#);
     }
 }
+
+/// Applies the server's authorization setup (`spec.auth.setupAuthorization`):
+/// the SQL shipped in the contract crate, in one transaction, idempotent.
+pub async fn setup_authorization(
+    client: &Client,
+    server_user: &str,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .batch_execute(&realtime_contract::authorization::setup_transaction(
+            server_user,
+        ))
+        .await
+}

@@ -151,7 +151,9 @@ async fn fail(
         }
         WalLevelNotLogical => (&[DATABASE_READY], Some("wal_level")),
         PublicationError | PublicationConflict | PublicationNotOwned | ReplicaIdentityError
-        | TableNotFound => (&[PUBLICATION_READY], Some("the publication")),
+        | TableNotFound | AuthorizationSetupError => {
+            (&[PUBLICATION_READY], Some("the publication"))
+        }
         SlotError => (&[SLOTS_READY], Some("the slots")),
         RolloutFailed => (&[AVAILABLE], None),
         // Not reasons of a failure: nothing more is checked.

@@ -1,8 +1,9 @@
 //! Step 4, publication: creates, adopts or updates the resource's
 //! publication, marked as its own with a comment (never taking over one that
 //! another resource manages, nor, without `publication.adopt`, one that no
-//! resource created), and sets `REPLICA IDENTITY FULL` where asked. Sets
-//! `PublicationReady`.
+//! resource created), sets `REPLICA IDENTITY FULL` where asked, and applies
+//! the server's authorization setup when `spec.auth.setupAuthorization`
+//! asks. Sets `PublicationReady`.
 
 use kube::ResourceExt;
 
@@ -189,6 +190,14 @@ pub async fn ensure(
                 .await;
             }
         }
+    }
+    if obj.spec.auth.setup_authorization {
+        db::setup_authorization(client, &obj.spec.database.user)
+            .await
+            .map_err(sql(
+                Reason::AuthorizationSetupError,
+                "applying the authorization setup (spec.auth.setupAuthorization)".into(),
+            ))?;
     }
     Ok(Published {
         name: name.clone(),

@@ -59,6 +59,8 @@ reasons! {
     ReplicaIdentityError,
     /// `PublicationReady`: a table of `replicaIdentityFull` does not exist.
     TableNotFound,
+    /// `PublicationReady`: applying `spec.auth.setupAuthorization` failed.
+    AuthorizationSetupError,
     /// `SlotsReady`: slots of removed replicas wait for their pods to go.
     WaitingForPods,
     /// `SlotsReady`: managing the slots failed.
@@ -116,7 +118,7 @@ impl Reason {
             Blocked | SecretNotFound | AuthenticationFailed | DatabaseNotFound
             | ConnectionFailed | WalLevelNotLogical | Connected | Ready | PublicationError
             | PublicationConflict | PublicationNotOwned | ReplicaIdentityError | TableNotFound
-            | WaitingForPods | SlotError | RolloutFailed | ScaledToZero | AllReplicasReady
+            | AuthorizationSetupError | WaitingForPods | SlotError | RolloutFailed | ScaledToZero | AllReplicasReady
             | ReplicasNotReady => return None,
         })
     }

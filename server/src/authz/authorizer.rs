@@ -58,7 +58,7 @@ pub enum ChannelError {
     #[error(
         "private channels need the table realtime.messages and the function realtime.topic(): \
          run `realtime-server setup-authorization` against this database (or set \
-         spec.authorization.setup: true on the RealtimeServer)"
+         spec.auth.setupAuthorization: true on the RealtimeServer)"
     )]
     NotSetUp,
     #[error("checking the policies of realtime.messages failed: {0}")]

@@ -2,8 +2,8 @@
 --
 -- Run by `realtime-server setup-authorization` (or printed by it with
 -- --print, for an administrator to run), and by the operator when a
--- RealtimeServer asks for it. Needs a role that may create roles and
--- schemas. Creates only what is missing; never replaces what exists (a
+-- RealtimeServer sets spec.auth.setupAuthorization. Needs a role that may
+-- create roles and schemas. Creates only what is missing; never replaces what exists (a
 -- Supabase database already has all of it).
 --
 -- :server_user is replaced by the server's database user, quoted.
