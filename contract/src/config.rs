@@ -31,8 +31,16 @@
 //! | `TEMPORARY_SLOT` | `false` | force a temporary slot even when `SLOT_NAME` is set |
 //! | `MAX_REPLICATION_LAG_MB` | 0 (off) | past this retained WAL (at connect) or unconfirmed WAL (while streaming), drop and recreate the slot |
 //! | `RESUME_DELAY_MS` | 5000 | with a durable slot, wait this long after the process starts before streaming, so clients reconnecting after a restart rejoin before the backlog arrives; 0 streams at once |
-//! | `SECURE_CHANNELS` | `true` | require a JWT; when true, `JWT_SECRET` must be set |
+//! | `SECURE_CHANNELS` | `true` | require a JWT, and decide every delivery by the token's role and claims (grants and row level security); when true, `JWT_SECRET`, `JWT_JWKS` or `JWT_JWKS_URL` must be set |
 //! | `JWT_SECRET` | - | HMAC secret that signs client tokens (secret) |
+//! | `JWT_JWKS` | - | a JWKS (`{"keys": [...]}`) or one JWK, inline: RSA, EC and OKP public keys that verify RS*, PS*, ES256/384 and EdDSA tokens |
+//! | `JWT_JWKS_URL` | - | an `https://` (or `http://`) URL to fetch a JWKS from, at start, every 5 minutes, and when a token names an unknown `kid` (at most once per 10 s) |
+//! | `JWT_LEEWAY` | 5 | seconds by which `exp` and `nbf` may be off |
+//! | `DB_ANON_ROLE` | `anon` | the database role of a token without a `role` claim |
+//! | `AUTHZ_CHECK_TIMEOUT_MS` | 5000 | ms one authorization statement may take; past it the change is withheld from that group; > 0 |
+//! | `AUTHZ_REFRESH_MS` | 2000 | ms between looks at the catalog for changed grants, policies and roles; > 0 |
+//! | `AUTHZ_POOL_SIZE` | 4 | database connections for authorization checks; > 0 |
+//! | `PRIVATE_ONLY` | `false` | refuse joins of public channels (`config.private` not true) |
 //! | `JWT_CLAIM_VALIDATORS` | `{}` | JSON object: every pair must equal a claim of the token |
 //! | `SECRET_KEY_BASE` | - | refused: Supabase Realtime signs its Phoenix sessions with it; this server signs nothing (client tokens are checked with `JWT_SECRET`), so a value set here is a mistake the server names at start |
 //! | `MAX_RECORD_BYTES` | 1048576 | a record over this is sent without its large values; > 0 |
@@ -51,6 +59,18 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
+
+/// Default `JWT_LEEWAY`, seconds.
+pub const DEFAULT_JWT_LEEWAY_S: u64 = 5;
+/// Default `DB_ANON_ROLE`: PostgREST's and Supabase's anonymous role.
+pub const DEFAULT_ANON_ROLE: &str = "anon";
+/// Default `AUTHZ_CHECK_TIMEOUT_MS`.
+pub const DEFAULT_AUTHZ_CHECK_TIMEOUT_MS: u64 = 5000;
+/// Default `AUTHZ_REFRESH_MS`: grants, policies and roles changed while
+/// clients are joined take effect within this (plus one check).
+pub const DEFAULT_AUTHZ_REFRESH_MS: u64 = 2000;
+/// Default `AUTHZ_POOL_SIZE`.
+pub const DEFAULT_AUTHZ_POOL_SIZE: usize = 4;
 
 /// Default `PORT`: Supabase Realtime's, which its clients' examples use.
 pub const DEFAULT_PORT: u16 = 4000;
@@ -121,6 +141,14 @@ pub mod var {
     pub const SECURE_CHANNELS: &str = "SECURE_CHANNELS";
     pub const JWT_SECRET: &str = "JWT_SECRET";
     pub const JWT_CLAIM_VALIDATORS: &str = "JWT_CLAIM_VALIDATORS";
+    pub const JWT_JWKS: &str = "JWT_JWKS";
+    pub const JWT_JWKS_URL: &str = "JWT_JWKS_URL";
+    pub const JWT_LEEWAY: &str = "JWT_LEEWAY";
+    pub const DB_ANON_ROLE: &str = "DB_ANON_ROLE";
+    pub const AUTHZ_CHECK_TIMEOUT_MS: &str = "AUTHZ_CHECK_TIMEOUT_MS";
+    pub const AUTHZ_REFRESH_MS: &str = "AUTHZ_REFRESH_MS";
+    pub const AUTHZ_POOL_SIZE: &str = "AUTHZ_POOL_SIZE";
+    pub const PRIVATE_ONLY: &str = "PRIVATE_ONLY";
     pub const SECRET_KEY_BASE: &str = "SECRET_KEY_BASE";
     pub const MAX_RECORD_BYTES: &str = "MAX_RECORD_BYTES";
     pub const DB_RECONNECT_BACKOFF_MIN: &str = "DB_RECONNECT_BACKOFF_MIN";
@@ -150,6 +178,14 @@ pub const VARIABLES: &[&str] = &[
     var::SECURE_CHANNELS,
     var::JWT_SECRET,
     var::JWT_CLAIM_VALIDATORS,
+    var::JWT_JWKS,
+    var::JWT_JWKS_URL,
+    var::JWT_LEEWAY,
+    var::DB_ANON_ROLE,
+    var::AUTHZ_CHECK_TIMEOUT_MS,
+    var::AUTHZ_REFRESH_MS,
+    var::AUTHZ_POOL_SIZE,
+    var::PRIVATE_ONLY,
     var::SECRET_KEY_BASE,
     var::MAX_RECORD_BYTES,
     var::DB_RECONNECT_BACKOFF_MIN,
@@ -177,8 +213,18 @@ pub struct Config {
     /// With a durable slot, how long the first session waits before streaming.
     pub resume_delay: Duration,
     pub secure_channels: bool,
-    /// Always `Some` when `secure_channels` is true.
+    /// With `jwt_jwks` or `jwt_jwks_url`, at least one is set when
+    /// `secure_channels` is true.
     pub jwt_secret: Option<Secret>,
+    pub jwt_jwks: Option<String>,
+    pub jwt_jwks_url: Option<String>,
+    pub jwt_leeway: Duration,
+    /// The role of a token without a `role` claim.
+    pub anon_role: String,
+    pub authz_check_timeout: Duration,
+    pub authz_refresh: Duration,
+    pub authz_pool_size: usize,
+    pub private_only: bool,
     pub jwt_claim_validators: serde_json::Map<String, serde_json::Value>,
     pub max_record_bytes: usize,
     pub reconnect_backoff_min: Duration,
@@ -487,10 +533,35 @@ impl Config {
         let secure_channels_set = r.is_set(var::SECURE_CHANNELS);
         let secure_channels = r.optional(var::SECURE_CHANNELS, parse_bool);
         let jwt_secret = r.secret(var::JWT_SECRET);
-        if secure_channels.unwrap_or(!secure_channels_set) && jwt_secret.is_none() {
+        let jwt_jwks = r.optional(var::JWT_JWKS, |v| {
+            serde_json::from_str::<serde_json::Value>(v)
+                .ok()
+                .filter(serde_json::Value::is_object)
+                .map(|_| v.to_owned())
+                .ok_or_else(|| "a JSON object: a JWKS ({\"keys\": [...]}) or one JWK".to_owned())
+        });
+        let jwt_jwks_url = r.optional(var::JWT_JWKS_URL, |v| {
+            if (v.starts_with("https://") || v.starts_with("http://"))
+                && !v.contains(char::is_whitespace)
+            {
+                Ok(v.to_owned())
+            } else {
+                Err("an https:// (or http://) URL".to_owned())
+            }
+        });
+        let jwt_leeway = r.parse(var::JWT_LEEWAY, DEFAULT_JWT_LEEWAY_S, |v| {
+            parse_number::<u64>(v, "a whole number of seconds (0 for none)")
+        });
+        let no_key = jwt_secret.is_none()
+            && jwt_jwks.is_none()
+            && jwt_jwks_url.is_none()
+            && !r.is_set(var::JWT_JWKS)
+            && !r.is_set(var::JWT_JWKS_URL);
+        if secure_channels.unwrap_or(!secure_channels_set) && no_key {
             r.issues.push(ConfigIssue::Conflict(format!(
                 "SECURE_CHANNELS is true{} but JWT_SECRET is not set: set JWT_SECRET to the \
-                 secret that signs your clients' tokens, or SECURE_CHANNELS=false to accept anyone",
+                 secret that signs your clients' tokens (or JWT_JWKS / JWT_JWKS_URL for \
+                 asymmetric keys), or SECURE_CHANNELS=false to accept anyone",
                 if secure_channels_set {
                     ""
                 } else {
@@ -514,6 +585,24 @@ impl Config {
                     .to_owned(),
             });
         }
+
+        let anon_role = r
+            .string(var::DB_ANON_ROLE)
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_else(|| DEFAULT_ANON_ROLE.to_owned());
+        let authz_check_timeout = r.positive(
+            var::AUTHZ_CHECK_TIMEOUT_MS,
+            DEFAULT_AUTHZ_CHECK_TIMEOUT_MS,
+            "milliseconds",
+        );
+        let authz_refresh = r.positive(
+            var::AUTHZ_REFRESH_MS,
+            DEFAULT_AUTHZ_REFRESH_MS,
+            "milliseconds",
+        );
+        let authz_pool_size =
+            r.positive(var::AUTHZ_POOL_SIZE, DEFAULT_AUTHZ_POOL_SIZE, "connections");
+        let private_only = r.parse(var::PRIVATE_ONLY, false, parse_bool);
 
         let resume_delay_ms = r.parse(var::RESUME_DELAY_MS, DEFAULT_RESUME_DELAY_MS, |v| {
             parse_number::<u64>(v, "a whole number of milliseconds (0 streams at once)")
@@ -565,6 +654,14 @@ impl Config {
             resume_delay: Duration::from_millis(resume_delay_ms),
             secure_channels,
             jwt_secret,
+            jwt_jwks,
+            jwt_jwks_url,
+            jwt_leeway: Duration::from_secs(jwt_leeway),
+            anon_role,
+            authz_check_timeout: Duration::from_millis(authz_check_timeout),
+            authz_refresh: Duration::from_millis(authz_refresh),
+            authz_pool_size,
+            private_only,
             jwt_claim_validators,
             max_record_bytes,
             reconnect_backoff_min: Duration::from_millis(backoff_min),
@@ -943,8 +1040,22 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "SECURE_CHANNELS is true (the default) but JWT_SECRET is not set: set JWT_SECRET \
-             to the secret that signs your clients' tokens, or SECURE_CHANNELS=false to accept anyone"
+             to the secret that signs your clients' tokens (or JWT_JWKS / JWT_JWKS_URL for \
+             asymmetric keys), or SECURE_CHANNELS=false to accept anyone"
         );
+        assert!(ok(&[("JWT_JWKS", r#"{"keys": []}"#)]).secure_channels);
+        assert!(ok(&[("JWT_JWKS_URL", "https://example.com/jwks")]).secure_channels);
+        let e = err(&[("JWT_SECRET", SECRET), ("JWT_JWKS_URL", "ftp://x")]);
+        assert!(
+            e.to_string().starts_with("JWT_JWKS_URL=ftp://x: expected"),
+            "{e}"
+        );
+        let e = err(&[("JWT_SECRET", SECRET), ("JWT_LEEWAY", "-1")]);
+        assert!(e.to_string().starts_with("JWT_LEEWAY=-1: expected"), "{e}");
+        let c = ok(&[("JWT_SECRET", SECRET)]);
+        assert_eq!(c.anon_role, "anon");
+        assert!(!c.private_only);
+        assert_eq!(c.authz_refresh, Duration::from_secs(2));
         let e = err(&[("SECURE_CHANNELS", "TRUE")]);
         assert!(
             e.to_string()

@@ -62,7 +62,7 @@ pub fn routes(
         .and(warp::header::headers_cloned())
         .and(warp::ext::optional::<OnUpgrade>())
         .and(with_state.clone())
-        .map(upgrade);
+        .then(upgrade);
 
     // Broadcast over HTTP (realtime-js sends here when a channel is not
     // joined): {"messages": [{"topic", "event", "payload"}]}, topic without
@@ -191,7 +191,7 @@ fn refuse_handshake(
 /// (see [`READ_BUFFER_BYTES`]) and tungstenite's own message type, whose
 /// text frames share their bytes, so a change's frame goes to every socket
 /// without a copy.
-fn upgrade(
+async fn upgrade(
     query: HashMap<String, String>,
     api_key_header: Option<String>,
     headers: HeaderMap,
@@ -212,18 +212,18 @@ fn upgrade(
         Ok(v) => v,
         Err(e) => return text(StatusCode::BAD_REQUEST, e),
     };
-    let mut socket_exp = None;
+    let mut socket_claims = None;
     if let Some(verifier) = &state.verifier {
         let token = query
             .get("apikey")
             .or_else(|| query.get("token"))
             .or(api_key_header.as_ref());
         let result = match token {
-            Some(t) => verifier.verify(t),
+            Some(t) => verifier.verify_fetching(t).await,
             None => Err(crate::auth::AuthError::Missing),
         };
         match result {
-            Ok(claims) => socket_exp = claims.exp,
+            Ok(claims) => socket_claims = Some(claims),
             Err(e) => {
                 METRICS.auth_failures.inc();
                 tracing::info!(reason = %e, "refused a socket: bad token");
@@ -266,7 +266,7 @@ fn upgrade(
                     Some(config),
                 )
                 .await;
-                session::serve(ws, vsn, ctx, socket_exp).await;
+                session::serve(ws, vsn, ctx, socket_claims).await;
             }
             Err(e) => tracing::debug!(error = %e, "a WebSocket upgrade did not complete"),
         }

@@ -27,7 +27,8 @@ pub use realtime_contract::{config, tls};
 use std::future::Future;
 use std::sync::Arc;
 
-use crate::auth::JwtVerifier;
+use crate::auth::{JwtVerifier, KeySources};
+use crate::authz::authorizer::{Authorizer, AuthzSettings};
 use crate::config::Config;
 use crate::http::AppState;
 use crate::hub::Hub;
@@ -54,15 +55,53 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let hub = Arc::new(Hub::new(config.socket_queue_depth));
-    let status = Arc::new(StreamStatus::default());
-    let verifier = match (&config.jwt_secret, config.secure_channels) {
-        (Some(secret), true) => Some(JwtVerifier::new(
-            secret,
-            config.jwt_claim_validators.clone(),
-        )),
-        _ => None,
+    let verifier = if config.secure_channels {
+        let sources = KeySources {
+            secret: config.jwt_secret.clone(),
+            jwks: config.jwt_jwks.clone(),
+            jwks_url: config.jwt_jwks_url.clone(),
+            leeway: config.jwt_leeway,
+        };
+        let verifier = JwtVerifier::with_keys(&sources, config.jwt_claim_validators.clone())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if verifier.has_remote_keys() {
+            if let Err(e) = verifier.refresh().await {
+                tracing::warn!(error = %e, "fetching the JWKS (JWT_JWKS_URL) at start failed; tokens signed with its keys are refused until a fetch succeeds");
+            }
+            tokio::spawn(refresh_keys(verifier.clone()));
+        }
+        Some(verifier)
+    } else {
+        None
     };
+    // Channels secured: PostgreSQL's grants and policies decide every
+    // delivery, as the token's role and claims (see `authz`).
+    let authz = config.secure_channels.then(|| {
+        Authorizer::new(
+            config.db.clone(),
+            AuthzSettings {
+                default_role: config.anon_role.clone(),
+                check_timeout: config.authz_check_timeout,
+                refresh_interval: config.authz_refresh,
+                pool_size: config.authz_pool_size,
+            },
+        )
+    });
+    let hub = Arc::new(Hub::with_authorizer(
+        config.socket_queue_depth,
+        authz.clone(),
+    ));
+    if let Some(authz) = &authz {
+        let roles = [config.anon_role.clone(), "authenticated".to_string()];
+        let checking = authz.clone();
+        tokio::spawn(async move {
+            let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
+            checking.check_roles(&roles).await;
+        });
+        tokio::spawn(authz.clone().watch_catalog());
+        tokio::spawn(apply_catalog_changes(authz.clone(), hub.clone()));
+    }
+    let status = Arc::new(StreamStatus::default());
     let sockets = Arc::new(SocketContext {
         hub: hub.clone(),
         verifier: verifier.clone(),
@@ -70,6 +109,7 @@ pub async fn serve_with(
         limits: SocketLimits {
             max_channels: config.max_channels_per_socket,
             max_frame_bytes: config.max_frame_bytes,
+            private_only: config.private_only,
         },
     });
     let state = Arc::new(AppState {
@@ -126,4 +166,26 @@ pub async fn serve_with(
         replication.abort();
     }
     Ok(())
+}
+
+/// Fetches the remote JWKS again every [`auth::keys::REFRESH_INTERVAL`], so
+/// a key removed from it stops verifying.
+async fn refresh_keys(verifier: JwtVerifier) {
+    let mut tick = tokio::time::interval(auth::keys::REFRESH_INTERVAL);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let _ = verifier.refresh().await;
+    }
+}
+
+/// After every catalog change the authorizer saw (grants, policies, roles):
+/// subscriptions take their group's new access, and those that lost it are
+/// removed and their clients told.
+async fn apply_catalog_changes(authz: Arc<Authorizer>, hub: Arc<Hub>) {
+    let mut generation = authz.generation();
+    while generation.changed().await.is_ok() {
+        let revoked = hub.refresh_access();
+        hub.notify_revoked(&revoked);
+    }
 }

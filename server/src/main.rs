@@ -16,8 +16,10 @@ async fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
 
-    if std::env::args().nth(1).as_deref() == Some("dev") {
-        std::process::exit(dev_command().await);
+    match std::env::args().nth(1).as_deref() {
+        Some("dev") => std::process::exit(dev_command().await),
+        Some("setup-authorization") => std::process::exit(setup_authorization().await),
+        _ => {}
     }
     let config = match Config::from_env() {
         Ok(c) => c,
@@ -47,6 +49,52 @@ async fn dev_command() -> i32 {
          `cargo run -p realtime-server -- dev`."
     );
     2
+}
+
+/// `realtime-server setup-authorization [--print]`: applies (or prints) the
+/// database objects authorization needs, as the server's database user
+/// (`DB_*`): the roles tokens name granted to it, Supabase's `auth`
+/// helpers when missing, `realtime.messages` and `realtime.topic()`.
+async fn setup_authorization() -> i32 {
+    // Only the database settings matter here: keys are not needed.
+    let mut vars: Vec<(String, String)> = std::env::vars().collect();
+    vars.push(("SECURE_CHANNELS".into(), "false".into()));
+    let config = match Config::from_vars(vars) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("realtime-server setup-authorization: invalid configuration:\n{e}");
+            return 2;
+        }
+    };
+    if std::env::args().nth(2).as_deref() == Some("--print") {
+        println!(
+            "{}",
+            realtime_server::authz::setup::setup_sql(&config.db.user)
+        );
+        return 0;
+    }
+    let db = realtime_server::authz::db::Db::new(config.db.clone(), 1);
+    let conn = match db.lease().await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("realtime-server setup-authorization: {e}");
+            return 1;
+        }
+    };
+    match realtime_server::authz::setup::apply(conn.client(), &config.db.user).await {
+        Ok(()) => {
+            println!(
+                "realtime-server setup-authorization: done (roles anon, authenticated and \
+                 service_role granted to {:?}; auth helpers and realtime.messages present)",
+                config.db.user
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("realtime-server setup-authorization: {e}");
+            1
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -85,6 +85,18 @@ pub struct Metrics {
     pub bytes_sent: Counter,
     pub slow_consumer_closes: Counter,
     pub bad_frames: Counter,
+    /// Row level security checks run inside PostgreSQL (statements).
+    pub rls_check_statements: Counter,
+    /// Row images those statements checked.
+    pub rls_images_checked: Counter,
+    /// (change, group) pairs withheld because their check raised an error.
+    pub rls_check_errors: Counter,
+    /// (change, group) pairs withheld because their check timed out (or
+    /// the table's lane was full).
+    pub rls_check_timeouts: Counter,
+    /// (change, group) pairs withheld because the change's image lacks a
+    /// column the policies read, or the group's access was not computed yet.
+    pub rls_undecidable: Counter,
     /// Read from the stream's status at each scrape.
     replication_connected: Gauge,
     pub replication_sessions: Counter,
@@ -170,6 +182,26 @@ impl Metrics {
             "realtime_bad_frames",
             "Inbound frames refused: malformed, binary, too large",
         );
+        let rls_check_statements = counter(
+            "realtime_rls_check_statements",
+            "Row level security check statements run inside PostgreSQL (one per group and batch of changes)",
+        );
+        let rls_images_checked = counter(
+            "realtime_rls_images_checked",
+            "Row images checked against row level security policies inside PostgreSQL",
+        );
+        let rls_check_errors = counter(
+            "realtime_rls_check_errors",
+            "Changes withheld from a group of subscribers because checking its policies raised an error",
+        );
+        let rls_check_timeouts = counter(
+            "realtime_rls_check_timeouts",
+            "Changes withheld from a group of subscribers because checking its policies timed out",
+        );
+        let rls_undecidable = counter(
+            "realtime_rls_undecidable",
+            "Changes withheld from a group because their row image lacks what the policies read, or the group's access to the table was not computed yet",
+        );
         let replication_sessions = counter(
             "realtime_replication_sessions",
             "Replication sessions started (the first, then one per reconnect)",
@@ -209,6 +241,11 @@ impl Metrics {
             bytes_sent,
             slow_consumer_closes,
             bad_frames,
+            rls_check_statements,
+            rls_images_checked,
+            rls_check_errors,
+            rls_check_timeouts,
+            rls_undecidable,
             replication_connected,
             replication_sessions,
             replication_failures,

@@ -20,6 +20,8 @@ use crate::filter::Comparison;
 pub struct PublishedTable {
     pub schema: String,
     pub name: String,
+    /// The table's OID (pgoutput's relation id).
+    pub oid: u32,
     pub columns: Vec<(String, Comparison)>,
 }
 
@@ -33,7 +35,7 @@ impl PublishedTable {
 }
 
 const TABLES_SQL: &str = "\
-SELECT pt.schemaname::text, pt.tablename::text, a.attname::text, bt.typcategory::text, bt.typname::text
+SELECT pt.schemaname::text, pt.tablename::text, a.attname::text, bt.typcategory::text, bt.typname::text, c.oid
 FROM pg_catalog.pg_publication_tables pt
 JOIN pg_catalog.pg_namespace n ON n.nspname = pt.schemaname
 JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename
@@ -101,12 +103,14 @@ impl PublishedTables {
         for row in rows {
             let (s, t, col, cat, typ): (String, String, String, String, String) =
                 (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+            let oid: u32 = row.get(5);
             let kind = Comparison::from_category(cat.chars().next().unwrap_or('S'), &typ);
             match tables.last_mut() {
                 Some(last) if last.schema == s && last.name == t => last.columns.push((col, kind)),
                 _ => tables.push(PublishedTable {
                     schema: s,
                     name: t,
+                    oid,
                     columns: vec![(col, kind)],
                 }),
             }

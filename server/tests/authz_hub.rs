@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use realtime_harness::TempPostgres;
 use realtime_server::authz::authorizer::{Authorizer, AuthzSettings};
 use realtime_server::change::{Cell, Change, ChangeKind, ColumnInfo, Row, TableInfo};
 use realtime_server::config::{DbConfig, DbSsl, Secret};
-use realtime_server::dev::postgres::TempPostgres;
 use realtime_server::hub::{Binding, Hub, Outbound, Registration, Subscriber};
 use realtime_server::phoenix::frame::Vsn;
 use realtime_server::replication::catalog::TypeKind;

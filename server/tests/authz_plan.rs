@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
+use realtime_harness::TempPostgres;
 use realtime_server::authz::db::{Db, DbError, Principal};
 use realtime_server::authz::plan::{self, Access, Command, PlanError, RolePlan, Shape};
 use realtime_server::config::{DbConfig, DbSsl, Secret};
-use realtime_server::dev::postgres::TempPostgres;
 use serde_json::json;
 
 const ALICE: &str = "11111111-1111-1111-1111-111111111111";

@@ -6,12 +6,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use realtime_harness::TempPostgres;
 use realtime_server::authz::authorizer::{Authorizer, AuthzSettings, ChannelError, ChannelRights};
 use realtime_server::authz::lanes::{GroupCheck, Item};
 use realtime_server::authz::plan::{Access, Command};
 use realtime_server::authz::setup;
 use realtime_server::config::{DbConfig, DbSsl, Secret};
-use realtime_server::dev::postgres::TempPostgres;
 use serde_json::{json, Map, Value};
 
 const ALICE: &str = "11111111-1111-1111-1111-111111111111";

@@ -83,6 +83,8 @@ struct Secured {
     _pg: TempPostgres,
     db: tokio_postgres::Client,
     server: ServerProcess,
+    /// The server's environment (for the setup command).
+    env: std::collections::BTreeMap<String, String>,
 }
 
 async fn secured(extra: &[(&str, &str)]) -> Secured {
@@ -99,13 +101,15 @@ async fn secured(extra: &[(&str, &str)]) -> Secured {
     for (k, v) in extra {
         env.insert(k.to_string(), v.to_string());
     }
-    let server = tokio::task::spawn_blocking(move || ServerProcess::start(env))
+    let server_env = env.clone();
+    let server = tokio::task::spawn_blocking(move || ServerProcess::start(server_env))
         .await
         .unwrap();
     Secured {
         _pg: pg,
         db,
         server,
+        env,
     }
 }
 
@@ -375,7 +379,7 @@ async fn a_revoked_grant_and_a_new_policy_take_effect_on_joined_channels() {
 
 #[tokio::test]
 async fn after_a_token_expires_nothing_it_sent_is_relayed() {
-    let s = secured(&[("JWT_LEEWAY_MS", "0")]).await;
+    let s = secured(&[("JWT_LEEWAY", "0")]).await;
     let short = token(json!({"role": "authenticated", "sub": ALICE,
         "exp": realtime_tests::jwt::now() + 2}));
     let (mut sender, _, _) = join(&s, &short, "realtime:room", json!([])).await;
@@ -428,6 +432,251 @@ async fn tokens_with_exp_null_or_nbf_in_the_future_are_refused() {
                 assert!(body.contains(why), "{claims}: {body}");
             }
             other => panic!("{claims}: {other:?}"),
+        }
+    }
+}
+
+/// Runs `realtime-server setup-authorization` against the test database.
+fn setup_authorization(s: &Secured) {
+    let out = std::process::Command::new(realtime_tests::server::server_bin())
+        .arg("setup-authorization")
+        .envs(s.env.iter())
+        .output()
+        .expect("run setup-authorization");
+    assert!(
+        out.status.success(),
+        "setup-authorization: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A 2.x client of `token` joined to the private channel `topic`: the
+/// join reply.
+async fn join_private(s: &Secured, token: &str, topic: &str) -> (PhxClient, Msg) {
+    let url = format!("{}&apikey={token}", s.server.ws_url("2.0.0"));
+    let mut c = PhxClient::connect(&url).await.unwrap();
+    let reply = c
+        .join(
+            topic,
+            json!({"access_token": token, "config": {"broadcast": {"self": false, "ack": true},
+                "presence": {"key": ""}, "private": true}}),
+        )
+        .await;
+    (c, reply)
+}
+
+/// The events (other than replies) `c` receives within `wait`.
+async fn events(c: &mut PhxClient, wait: Duration) -> Vec<Msg> {
+    let mut out = Vec::new();
+    loop {
+        match c.next_within(wait).await {
+            Ok(m) if m.event == "phx_reply" => {}
+            Ok(m) => out.push(m),
+            Err(WsEnd::Timeout) => return out,
+            Err(e) => panic!("socket ended: {e:?}"),
+        }
+    }
+}
+
+/// Policies as Supabase's documentation writes them: Alice may read and
+/// write `room`; Bob may read its broadcasts only (no presence, no write);
+/// nobody may join `vault`.
+const CHANNEL_POLICIES: &str = r#"
+    CREATE POLICY alice_reads ON realtime.messages FOR SELECT TO authenticated
+      USING (realtime.topic() = 'room' AND auth.uid() = '11111111-1111-1111-1111-111111111111');
+    CREATE POLICY bob_reads_broadcast ON realtime.messages FOR SELECT TO authenticated
+      USING (realtime.topic() = 'room' AND realtime.messages.extension = 'broadcast'
+             AND auth.uid() = '22222222-2222-2222-2222-222222222222');
+    CREATE POLICY alice_writes ON realtime.messages FOR INSERT TO authenticated
+      WITH CHECK (realtime.topic() = 'room' AND auth.uid() = '11111111-1111-1111-1111-111111111111');
+"#;
+
+#[tokio::test]
+async fn a_private_channel_before_its_setup_is_refused_with_the_command_to_run() {
+    let s = secured(&[]).await;
+    let (_c, reply) = join_private(&s, &user(ALICE), "realtime:room").await;
+    assert_eq!(reply.payload["status"], "error", "{reply:?}");
+    let reason = reply.payload["response"]["reason"].as_str().unwrap();
+    assert!(reason.contains("setup-authorization"), "{reason}");
+}
+
+#[tokio::test]
+async fn private_channels_read_and_write_as_realtime_messages_policies_say() {
+    let s = secured(&[]).await;
+    setup_authorization(&s);
+    s.db.batch_execute(CHANNEL_POLICIES).await.unwrap();
+
+    // Nobody may read `vault`: the join is refused.
+    let (_v, reply) = join_private(&s, &user(ALICE), "realtime:vault").await;
+    assert_eq!(reply.payload["status"], "error", "{reply:?}");
+    assert!(
+        reply.payload["response"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("Unauthorized"),
+        "{reply:?}"
+    );
+
+    let (mut alice, reply) = join_private(&s, &user(ALICE), "realtime:room").await;
+    assert_eq!(reply.payload["status"], "ok", "{reply:?}");
+    let (mut bob, reply) = join_private(&s, &user(BOB), "realtime:room").await;
+    assert_eq!(reply.payload["status"], "ok", "{reply:?}");
+    // A public channel of the same name shares nothing with the private one.
+    let (mut public, _, _) = join(&s, &user(BOB), "realtime:room", json!([])).await;
+    events(&mut alice, Duration::from_millis(300)).await;
+    events(&mut bob, Duration::from_millis(300)).await;
+    events(&mut public, Duration::from_millis(300)).await;
+
+    // Alice writes: Bob (broadcast read) receives; the public topic does not.
+    let r = alice
+        .push(
+            "realtime:room",
+            "broadcast",
+            json!({"type": "broadcast", "event": "hi", "payload": {"from": "alice"}}),
+            None,
+        )
+        .await;
+    assert_eq!(alice.expect_reply(&r).await.payload["status"], "ok");
+    // Alice tracks her presence: Bob (no presence read) sees nothing of it.
+    let r = alice
+        .push(
+            "realtime:room",
+            "presence",
+            json!({"type": "presence", "event": "track", "payload": {"name": "alice"}}),
+            None,
+        )
+        .await;
+    assert_eq!(alice.expect_reply(&r).await.payload["status"], "ok");
+    let got: Vec<String> = events(&mut bob, Duration::from_secs(1))
+        .await
+        .iter()
+        .map(|m| format!("{}:{}", m.event, m.payload))
+        .collect();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].starts_with("broadcast:") && got[0].contains("alice"),
+        "{got:?}"
+    );
+    assert!(
+        events(&mut public, Duration::from_millis(500))
+            .await
+            .is_empty(),
+        "the public topic shares nothing"
+    );
+
+    // Bob may not write: neither broadcast nor presence.
+    let r = bob
+        .push(
+            "realtime:room",
+            "broadcast",
+            json!({"type": "broadcast", "event": "hi", "payload": {"from": "bob"}}),
+            None,
+        )
+        .await;
+    let reply = bob.expect_reply(&r).await;
+    assert_eq!(reply.payload["status"], "error", "{reply:?}");
+    let r = bob
+        .push(
+            "realtime:room",
+            "presence",
+            json!({"type": "presence", "event": "track", "payload": {"name": "bob"}}),
+            None,
+        )
+        .await;
+    assert_eq!(bob.expect_reply(&r).await.payload["status"], "error");
+    // Neither reached Alice; the public channel's broadcast does not either.
+    let r = public
+        .push(
+            "realtime:room",
+            "broadcast",
+            json!({"type": "broadcast", "event": "hi", "payload": {"from": "public"}}),
+            None,
+        )
+        .await;
+    let _ = r;
+    let got = events(&mut alice, Duration::from_secs(1)).await;
+    assert!(
+        got.iter().all(|m| m.event == "presence_diff"),
+        "alice got {got:?}"
+    );
+}
+
+#[tokio::test]
+async fn private_only_refuses_public_channels() {
+    let s = secured(&[("PRIVATE_ONLY", "true")]).await;
+    let url = format!("{}&apikey={}", s.server.ws_url("2.0.0"), user(ALICE));
+    let mut c = PhxClient::connect(&url).await.unwrap();
+    let reply = c
+        .join("realtime:room", json!({"config": {"private": false}}))
+        .await;
+    assert_eq!(reply.payload["status"], "error", "{reply:?}");
+    assert!(
+        reply.payload["response"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("PrivateOnly"),
+        "{reply:?}"
+    );
+}
+
+#[tokio::test]
+async fn tokens_signed_with_rsa_ec_and_ed25519_keys_act_as_their_users() {
+    use jsonwebtoken::Algorithm;
+    use realtime_tests::jwt::{jwks, SigningKey};
+    let rsa = SigningKey::generate("rsa-1", Algorithm::RS256);
+    let ec = SigningKey::generate("ec-1", Algorithm::ES256);
+    let ed = SigningKey::generate("ed-1", Algorithm::EdDSA);
+    let set = jwks(&[&rsa, &ec, &ed]);
+    let s = secured(&[("JWT_JWKS", set.as_str())]).await;
+    let claims = |sub: &str| json!({"role": "authenticated", "sub": sub, "exp": realtime_tests::jwt::now() + 3600});
+    let (mut a, _, system) = join(&s, &rsa.sign(&claims(ALICE)), "realtime:k", on("notes")).await;
+    assert_eq!(system.payload["status"], "ok", "{system:?}");
+    let (mut b, _, system) = join(&s, &ec.sign(&claims(BOB)), "realtime:k", on("notes")).await;
+    assert_eq!(system.payload["status"], "ok", "{system:?}");
+    let (mut e, _, system) = join(&s, &ed.sign(&claims(BOB)), "realtime:k2", on("notes")).await;
+    assert_eq!(system.payload["status"], "ok", "{system:?}");
+    s.db.batch_execute(&format!(
+        "INSERT INTO notes VALUES (21, '{ALICE}', 'a'), (22, '{BOB}', 'b')"
+    ))
+    .await
+    .unwrap();
+    let ids = |d: Vec<Value>| {
+        d.iter()
+            .map(|d| d["record"]["id"].clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(changes(&mut a, Duration::from_secs(2)).await),
+        vec![json!(21)]
+    );
+    assert_eq!(
+        ids(changes(&mut b, Duration::from_secs(1)).await),
+        vec![json!(22)]
+    );
+    assert_eq!(
+        ids(changes(&mut e, Duration::from_secs(1)).await),
+        vec![json!(22)]
+    );
+
+    // Algorithm confusion: HS256 "signed" with the RSA public key's bytes
+    // (the JWK as text, as a confused verifier would use it) is refused.
+    let forged = realtime_tests::jwt::hmac_token(
+        &json!({"alg": "HS256", "typ": "JWT", "kid": "rsa-1"}),
+        &claims(ALICE),
+        rsa.jwk(true).to_string().as_bytes(),
+    );
+    let none = format!(
+        "{}.{}.",
+        realtime_tests::jwt::base64url(br#"{"alg":"none","typ":"JWT"}"#),
+        realtime_tests::jwt::base64url(claims(ALICE).to_string().as_bytes())
+    );
+    for bad in [forged, none] {
+        let url = format!("{}&apikey={bad}", s.server.ws_url("2.0.0"));
+        match tokio_tungstenite::connect_async(url).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status().as_u16(), 403)
+            }
+            other => panic!("a forged token was accepted: {other:?}"),
         }
     }
 }

@@ -215,10 +215,41 @@ async fn realtime_js_v2_passes_its_token_and_sees_expiry_when_channels_are_secur
     // Per version: token at connect and join, a forged token, expiry.
     run_node_test_with(
         "realtime-js-secured.test.mjs",
-        "CREATE TABLE secured_items (id bigint PRIMARY KEY);
+        // The tokens' role, which may read the table (no row level
+        // security: every row).
+        "CREATE ROLE anon NOLOGIN;
+         CREATE ROLE authenticated NOLOGIN;
+         CREATE TABLE secured_items (id bigint PRIMARY KEY);
+         GRANT SELECT ON secured_items TO authenticated;
          CREATE PUBLICATION realtime_test FOR ALL TABLES;",
         &["realtime-js-2-8", "realtime-js-2-latest", "ws"],
         2 * 3,
+        Some("a-secret-of-at-least-32-characters-long"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn realtime_js_v2_users_each_receive_their_own_rows_under_row_level_security() {
+    // Per version: two users on an owner-policy table, a table never granted.
+    run_node_test_with(
+        "realtime-js-rls.test.mjs",
+        "CREATE ROLE anon NOLOGIN;
+         CREATE ROLE authenticated NOLOGIN;
+         CREATE SCHEMA auth;
+         GRANT USAGE ON SCHEMA auth TO authenticated;
+         CREATE FUNCTION auth.uid() RETURNS uuid LANGUAGE sql STABLE AS $$
+           select (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub')::uuid
+         $$;
+         CREATE TABLE rls_notes (id bigint PRIMARY KEY, owner uuid, body text);
+         ALTER TABLE rls_notes REPLICA IDENTITY FULL;
+         ALTER TABLE rls_notes ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY own ON rls_notes FOR SELECT TO authenticated USING (owner = auth.uid());
+         GRANT SELECT ON rls_notes TO authenticated;
+         CREATE TABLE rls_secrets (id bigint PRIMARY KEY);
+         CREATE PUBLICATION realtime_test FOR ALL TABLES;",
+        &["realtime-js-2-8", "realtime-js-2-latest", "ws"],
+        2 * 2,
         Some("a-secret-of-at-least-32-characters-long"),
     )
     .await;

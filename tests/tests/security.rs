@@ -51,7 +51,12 @@ async fn upgrade_status(url: &str, header: Option<&str>) -> u16 {
 
 async fn secured() -> (TempPostgres, tokio_postgres::Client, ServerProcess) {
     let (pg, db) = TempPostgres::with_schema(
-        "CREATE TABLE items (id int PRIMARY KEY);
+        // Secured channels act as the token's role: it must exist and may
+        // read the table.
+        "CREATE ROLE anon NOLOGIN;
+         CREATE ROLE authenticated NOLOGIN;
+         CREATE TABLE items (id int PRIMARY KEY);
+         GRANT SELECT ON items TO authenticated;
          CREATE PUBLICATION realtime_test FOR ALL TABLES;",
     )
     .await

@@ -150,10 +150,12 @@ async fn fail(
             (&[DATABASE_READY], Some("the database connection"))
         }
         WalLevelNotLogical => (&[DATABASE_READY], Some("wal_level")),
-        PublicationError | PublicationConflict | PublicationNotOwned | ReplicaIdentityError
-        | TableNotFound | AuthorizationSetupError => {
-            (&[PUBLICATION_READY], Some("the publication"))
-        }
+        PublicationError
+        | PublicationConflict
+        | PublicationNotOwned
+        | ReplicaIdentityError
+        | TableNotFound
+        | AuthorizationSetupError => (&[PUBLICATION_READY], Some("the publication")),
         SlotError => (&[SLOTS_READY], Some("the slots")),
         RolloutFailed => (&[AVAILABLE], None),
         // Not reasons of a failure: nothing more is checked.

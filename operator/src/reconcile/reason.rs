@@ -115,10 +115,25 @@ impl Reason {
             CleanupSkipped => (Normal, "Cleanup"),
             SlotsLeftBehind => (Warning, "Cleanup"),
             PublicationDropped => (Normal, "DropPublication"),
-            Blocked | SecretNotFound | AuthenticationFailed | DatabaseNotFound
-            | ConnectionFailed | WalLevelNotLogical | Connected | Ready | PublicationError
-            | PublicationConflict | PublicationNotOwned | ReplicaIdentityError | TableNotFound
-            | AuthorizationSetupError | WaitingForPods | SlotError | RolloutFailed | ScaledToZero | AllReplicasReady
+            Blocked
+            | SecretNotFound
+            | AuthenticationFailed
+            | DatabaseNotFound
+            | ConnectionFailed
+            | WalLevelNotLogical
+            | Connected
+            | Ready
+            | PublicationError
+            | PublicationConflict
+            | PublicationNotOwned
+            | ReplicaIdentityError
+            | TableNotFound
+            | AuthorizationSetupError
+            | WaitingForPods
+            | SlotError
+            | RolloutFailed
+            | ScaledToZero
+            | AllReplicasReady
             | ReplicasNotReady => return None,
         })
     }

@@ -24,6 +24,7 @@ use tokio::sync::Notify;
 
 use super::db::{Db, DbError, Principal};
 use super::plan::PolicyPlan;
+use crate::metrics::METRICS;
 
 /// Changes checked together (per group, one statement for all their images).
 pub const BATCH: usize = 64;
@@ -253,6 +254,8 @@ impl Lanes {
         self.stats
             .images
             .fetch_add(images.len() as u64, Ordering::Relaxed);
+        METRICS.rls_check_statements.inc();
+        METRICS.rls_images_checked.inc_by(images.len() as u64);
         match self.run_check(principal, sql, images).await {
             Ok(passed) => passed,
             Err(e) if e.is_timeout() || images.len() == 1 => {
@@ -264,6 +267,7 @@ impl Lanes {
                 let mut out = Vec::with_capacity(images.len());
                 for image in images {
                     self.stats.statements.fetch_add(1, Ordering::Relaxed);
+                    METRICS.rls_check_statements.inc();
                     match self
                         .run_check(principal, sql, std::slice::from_ref(image))
                         .await
@@ -303,8 +307,10 @@ impl Lanes {
 
     fn failed(&self, plan: &PolicyPlan, principal: &Principal, e: &DbError, images: usize) {
         let counter = if e.is_timeout() {
+            METRICS.rls_check_timeouts.inc_by(images as u64);
             &self.stats.timeouts
         } else {
+            METRICS.rls_check_errors.inc_by(images as u64);
             &self.stats.errors
         };
         counter.fetch_add(images as u64, Ordering::Relaxed);

@@ -224,7 +224,12 @@ impl<'a> Verdicts<'a> {
     ) {
         let Some(who) = who else {
             // Channels not secured: everyone subscribed receives everything.
-            return now.add(target, true);
+            // Secured, a subscription that acts as nobody receives nothing
+            // (every secured join gives one a group: this only fails closed).
+            if self.authz.is_none() {
+                now.add(target, true);
+            }
+            return;
         };
         let (verdict, plan) = self.verdict(who);
         match verdict {
@@ -268,6 +273,7 @@ impl<'a> Verdicts<'a> {
                 if verdict == Verdict::Undecidable {
                     if let Some(a) = self.authz {
                         a.stats.undecidable.fetch_add(1, Ordering::Relaxed);
+                        crate::metrics::METRICS.rls_undecidable.inc();
                         a.undecidable(self.change, &who.group);
                     }
                 }
@@ -279,6 +285,7 @@ impl<'a> Verdicts<'a> {
                 // change is withheld from it while its access is computed.
                 if let Some(a) = self.authz {
                     a.stats.unresolved.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::METRICS.rls_undecidable.inc();
                     resolve_later(a, table, who.group.clone());
                 }
                 (Verdict::Undecidable, None)

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{Revoked, SocketId, Subscriber};
-use crate::authz::authorizer::Authorizer;
+use crate::authz::authorizer::{Authorizer, GroupAccess};
 use crate::authz::plan::Access;
 use crate::change::{Change, ChangeKind};
 use crate::phoenix::frame::Vsn;
@@ -213,23 +213,34 @@ impl LegacyIndex {
         let mut out = Vec::new();
         let mut check = |subs: &mut TopicSubs, table: String| {
             subs.sockets.retain(|socket, sub| {
-                let Some(s) = &sub.subscriber else {
+                let vsn = sub.vsn;
+                let Some(s) = &mut sub.subscriber else {
                     return true;
                 };
                 let Some(oid) = s.table else {
                     return true;
                 };
-                match authz.cached_access(oid, &s.group).map(|a| a.access) {
-                    Some(Access::Denied(reason)) => {
+                match authz.cached_access(oid, &s.group) {
+                    Some(GroupAccess {
+                        access: Access::Denied(reason),
+                        ..
+                    }) => {
                         out.push(Revoked {
                             socket: *socket,
                             topic: subs.topic.clone(),
+                            vsn,
                             table: table.clone(),
                             reason,
                         });
                         false
                     }
-                    _ => true,
+                    // The policies changed: the subscription decides with
+                    // the new access from now on.
+                    Some(new) => {
+                        s.access = Some(new);
+                        true
+                    }
+                    None => true,
                 }
             });
         };

@@ -16,7 +16,7 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::authz::authorizer::{Authorizer, Group, GroupAccess};
+use crate::authz::authorizer::{Authorizer, ChannelRights, Group, GroupAccess};
 use crate::authz::lanes::Item;
 use crate::change::Change;
 use crate::metrics::METRICS;
@@ -36,6 +36,30 @@ use presence::PresenceIndex;
 
 pub type SocketId = u64;
 
+/// What a private channel's hub key starts with: a client's topic starts
+/// with `realtime:`, so no public topic has a private channel's key, and
+/// the two never share members, broadcasts or presences.
+const PRIVATE_PREFIX: &str = "\u{0}private\u{0}";
+
+/// The hub's key of the private channel `topic` (members, presence).
+pub fn private_key(topic: &str) -> Arc<str> {
+    format!("{PRIVATE_PREFIX}{topic}").into()
+}
+
+/// The topic frames carry for the hub key `key`.
+pub fn wire_topic(key: &str) -> &str {
+    key.strip_prefix(PRIVATE_PREFIX).unwrap_or(key)
+}
+
+/// A channel member: its serializer, whether it receives its own
+/// broadcasts, and what it may receive (a private channel's read rights).
+#[derive(Debug, Clone, Copy)]
+struct Member {
+    vsn: Vsn,
+    self_broadcast: bool,
+    reads: ChannelRights,
+}
+
 /// Who a subscription acts as, when channels are secured: its group (role
 /// and claims) and, for a subscription to one table, what the group may see
 /// of it (as the subscription is indexed; `None`: looked up per change).
@@ -53,6 +77,7 @@ pub struct Subscriber {
 pub struct Revoked {
     pub socket: SocketId,
     pub topic: Arc<str>,
+    pub vsn: Vsn,
     /// `schema.table`
     pub table: String,
     pub reason: String,
@@ -78,9 +103,9 @@ struct Index {
     sockets: HashMap<SocketId, SocketEntry>,
     legacy: LegacyIndex,
     bindings: BindingIndex,
-    /// Members of 2.x channels (broadcast and presence): topic -> socket ->
-    /// (serializer, whether the member receives its own broadcasts).
-    members: HashMap<Arc<str>, HashMap<SocketId, (Vsn, bool)>>,
+    /// Members of 2.x channels (broadcast and presence): key (the topic, or
+    /// a private channel's [`private_key`]) -> socket -> member.
+    members: HashMap<Arc<str>, HashMap<SocketId, Member>>,
     presence: PresenceIndex,
 }
 
@@ -318,7 +343,7 @@ impl Hub {
         let mut revoked = Vec::new();
         let mut index = self.write();
         for (key, socket, topic, table, subscriber) in index.bindings.secured() {
-            let (Some(old), Some(table_oid)) = (&subscriber.access, subscriber.table) else {
+            let (Some(_), Some(table_oid)) = (&subscriber.access, subscriber.table) else {
                 continue;
             };
             let Some(new) = authz.cached_access(table_oid, &subscriber.group) else {
@@ -329,18 +354,39 @@ impl Hub {
                     revoked.push(Revoked {
                         socket,
                         topic,
+                        vsn: b.vsn,
                         table: format!("{}.{}", b.schema, table.unwrap_or_default()),
                         reason: reason.clone(),
                     });
                 }
                 continue;
             }
-            if new.access != old.access {
-                index.bindings.set_access(key, Some(new));
-            }
+            // Always: even an equal access may come with another plan
+            // (the policies' text changed), which checks decide with.
+            index.bindings.set_access(key, Some(new));
         }
         revoked.extend(index.legacy.revoked(authz));
         revoked
+    }
+
+    /// Tells each socket whose subscription [`Hub::refresh_access`]
+    /// removed: a `system` error naming the table and why (the channel
+    /// stays joined; its other subscriptions go on).
+    pub fn notify_revoked(&self, revoked: &[Revoked]) {
+        let index = self.read();
+        for r in revoked {
+            let Some(entry) = index.sockets.get(&r.socket) else {
+                continue;
+            };
+            let short = r.topic.strip_prefix("realtime:").unwrap_or(&r.topic);
+            let system = serde_json::json!({"extension": "postgres_changes", "status": "error",
+                "message": format!("{}: access revoked: {}", r.table, r.reason),
+                "channel": short});
+            let frame = frame::encode(r.vsn, None, None, &r.topic, "system", &system.to_string());
+            tracing::info!(socket = r.socket, topic = %r.topic, table = %r.table, reason = %r.reason,
+                "a subscription lost its access to its table");
+            let _ = entry.tx.try_send(Outbound::Frame(frame));
+        }
     }
 
     /// Adds a channel's `postgres_changes` bindings.
@@ -360,12 +406,32 @@ impl Hub {
         vsn: Vsn,
         self_broadcast: bool,
     ) -> String {
+        let all = ChannelRights {
+            broadcast: true,
+            presence: true,
+        };
+        self.join_channel_reading(socket, topic, vsn, self_broadcast, all)
+    }
+
+    /// [`Hub::join_channel`] for a member that receives only what `reads`
+    /// allows (a private channel): broadcasts, presence diffs.
+    pub fn join_channel_reading(
+        &self,
+        socket: SocketId,
+        topic: &Arc<str>,
+        vsn: Vsn,
+        self_broadcast: bool,
+        reads: ChannelRights,
+    ) -> String {
         let mut index = self.write();
-        index
-            .members
-            .entry(topic.clone())
-            .or_default()
-            .insert(socket, (vsn, self_broadcast));
+        index.members.entry(topic.clone()).or_default().insert(
+            socket,
+            Member {
+                vsn,
+                self_broadcast,
+                reads,
+            },
+        );
         index.presence.state(topic)
     }
 
@@ -374,7 +440,8 @@ impl Hub {
     pub fn leave_channel(&self, socket: SocketId, topic: &Arc<str>) {
         let diff = {
             let mut index = self.write();
-            index.bindings.remove_channel(socket, topic);
+            let wire: Arc<str> = wire_topic(topic).into();
+            index.bindings.remove_channel(socket, &wire);
             if let Some(m) = index.members.get_mut(topic) {
                 m.remove(&socket);
                 if m.is_empty() {
@@ -400,15 +467,29 @@ impl Hub {
                 return 0;
             };
             let mut frames: [Option<Frame>; 2] = [None, None];
-            for (&id, &(vsn, self_broadcast)) in members {
+            let wire = wire_topic(topic);
+            for (&id, m) in members {
+                let Member {
+                    vsn,
+                    self_broadcast,
+                    reads,
+                } = *m;
                 if Some(id) == from && !self_broadcast {
+                    continue;
+                }
+                let may_read = match event {
+                    "broadcast" => reads.broadcast,
+                    "presence_diff" | "presence_state" => reads.presence,
+                    _ => reads.broadcast && reads.presence,
+                };
+                if !may_read {
                     continue;
                 }
                 let Some(entry) = index.sockets.get(&id) else {
                     continue;
                 };
                 let frame = frames[vsn as usize]
-                    .get_or_insert_with(|| frame::encode(vsn, None, None, topic, event, payload))
+                    .get_or_insert_with(|| frame::encode(vsn, None, None, wire, event, payload))
                     .clone();
                 match entry.tx.try_send(Outbound::Frame(frame)) {
                     Ok(()) => reached += 1,

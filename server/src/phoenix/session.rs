@@ -20,7 +20,8 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use crate::auth::JwtVerifier;
+use crate::auth::{Claims, JwtVerifier};
+use crate::authz::authorizer::Authorizer;
 use crate::hub::{Hub, Outbound, SocketId};
 use crate::metrics::METRICS;
 use crate::phoenix::channel::Channel;
@@ -38,6 +39,8 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct SocketLimits {
     pub max_channels: usize,
     pub max_frame_bytes: usize,
+    /// `PRIVATE_ONLY`: public channels are refused.
+    pub private_only: bool,
 }
 
 /// What every socket shares.
@@ -62,20 +65,28 @@ pub(in crate::phoenix) struct Session {
     pub(in crate::phoenix) hub: Arc<Hub>,
     pub(in crate::phoenix) published: Arc<PublishedTables>,
     pub(in crate::phoenix) verifier: Option<JwtVerifier>,
+    /// When channels are secured: who may see what (the hub's).
+    pub(in crate::phoenix) authz: Option<Arc<Authorizer>>,
     /// The joined channels by topic.
     pub(in crate::phoenix) channels: HashMap<String, Channel>,
     pub(in crate::phoenix) limits: SocketLimits,
     /// Presence keys made up for channels that named none.
     pub(in crate::phoenix) next_presence: u64,
-    /// `exp` of the token the socket connected with.
-    pub(in crate::phoenix) socket_exp: Option<u64>,
+    /// The claims of the token the socket connected with (channels
+    /// secured): a join without a token of its own acts with them.
+    pub(in crate::phoenix) socket_claims: Option<Arc<Claims>>,
     /// Into the socket's own queue, behind the changes the hub queued.
     tx: mpsc::Sender<Outbound>,
 }
 
 /// Serves one upgraded WebSocket until either side closes it.
-/// `socket_exp` is the `exp` of the token checked at the upgrade.
-pub async fn serve(ws: WebSocket, vsn: Vsn, ctx: Arc<SocketContext>, socket_exp: Option<u64>) {
+/// `socket_claims` are the claims of the token checked at the upgrade.
+pub async fn serve(
+    ws: WebSocket,
+    vsn: Vsn,
+    ctx: Arc<SocketContext>,
+    socket_claims: Option<Claims>,
+) {
     let reg = ctx.hub.register();
     let (sink, mut stream) = ws.split();
     let cancel = reg.cancel.clone();
@@ -93,10 +104,11 @@ pub async fn serve(ws: WebSocket, vsn: Vsn, ctx: Arc<SocketContext>, socket_exp:
         hub: ctx.hub.clone(),
         published: ctx.published.clone(),
         verifier: ctx.verifier.clone(),
+        authz: ctx.hub.authorizer().cloned(),
         channels: HashMap::new(),
         limits: ctx.limits.clone(),
         next_presence: 0,
-        socket_exp,
+        socket_claims: socket_claims.map(Arc::new),
         tx: reg.tx,
     };
     tracing::debug!(socket = session.id, ?vsn, "socket connected");
@@ -307,7 +319,7 @@ impl Session {
     }
 }
 
-fn unix_now() -> u64 {
+pub(in crate::phoenix) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -2,12 +2,14 @@
 //!
 //! Owns relaying the payload, as sent, to every member of the topic (the
 //! sender too when it joined with `broadcast.self`), and the `phx_reply` ok
-//! when it joined with `broadcast.ack`. Must not read the payload: the
+//! when it joined with `broadcast.ack`. On a private channel, only a token
+//! that may write broadcasts (`realtime.messages`) is relayed; the others
+//! get an error reply. Must not read the payload: the
 //! server relays it unread. The hub keeps the members; `/api/broadcast`
 //! (in `http`) relays over HTTP through the same hub call.
 
 use super::{Channel, ChannelKind};
-use crate::phoenix::frame::Inbound;
+use crate::phoenix::frame::{self, Inbound};
 use crate::phoenix::session::Session;
 
 impl Session {
@@ -15,11 +17,19 @@ impl Session {
         let Some(Channel {
             kind: ChannelKind::V2 { topic, ack, .. },
             join_ref,
+            private,
             ..
         }) = self.channels.get(&m.topic)
         else {
             return;
         };
+        if private.is_some_and(|(_, write)| !write.broadcast) {
+            let short = m.topic.strip_prefix("realtime:").unwrap_or(&m.topic);
+            let reason = format!(
+                "Unauthorized: You do not have permissions to write to this Channel topic: {short}"
+            );
+            return self.reply(&m, join_ref.as_deref(), false, &frame::reason(&reason));
+        }
         self.hub
             .relay(topic, Some(self.id), "broadcast", m.payload.get());
         if *ack {

@@ -1,11 +1,15 @@
 //! `phx_join`: a socket joins a channel.
 //!
 //! Owns the checks every join passes (a `realtime:` topic, the token, the
-//! channel limit, a payload of the right shape), the 1.x join (the topic
-//! says which rows) and the 2.x join (`config`: its reply, `system` and
-//! `presence_state` pushes, in that order). A second join of a joined topic
-//! replaces the first. Must not resolve bindings (`postgres_changes`), check
-//! tokens (`access_token`) or track presences (`presence`): it calls them.
+//! channel limit, a payload of the right shape, `PRIVATE_ONLY`), the 1.x
+//! join (the topic says which rows) and the 2.x join (`config`: its reply,
+//! `system` and `presence_state` pushes, in that order). A second join of a
+//! joined topic replaces the first. When channels are secured, a join acts
+//! as its token's role and claims: every subscription carries its group
+//! (see `authz`), a table the role may not read is refused, and a private
+//! channel's rights come from `realtime.messages`. Must not resolve
+//! bindings (`postgres_changes`), check tokens (`access_token`) or track
+//! presences (`presence`): it calls them.
 
 use std::sync::Arc;
 
@@ -13,14 +17,21 @@ use futures::future::BoxFuture;
 
 use super::postgres_changes::Resolved;
 use super::{Channel, ChannelKind};
-use crate::hub::LegacyTopic;
+use crate::auth::Claims;
+use crate::authz::authorizer::{ChannelError, ChannelRights};
+use crate::authz::plan::{Access, Command};
+use crate::hub::{self, LegacyTopic, Subscriber};
 use crate::phoenix::frame::Inbound;
 use crate::phoenix::payloads::{self, JoinConfig, JoinPayload};
 use crate::phoenix::session::Session;
 
+/// Supabase's answer to a public join when only private channels are allowed.
+const PRIVATE_ONLY: &str =
+    "PrivateOnly: this server accepts private channels only (join with config.private: true)";
+
 impl Session {
-    /// Handles `phx_join`; a 2.x join with bindings returns its remainder,
-    /// which waits on the catalog.
+    /// Handles `phx_join`; a join that waits (on the catalog, on the
+    /// policies, on a JWKS) returns its remainder.
     pub(super) fn join(&mut self, m: Inbound) -> Option<BoxFuture<'_, ()>> {
         if !m.topic.starts_with("realtime:") {
             self.reply_error(&m, "unmatched topic");
@@ -33,13 +44,6 @@ impl Session {
                 return None;
             }
         };
-        let expires_at = match self.check_token(payload.token()) {
-            Ok(exp) => exp,
-            Err(reason) => {
-                self.reply_error(&m, &reason);
-                return None;
-            }
-        };
         if !self.channels.contains_key(&m.topic) && self.channels.len() >= self.limits.max_channels
         {
             let reason = format!(
@@ -49,26 +53,175 @@ impl Session {
             self.reply_error(&m, &reason);
             return None;
         }
+        let private = payload.config.as_ref().is_some_and(|c| c.private);
+        if self.limits.private_only && !private {
+            self.reply_error(&m, PRIVATE_ONLY);
+            return None;
+        }
+        if self.verifier.is_some() {
+            return Some(Box::pin(self.join_secured(m, payload)));
+        }
+        if private {
+            self.reply_error(
+                &m,
+                "private channels need SECURE_CHANNELS=true: their rights come from the \
+                 token's role and claims",
+            );
+            return None;
+        }
         match payload.config {
             None => {
-                self.join_legacy(m, expires_at);
+                self.join_legacy(m, None, None);
                 None
             }
             Some(config) if config.postgres_changes.is_empty() => {
-                self.join_v2(m, config, expires_at, Resolved::default());
+                self.join_v2(m, config, None, Resolved::default(), None);
                 None
             }
             Some(config) => Some(Box::pin(async move {
                 let topic: Arc<str> = m.topic.as_str().into();
                 let resolved = self
-                    .resolve_bindings(&config.postgres_changes, &topic)
+                    .resolve_bindings(&config.postgres_changes, &topic, None)
                     .await;
-                self.join_v2(m, config, expires_at, resolved);
+                self.join_v2(m, config, None, resolved, None);
             })),
         }
     }
 
-    fn join_legacy(&mut self, m: Inbound, expires_at: Option<u64>) {
+    /// A join when channels are secured: the token (the join's, else the
+    /// socket's) must be valid now, and decides everything the channel gets.
+    async fn join_secured(&mut self, m: Inbound, payload: JoinPayload) {
+        let claims = match self.check_token(payload.token()).await {
+            Ok(Some(c)) => c,
+            Ok(None) => return self.reply_error(&m, "access token is missing"),
+            Err(reason) => return self.reply_error(&m, &reason),
+        };
+        match payload.config {
+            None => {
+                let subscriber = match self.legacy_subscriber(&m.topic, &claims).await {
+                    Ok(s) => s,
+                    Err(reason) => return self.reply_error(&m, &reason),
+                };
+                self.join_legacy(m, Some(claims), subscriber);
+            }
+            Some(config) => {
+                let rights = if config.private {
+                    match self.private_rights(&m.topic, &claims).await {
+                        Ok(r) => Some(r),
+                        Err(reason) => return self.reply_error(&m, &reason),
+                    }
+                } else {
+                    None
+                };
+                let topic: Arc<str> = m.topic.as_str().into();
+                let resolved = if config.postgres_changes.is_empty() {
+                    Resolved::default()
+                } else {
+                    self.resolve_bindings(&config.postgres_changes, &topic, Some(&claims))
+                        .await
+                };
+                self.join_v2(m, config, Some(claims), resolved, rights);
+            }
+        }
+    }
+
+    /// What a private channel's token may do on it: read (join, receive)
+    /// and write (send broadcasts, track presence), per extension. A token
+    /// that may read neither broadcast nor presence is refused.
+    async fn private_rights(
+        &self,
+        topic: &str,
+        claims: &Claims,
+    ) -> Result<(ChannelRights, ChannelRights), String> {
+        let Some(authz) = &self.authz else {
+            return Err("private channels need SECURE_CHANNELS=true".into());
+        };
+        let short = topic.strip_prefix("realtime:").unwrap_or(topic);
+        let group = authz.group(&claims.raw, Some(short));
+        let failed = |e: ChannelError| match e {
+            ChannelError::NotSetUp => ChannelError::NotSetUp.to_string(),
+            ChannelError::Failed(why) => {
+                format!("Unauthorized: checking the policies of realtime.messages failed: {why}")
+            }
+        };
+        let read = authz
+            .channel_rights(&group, Command::Select)
+            .await
+            .map_err(failed)?;
+        if !read.broadcast && !read.presence {
+            return Err(format!(
+                "Unauthorized: You do not have permissions to read from this Channel topic: {short}"
+            ));
+        }
+        let write = authz
+            .channel_rights(&group, Command::Insert)
+            .await
+            .map_err(failed)?;
+        Ok((read, write))
+    }
+
+    /// Who a 1.x subscription acts as: its group, and for one table what
+    /// the group may see of it (a table the role may not read is refused).
+    async fn legacy_subscriber(
+        &self,
+        topic: &str,
+        claims: &Claims,
+    ) -> Result<Option<Subscriber>, String> {
+        let Some(authz) = &self.authz else {
+            return Ok(None);
+        };
+        let key = LegacyTopic::parse(topic)?;
+        let group = authz.group(&claims.raw, None);
+        let (schema, table) = match &key {
+            LegacyTopic::All => (None, None),
+            LegacyTopic::Schema(s) => (Some(s.as_str()), None),
+            LegacyTopic::Table(s, t) => (Some(s.as_str()), Some(t.as_str())),
+            LegacyTopic::Row { schema, table, .. } => (Some(schema.as_str()), Some(table.as_str())),
+        };
+        let Some(table) = table else {
+            // Every table of a schema (or of every schema): each change's
+            // table is looked up for the group; a schema's tables are
+            // looked up now, so their first changes are not withheld.
+            if let Some(schema) = schema {
+                if let Ok(tables) = self.published.lookup(schema, None).await {
+                    for t in tables {
+                        let _ = authz.access(t.oid, &group).await;
+                    }
+                }
+            }
+            return Ok(Some(Subscriber {
+                group,
+                table: None,
+                access: None,
+            }));
+        };
+        let schema = schema.unwrap_or("public");
+        let tables = self.published.lookup(schema, Some(table)).await?;
+        let Some(t) = tables.first() else {
+            return Err(format!(
+                "{schema}.{table} is not in any publication this server streams"
+            ));
+        };
+        let access = authz
+            .access(t.oid, &group)
+            .await
+            .map_err(|e| format!("checking access to {schema}.{table} failed: {e}"))?;
+        if let Access::Denied(reason) = &access.access {
+            return Err(format!("{schema}.{table}: {reason}"));
+        }
+        Ok(Some(Subscriber {
+            group,
+            table: Some(t.oid),
+            access: Some(access),
+        }))
+    }
+
+    fn join_legacy(
+        &mut self,
+        m: Inbound,
+        claims: Option<Arc<Claims>>,
+        subscriber: Option<Subscriber>,
+    ) {
         let key = match LegacyTopic::parse(&m.topic) {
             Ok(key) => key,
             Err(reason) => return self.reply_error(&m, &reason),
@@ -81,49 +234,65 @@ impl Session {
         // every change the channel receives.
         self.reply(&m, join_ref.as_deref(), true, "{}");
         self.hub
-            .subscribe_legacy(self.id, self.vsn, &key, &m.topic, None);
-        self.channels.insert(
-            m.topic,
-            Channel::new(join_ref, ChannelKind::Legacy(key), expires_at),
-        );
+            .subscribe_legacy(self.id, self.vsn, &key, &m.topic, subscriber);
+        let expires_at = claims.as_ref().and_then(|c| c.expires_at);
+        let mut channel = Channel::new(join_ref, ChannelKind::Legacy(key), expires_at);
+        channel.claims = claims;
+        self.channels.insert(m.topic, channel);
     }
 
     /// The reply echoes the bindings with their ids; then the `system` push
     /// says whether they all stand, and `presence_state` lists who is
-    /// tracked.
+    /// tracked (for a private channel whose token may read presence; `{}`
+    /// otherwise).
     fn join_v2(
         &mut self,
         m: Inbound,
         config: JoinConfig,
-        expires_at: Option<u64>,
+        claims: Option<Arc<Claims>>,
         resolved: Resolved,
+        private: Option<(ChannelRights, ChannelRights)>,
     ) {
         let join_ref = m.join_ref.clone();
-        let topic: Arc<str> = m.topic.as_str().into();
+        let wire: Arc<str> = m.topic.as_str().into();
+        let topic = match private {
+            Some(_) => hub::private_key(&wire),
+            None => wire,
+        };
         let presence_key = self.presence_key(&config.presence);
         if let Some(old) = self.channels.remove(&m.topic) {
             self.unsubscribe(&old);
         }
         self.reply(&m, join_ref.as_deref(), true, &resolved.reply());
         let status = self.subscribe_bindings(resolved);
-        let state =
-            self.hub
-                .join_channel(self.id, &topic, self.vsn, config.broadcast.self_broadcast);
-        self.channels.insert(
-            m.topic.clone(),
-            Channel::new(
-                join_ref.clone(),
-                ChannelKind::V2 {
-                    topic,
-                    ack: config.broadcast.ack,
-                    presence_key,
-                },
-                expires_at,
-            ),
+        let reads = private.map(|(read, _)| read).unwrap_or(ChannelRights {
+            broadcast: true,
+            presence: true,
+        });
+        let state = self.hub.join_channel_reading(
+            self.id,
+            &topic,
+            self.vsn,
+            config.broadcast.self_broadcast,
+            reads,
         );
+        let expires_at = claims.as_ref().and_then(|c| c.expires_at);
+        let mut channel = Channel::new(
+            join_ref.clone(),
+            ChannelKind::V2 {
+                topic,
+                ack: config.broadcast.ack,
+                presence_key,
+            },
+            expires_at,
+        );
+        channel.claims = claims;
+        channel.private = private;
+        self.channels.insert(m.topic.clone(), channel);
         if !config.postgres_changes.is_empty() {
             self.push_bindings_status(join_ref.as_deref(), &m.topic, status);
         }
+        let state = if reads.presence { state } else { "{}".into() };
         self.push(join_ref.as_deref(), &m.topic, "presence_state", &state);
     }
 }

@@ -22,6 +22,8 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use serde_json::value::RawValue;
 
+use crate::auth::Claims;
+use crate::authz::authorizer::ChannelRights;
 use crate::hub::LegacyTopic;
 use crate::metrics::ChannelGauge;
 use crate::phoenix::frame::Inbound;
@@ -39,6 +41,8 @@ pub(in crate::phoenix) enum ChannelKind {
     Legacy(LegacyTopic),
     /// realtime-js 2.x: `config` with postgres_changes, broadcast, presence.
     V2 {
+        /// The hub's key of the channel: the topic, or for a private
+        /// channel a key no public topic can have (`hub::private_key`).
         topic: Arc<str>,
         /// Broadcasts get a `phx_reply` ok.
         ack: bool,
@@ -53,6 +57,11 @@ pub(in crate::phoenix) struct Channel {
     /// When the token the channel was joined (or last refreshed) with
     /// expires, in seconds since the Unix epoch: then it is closed.
     pub(in crate::phoenix) expires_at: Option<u64>,
+    /// The claims it was joined with (channels secured): its
+    /// subscriptions and rights were decided for them.
+    pub(in crate::phoenix) claims: Option<Arc<Claims>>,
+    /// A private channel's rights (read, write), from `realtime.messages`.
+    pub(in crate::phoenix) private: Option<(ChannelRights, ChannelRights)>,
     /// Counts the channel at `/metrics` while it is joined.
     _open: ChannelGauge,
 }
@@ -63,6 +72,8 @@ impl Channel {
             join_ref,
             kind,
             expires_at,
+            claims: None,
+            private: None,
             _open: ChannelGauge::open(),
         }
     }
@@ -77,9 +88,14 @@ impl Session {
             ("phoenix", "heartbeat") => self.reply(&m, None, true, "{}"),
             (_, "phx_join") => return self.join(m),
             (_, "phx_leave") => self.leave(m),
+            // A token's validity is checked for every frame that needs it:
+            // after it expired, nothing the channel sends is relayed.
+            (topic, "broadcast" | "presence") if self.expired(topic) => self.expire(&m.topic),
             (topic, "broadcast") if self.is_v2(topic) => self.broadcast(m),
             (topic, "presence") if self.is_v2(topic) => self.presence(m),
-            (topic, "access_token") if self.channels.contains_key(topic) => self.refresh_token(m),
+            (topic, "access_token") if self.channels.contains_key(topic) => {
+                return self.refresh_token(m)
+            }
             (topic, event) => {
                 let reason = if self.channels.contains_key(topic) {
                     format!("unknown event {event:?} on topic {topic:?}")
@@ -90,6 +106,22 @@ impl Session {
             }
         }
         None
+    }
+
+    /// Whether the token `topic` stands on has expired.
+    fn expired(&self, topic: &str) -> bool {
+        self.channels
+            .get(topic)
+            .and_then(|c| c.expires_at)
+            .is_some_and(|e| e <= crate::phoenix::session::unix_now())
+    }
+
+    /// Closes a channel whose token expired.
+    fn expire(&mut self, topic: &str) {
+        if let Some(channel) = self.channels.remove(topic) {
+            tracing::info!(socket = self.id, %topic, "closing a channel: its token expired");
+            self.close_channel(topic, channel, "access token has expired");
+        }
     }
 
     fn is_v2(&self, topic: &str) -> bool {

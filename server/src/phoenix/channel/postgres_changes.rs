@@ -13,9 +13,12 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+use crate::auth::Claims;
+use crate::authz::authorizer::Group;
+use crate::authz::plan::Access;
 use crate::change::ChangeKind;
 use crate::filter::Filter;
-use crate::hub::Binding;
+use crate::hub::{Binding, Subscriber};
 use crate::phoenix::payloads::BindingRequest;
 use crate::phoenix::session::Session;
 
@@ -44,14 +47,20 @@ impl Session {
         &self,
         requests: &[BindingRequest],
         topic: &Arc<str>,
+        claims: Option<&Arc<Claims>>,
     ) -> Resolved {
         let mut out = Resolved::default();
+        // Channels secured: every binding acts as the token's group.
+        let group = match (&self.authz, claims) {
+            (Some(authz), Some(c)) => Some(authz.group(&c.raw, None)),
+            _ => None,
+        };
         for (i, req) in requests.iter().enumerate() {
             let id = i as u32 + 1;
             let mut echo = req.echo.clone();
             echo.insert("id".into(), Value::from(id));
             out.echo.push(Value::Object(echo));
-            match self.binding(req, id, topic).await {
+            match self.binding(req, id, topic, group.as_ref()).await {
                 Ok(b) => out.bindings.push(b),
                 Err(reason) => {
                     out.error.get_or_insert(reason);
@@ -96,6 +105,7 @@ impl Session {
         req: &BindingRequest,
         id: u32,
         topic: &Arc<str>,
+        group: Option<&Group>,
     ) -> Result<Binding, String> {
         let event = match req.event.as_deref().map(str::to_ascii_uppercase).as_deref() {
             Some("*") => None,
@@ -132,6 +142,40 @@ impl Session {
                 Some(Filter::parse(text, |c| first.column(c)).map_err(|e| e.0)?)
             }
         };
+        let subscriber = match (group, &self.authz) {
+            (Some(group), Some(authz)) => Some(match &table {
+                // One table: refused unless the role may read it; what the
+                // group may see of it is computed now and indexed.
+                Some(name) => {
+                    let access = authz
+                        .access(first.oid, group)
+                        .await
+                        .map_err(|e| format!("checking access to {schema}.{name} failed: {e}"))?;
+                    if let Access::Denied(reason) = &access.access {
+                        return Err(format!("{schema}.{name}: {reason}"));
+                    }
+                    Subscriber {
+                        group: group.clone(),
+                        table: Some(first.oid),
+                        access: Some(access),
+                    }
+                }
+                // Every table of the schema: looked up per change's table;
+                // computed now so that their first changes are not
+                // withheld (a table the role may not read delivers nothing).
+                None => {
+                    for t in &tables {
+                        let _ = authz.access(t.oid, group).await;
+                    }
+                    Subscriber {
+                        group: group.clone(),
+                        table: None,
+                        access: None,
+                    }
+                }
+            }),
+            _ => None,
+        };
         Ok(Binding {
             socket: self.id,
             topic: topic.clone(),
@@ -141,7 +185,7 @@ impl Session {
             table,
             event,
             filter,
-            subscriber: None,
+            subscriber,
         })
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Owns the key a socket's presence is tracked under (the join's
 //! `presence.key`, or one made up per channel) and the `track` and
-//! `untrack` pushes. Must not keep presences or build their payloads: the
+//! `untrack` pushes (on a private channel, `track` needs a token that may
+//! write presence, per `realtime.messages`). Must not keep presences or build their payloads: the
 //! hub's presence index does, and tells every member with `presence_diff`.
 //! The `presence_state` a join receives is sent by `join`.
 
@@ -35,6 +36,7 @@ impl Session {
                     ..
                 },
             join_ref,
+            private,
             ..
         }) = self.channels.get(&m.topic)
         else {
@@ -52,6 +54,14 @@ impl Session {
             }
         };
         match push.event.as_deref() {
+            Some("track") if private.is_some_and(|(_, write)| !write.presence) => {
+                let short = m.topic.strip_prefix("realtime:").unwrap_or(&m.topic);
+                let reason = format!(
+                    "Unauthorized: You do not have permissions to track presence on this \
+                     Channel topic: {short}"
+                );
+                return self.reply(&m, join_ref.as_deref(), false, &frame::reason(&reason));
+            }
             Some("track") => {
                 self.hub
                     .track(self.id, topic, presence_key.clone(), push.payload);
