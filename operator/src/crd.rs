@@ -177,7 +177,7 @@ pub struct AuthSpec {
     /// and auth.jwt() when missing, and realtime.messages with
     /// realtime.topic() for private channels. Idempotent; never replaces
     /// what exists. Needs a database user that may create roles and schemas.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default)]
     pub setup_authorization: bool,
 }
 
