@@ -116,6 +116,7 @@ async fn secured(extra: &[(&str, &str)]) -> Secured {
 /// A 2.x client of `token` joined to `topic` with `bindings`: the join
 /// reply and the `system` push about the bindings.
 async fn join(s: &Secured, token: &str, topic: &str, bindings: Value) -> (PhxClient, Msg, Msg) {
+    let bindings_sent = bindings.clone();
     let url = format!("{}&apikey={token}", s.server.ws_url("2.0.0"));
     let mut c = PhxClient::connect(&url).await.unwrap();
     let reply = c
@@ -125,9 +126,16 @@ async fn join(s: &Secured, token: &str, topic: &str, bindings: Value) -> (PhxCli
                 "presence": {"key": ""}, "private": false, "postgres_changes": bindings}}),
         )
         .await;
+    // Bindings are answered with a `system` push; a channel without any
+    // gets its `presence_state` last.
+    let last = if bindings_sent.as_array().is_some_and(|b| b.is_empty()) {
+        "presence_state"
+    } else {
+        "system"
+    };
     let system = loop {
         let m = c.next().await.expect("system push");
-        if m.event == "system" {
+        if m.event == last {
             break m;
         }
     };
