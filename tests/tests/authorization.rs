@@ -57,7 +57,7 @@ const SCHEMA: &str = r#"
     -- Raises for Bob's token only (his uuid is not 36 characters long
     -- after the replace), evaluated per row for everyone.
     CREATE POLICY mine ON fragile FOR SELECT TO authenticated
-      USING (owner = auth.uid() AND 1 / (length(replace(auth.uid()::text, '2', '')) - 4) <> 0);
+      USING (owner = auth.uid() AND 1 / (length(replace(auth.uid()::text, '2', '')) - 4) >= 0);
     GRANT SELECT ON fragile TO authenticated;
 
     CREATE TABLE revocable (id bigint PRIMARY KEY);
