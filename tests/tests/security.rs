@@ -64,6 +64,8 @@ async fn secured() -> (TempPostgres, tokio_postgres::Client, ServerProcess) {
     let mut env = ServerProcess::env_for(&pg, &["realtime_test"]);
     env.insert("SECURE_CHANNELS".into(), "true".into());
     env.insert("JWT_SECRET".into(), SECRET.into());
+    // Expiry is tested to the second.
+    env.insert("JWT_LEEWAY".into(), "0".into());
     env.insert(
         "JWT_CLAIM_VALIDATORS".into(),
         r#"{"role":"authenticated"}"#.into(),
