@@ -15,11 +15,13 @@ use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
-use warp::http::{HeaderMap, HeaderValue, StatusCode};
+use warp::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use warp::{Filter, Rejection, Reply};
 
 use crate::auth::JwtVerifier;
+use crate::config::var;
 use crate::hub::Hub;
+use crate::limits::Slots;
 use crate::metrics::{self, METRICS};
 use crate::phoenix::frame::Vsn;
 use crate::phoenix::session::{self, SocketContext};
@@ -32,7 +34,14 @@ pub struct AppState {
     pub status: Arc<StreamStatus>,
     /// `Some` when channels are secured.
     pub verifier: Option<JwtVerifier>,
-    pub max_connections: usize,
+    /// `MEMORY_BUDGET_MB`: past it, upgrades are refused.
+    pub memory_budget: crate::limits::MemoryBudget,
+    /// `MAX_CONNECTIONS`: one slot per socket, reserved before the upgrade
+    /// is answered and released when the socket ends.
+    pub socket_slots: Arc<Slots>,
+    /// The largest request body the HTTP broadcast routes read
+    /// (`MAX_FRAME_BYTES`, what a socket may send in one frame).
+    pub max_body_bytes: usize,
 }
 
 /// Routes a caller adds to the server's own (the `dev` command's demo API).
@@ -52,11 +61,12 @@ pub fn routes(
         let state = state.clone();
         warp::any().map(move || state.clone())
     };
+    let max_body = state.max_body_bytes as u64;
     let socket_path = warp::path!("socket" / "websocket")
         .or(warp::path!("realtime" / "v1" / "websocket"))
         .unify();
     let ws = socket_path
-        .and(warp::get())
+        .and(allow(&[Method::GET]))
         .and(warp::query::<HashMap<String, String>>())
         .and(warp::header::optional::<String>("x-api-key"))
         .and(warp::header::headers_cloned())
@@ -68,10 +78,10 @@ pub fn routes(
     // joined): {"messages": [{"topic", "event", "payload"}]}, topic without
     // the `realtime:` prefix.
     let api_broadcast = warp::path!("api" / "broadcast")
-        .and(warp::post())
+        .and(allow(&[Method::POST]))
         .and(warp::header::optional::<String>("apikey"))
         .and(warp::header::optional::<String>("authorization"))
-        .and(warp::body::content_length_limit(1024 * 1024))
+        .and(warp::body::content_length_limit(max_body))
         .and(warp::body::json::<BroadcastRequest>())
         .and(with_state.clone())
         .map(api_broadcast);
@@ -79,18 +89,18 @@ pub fn routes(
     // The newest realtime-js `httpSend()`: one event per request, the body
     // is the payload; topic and event in the path.
     let api_broadcast_event = warp::path!("api" / "broadcast" / String / "events" / String)
-        .and(warp::post())
+        .and(allow(&[Method::POST]))
         .and(warp::header::optional::<String>("apikey"))
         .and(warp::header::optional::<String>("authorization"))
         .and(warp::header::optional::<String>("content-type"))
-        .and(warp::body::content_length_limit(1024 * 1024))
+        .and(warp::body::content_length_limit(max_body))
         .and(warp::body::bytes())
         .and(with_state.clone())
         .map(api_broadcast_event);
 
-    let healthz = warp::path!("healthz").map(|| "ok");
+    let healthz = warp::path!("healthz").and(allow(READ)).map(|| "ok");
     let metrics = warp::path!("metrics")
-        .and(warp::get())
+        .and(allow(READ))
         .and(with_state.clone())
         .map(|s: Arc<AppState>| {
             warp::reply::with_header(
@@ -100,6 +110,7 @@ pub fn routes(
             )
         });
     let readyz = warp::path!("readyz")
+        .and(allow(READ))
         .and(with_state)
         .map(|s: Arc<AppState>| {
             if s.status.is_live() {
@@ -113,7 +124,7 @@ pub fn routes(
         });
 
     let index = warp::path::end()
-        .and(warp::get())
+        .and(allow(READ))
         .map(|| warp::reply::html(crate::dev::page::INDEX_HTML));
 
     ws.or(api_broadcast)
@@ -127,6 +138,31 @@ pub fn routes(
         .with(warp::log::custom(|info| {
             tracing::debug!(method = %info.method(), path = info.path(), status = info.status().as_u16(), "http");
         }))
+}
+
+/// The methods of the routes that only answer.
+const READ: &[Method] = &[Method::GET, Method::HEAD];
+
+/// A request whose path exists but whose method the route does not take.
+#[derive(Debug)]
+struct WrongMethod {
+    allow: &'static [Method],
+}
+
+impl warp::reject::Reject for WrongMethod {}
+
+/// Passes requests with one of the methods `allow`; others are refused
+/// with 405 and an `Allow` header naming them (see [`handle_rejection`]).
+fn allow(allow: &'static [Method]) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::method()
+        .and_then(move |m: Method| async move {
+            if allow.contains(&m) {
+                Ok(())
+            } else {
+                Err(warp::reject::custom(WrongMethod { allow }))
+            }
+        })
+        .untuple_one()
 }
 
 /// Bytes a socket's reader keeps for incoming frames, and reads at most at
@@ -231,20 +267,27 @@ fn upgrade(
             }
         }
     }
-    if state.hub.socket_count() >= state.max_connections {
-        METRICS.connections_refused.inc();
-        tracing::warn!(
-            limit = state.max_connections,
-            "refused a socket: MAX_CONNECTIONS reached"
-        );
+    if state.memory_budget.exceeded() {
+        METRICS.limit_reached(var::MEMORY_BUDGET_MB);
+        tracing::warn!("refused a socket: MEMORY_BUDGET_MB reached");
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "too many connections (limit {}): try another server",
-                state.max_connections
-            ),
+            state.memory_budget.reason(),
         );
     }
+    // The slot is reserved in one atomic step before the 101 is answered,
+    // so a burst of upgrades never admits more than MAX_CONNECTIONS, and it
+    // is released when the socket ends (or its upgrade fails).
+    let Some(slot) = state.socket_slots.try_acquire() else {
+        let limit = state.socket_slots.max();
+        METRICS.connections_refused.inc();
+        METRICS.limit_reached(var::MAX_CONNECTIONS);
+        tracing::warn!(limit, "refused a socket: MAX_CONNECTIONS reached");
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("too many connections (limit {limit}): try another server"),
+        );
+    };
     METRICS.connections_accepted.inc();
     let ctx = state.sockets.clone();
     let max = ctx.limits.max_frame_bytes;
@@ -270,6 +313,7 @@ fn upgrade(
             }
             Err(e) => tracing::debug!(error = %e, "a WebSocket upgrade did not complete"),
         }
+        drop(slot);
     });
     let mut response = warp::reply::Response::default();
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -432,14 +476,64 @@ fn text(status: StatusCode, body: String) -> warp::reply::Response {
     warp::reply::with_status(body, status).into_response()
 }
 
+/// Every refusal of a route, as a status and a plain reason: never Rust's
+/// debug text.
 async fn handle_rejection(err: Rejection) -> Result<warp::reply::Response, Infallible> {
+    use warp::reject::{
+        InvalidHeader, InvalidQuery, LengthRequired, MethodNotAllowed, MissingHeader,
+        PayloadTooLarge, UnsupportedMediaType,
+    };
     if err.is_not_found() {
         return Ok(text(StatusCode::NOT_FOUND, "not found".into()));
     }
-    Ok(text(
-        StatusCode::BAD_REQUEST,
-        format!("bad request: {err:?}"),
-    ))
+    if let Some(wrong) = err.find::<WrongMethod>() {
+        let allow: Vec<&str> = wrong.allow.iter().map(Method::as_str).collect();
+        let allow = allow.join(", ");
+        let mut response = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("method not allowed: this path takes {allow}"),
+        );
+        if let Ok(v) = HeaderValue::from_str(&allow) {
+            response.headers_mut().insert("allow", v);
+        }
+        return Ok(response);
+    }
+    let (status, reason) = if err.find::<PayloadTooLarge>().is_some() {
+        METRICS.limit_reached(var::MAX_FRAME_BYTES);
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload too large: the body is over MAX_FRAME_BYTES".to_string(),
+        )
+    } else if err.find::<LengthRequired>().is_some() {
+        (
+            StatusCode::LENGTH_REQUIRED,
+            "length required: send the body with a Content-Length header".to_string(),
+        )
+    } else if err.find::<MethodNotAllowed>().is_some() {
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed".to_string(),
+        )
+    } else if err.find::<UnsupportedMediaType>().is_some() {
+        (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported media type: send application/json".to_string(),
+        )
+    } else if let Some(e) = err.find::<warp::body::BodyDeserializeError>() {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("the body is not a broadcast request: {e}"),
+        )
+    } else if let Some(e) = err.find::<InvalidQuery>() {
+        (StatusCode::BAD_REQUEST, e.to_string())
+    } else if let Some(e) = err.find::<InvalidHeader>() {
+        (StatusCode::BAD_REQUEST, e.to_string())
+    } else if let Some(e) = err.find::<MissingHeader>() {
+        (StatusCode::BAD_REQUEST, e.to_string())
+    } else {
+        (StatusCode::BAD_REQUEST, "bad request".to_string())
+    };
+    Ok(text(status, reason))
 }
 
 #[cfg(test)]

@@ -12,6 +12,8 @@ pub mod dev;
 pub mod filter;
 pub mod http;
 pub mod hub;
+pub mod limits;
+pub mod listener;
 pub mod metrics;
 pub mod phoenix;
 pub mod published;
@@ -53,7 +55,11 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let hub = Arc::new(Hub::new(config.socket_queue_depth));
+    let hub = Arc::new(
+        Hub::new(config.socket_queue_depth)
+            .with_queue_bytes(config.socket_queue_bytes)
+            .with_max_presence_members(config.max_presence_members),
+    );
     let status = Arc::new(StreamStatus::default());
     let verifier = match (&config.jwt_secret, config.secure_channels) {
         (Some(secret), true) => Some(JwtVerifier::new(
@@ -62,21 +68,29 @@ pub async fn serve_with(
         )),
         _ => None,
     };
+    let memory_budget = limits::MemoryBudget::new(config.memory_budget_mb);
+    tracing::info!(
+        memory_budget_mb = memory_budget.mb,
+        "sockets and joins are refused past this many MiB queued (MEMORY_BUDGET_MB)"
+    );
     let sockets = Arc::new(SocketContext {
         hub: hub.clone(),
         verifier: verifier.clone(),
         published: Arc::new(PublishedTables::new(config.clone())),
-        limits: SocketLimits {
-            max_channels: config.max_channels_per_socket,
-            max_frame_bytes: config.max_frame_bytes,
-        },
+        limits: SocketLimits::of(&config),
+        memory_budget,
+        catalog_lookups: Arc::new(limits::SharedRate::per_second(
+            config.max_catalog_lookups_per_second,
+        )),
     });
     let state = Arc::new(AppState {
         hub: hub.clone(),
         sockets,
         status: status.clone(),
         verifier,
-        max_connections: config.max_connections,
+        socket_slots: limits::Slots::new(config.max_connections),
+        memory_budget,
+        max_body_bytes: config.max_frame_bytes,
     });
 
     let addr = config.listen_addr();
@@ -105,13 +119,17 @@ pub async fn serve_with(
         tracing::info!(sockets = closing_hub.socket_count(), "closing sockets");
         closing_hub.close_all();
     };
-    let server = warp::serve(http::routes(state, extra_routes))
-        .incoming(listener)
-        .graceful(shutdown)
-        .run();
-    server.await;
-    // Upgraded sockets are not part of warp's graceful shutdown: wait (a
-    // bounded time) until every writer has sent its close frame.
+    let service = hyper_util::service::TowerToHyperService::new(warp::service(http::routes(
+        state,
+        extra_routes,
+    )));
+    let listening = listener::ListenerConfig {
+        max_pending_connections: config.max_pending_connections,
+        header_read_timeout: config.header_read_timeout,
+    };
+    listener::serve(listener, service, listening, shutdown).await;
+    // Upgraded sockets are not part of the listener's graceful shutdown:
+    // wait (a bounded time) until every writer has sent its close frame.
     let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
     while hub.live_writers() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;

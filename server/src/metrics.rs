@@ -68,11 +68,20 @@ struct SlotLabels {
     reason: SlotRecreation,
 }
 
+/// The labels of `realtime_limit_reached_total`: the variable that names
+/// the limit (`MAX_PENDING_CONNECTIONS`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct LimitLabels {
+    limit: &'static str,
+}
+
 /// The process's metrics. Counters are monotonic tallies, each independent.
 pub struct Metrics {
     registry: Registry,
     /// Read from the hub at each scrape.
     connections: Gauge,
+    /// Read from the queues' count at each scrape.
+    queued_bytes: Gauge,
     pub connections_accepted: Counter,
     pub connections_refused: Counter,
     pub auth_failures: Counter,
@@ -85,6 +94,9 @@ pub struct Metrics {
     pub bytes_sent: Counter,
     pub slow_consumer_closes: Counter,
     pub bad_frames: Counter,
+    pub accept_errors: Counter,
+    /// Requests refused because a limit was reached, by the limit's variable.
+    limits_reached: Family<LimitLabels, Counter>,
     /// Read from the stream's status at each scrape.
     replication_connected: Gauge,
     pub replication_sessions: Counter,
@@ -109,6 +121,10 @@ impl Metrics {
             g
         };
         let connections = gauge("realtime_connections", "Open WebSocket connections");
+        let queued_bytes = gauge(
+            "realtime_queued_bytes",
+            "Bytes queued to sockets, a frame counted once per queue that holds it",
+        );
         let channels = gauge("realtime_channels", "Joined channels over all sockets");
         let replication_connected = gauge(
             "realtime_replication_connected",
@@ -170,6 +186,10 @@ impl Metrics {
             "realtime_bad_frames",
             "Inbound frames refused: malformed, binary, too large",
         );
+        let accept_errors = counter(
+            "realtime_accept_errors",
+            "Errors accepting a TCP connection (such as the open-file limit), each followed by a back-off",
+        );
         let replication_sessions = counter(
             "realtime_replication_sessions",
             "Replication sessions started (the first, then one per reconnect)",
@@ -188,6 +208,12 @@ impl Metrics {
             "Replication slots dropped and recreated, by reason",
             family,
         );
+        let limits_reached = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "realtime_limit_reached",
+            "Requests refused because a limit was reached, by the variable that sets it",
+            limits_reached.clone(),
+        );
         let replication_lag = LagHistogram::default();
         registry.register(
             "realtime_replication_lag_seconds",
@@ -197,6 +223,7 @@ impl Metrics {
         Metrics {
             registry,
             connections,
+            queued_bytes,
             connections_accepted,
             connections_refused,
             auth_failures,
@@ -209,6 +236,8 @@ impl Metrics {
             bytes_sent,
             slow_consumer_closes,
             bad_frames,
+            accept_errors,
+            limits_reached,
             replication_connected,
             replication_sessions,
             replication_failures,
@@ -222,6 +251,14 @@ impl Metrics {
         self.slot_recreations[why as usize].inc();
     }
 
+    /// Counts one refusal because the limit `limit` (its variable's name)
+    /// was reached.
+    pub fn limit_reached(&self, limit: &'static str) {
+        self.limits_reached
+            .get_or_create(&LimitLabels { limit })
+            .inc();
+    }
+
     /// Records how long after its commit a change was handed to the sockets.
     pub fn observe_lag(&self, micros: u64) {
         self.replication_lag.observe(micros);
@@ -230,6 +267,8 @@ impl Metrics {
     /// The Prometheus text exposition of every metric ([`CONTENT_TYPE`]).
     pub fn render(&self, hub: &Hub, stream: &StreamStatus) -> String {
         self.connections.set(hub.socket_count() as i64);
+        self.queued_bytes
+            .set(crate::hub::QUEUED_BYTES.load(std::sync::atomic::Ordering::Relaxed) as i64);
         self.replication_connected.set(stream.is_live() as i64);
         let mut out = String::with_capacity(4096);
         prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)

@@ -384,7 +384,13 @@ where
 async fn a_flood_of_joins_and_leaves_is_answered_in_order() {
     const PAIRS: usize = 3000;
     const TOPICS: usize = 1000;
-    let env = start(&[("MAX_CHANNELS_PER_SOCKET", "5")]).await;
+    // Far above the default rates: this test is about order, not rates.
+    let env = start(&[
+        ("MAX_CHANNELS_PER_SOCKET", "5"),
+        ("MAX_EVENTS_PER_SECOND", "100000"),
+        ("MAX_JOINS_PER_SECOND", "100000"),
+    ])
+    .await;
     let (ws, _) = tokio_tungstenite::connect_async(env.server.ws_url("2.0.0"))
         .await
         .expect("connect");

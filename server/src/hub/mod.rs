@@ -24,11 +24,13 @@ use crate::phoenix::frame::{self, Frame, Vsn};
 mod bindings;
 mod legacy;
 mod presence;
+mod queue;
 pub use bindings::Binding;
 use bindings::BindingIndex;
 use legacy::LegacyIndex;
 pub use legacy::LegacyTopic;
 use presence::PresenceIndex;
+pub use queue::{QueueRx, QueueTx, QUEUED_BYTES};
 
 pub type SocketId = u64;
 
@@ -43,7 +45,7 @@ pub enum Outbound {
 }
 
 struct SocketEntry {
-    tx: mpsc::Sender<Outbound>,
+    tx: QueueTx,
     cancel: CancellationToken,
 }
 
@@ -61,9 +63,9 @@ struct Index {
 /// The handle a socket task gets when it registers.
 pub struct Registration {
     pub id: SocketId,
-    pub rx: mpsc::Receiver<Outbound>,
+    pub rx: QueueRx,
     /// A sender into the socket's own queue, for replies.
-    pub tx: mpsc::Sender<Outbound>,
+    pub tx: QueueTx,
     /// Cancelled when the hub closes the socket (slow consumer, shutdown).
     pub cancel: CancellationToken,
     /// Cancelled when the server shuts down: the session stops reading, and
@@ -89,9 +91,25 @@ pub struct Hub {
     queue_depth: usize,
     shutdown: CancellationToken,
     writers: Arc<AtomicU64>,
+    /// `MAX_PRESENCE_MEMBERS`: presences tracked on one topic.
+    max_presence_members: usize,
+    /// `SOCKET_QUEUE_BYTES`: bytes queued for one socket.
+    queue_bytes: usize,
 }
 
 impl Hub {
+    /// At most `bytes` queued for one socket (`SOCKET_QUEUE_BYTES`).
+    pub fn with_queue_bytes(mut self, bytes: usize) -> Self {
+        self.queue_bytes = bytes;
+        self
+    }
+
+    /// At most `max` presences tracked on one topic (`MAX_PRESENCE_MEMBERS`).
+    pub fn with_max_presence_members(mut self, max: usize) -> Self {
+        self.max_presence_members = max;
+        self
+    }
+
     pub fn new(queue_depth: usize) -> Self {
         Hub {
             index: RwLock::new(Index::default()),
@@ -99,12 +117,14 @@ impl Hub {
             queue_depth,
             shutdown: CancellationToken::new(),
             writers: Arc::new(AtomicU64::new(0)),
+            max_presence_members: crate::config::DEFAULT_MAX_PRESENCE_MEMBERS,
+            queue_bytes: crate::config::DEFAULT_SOCKET_QUEUE_BYTES,
         }
     }
 
     pub fn register(&self) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(self.queue_depth);
+        let (tx, rx) = queue::channel(self.queue_depth, self.queue_bytes);
         let cancel = CancellationToken::new();
         self.write().sockets.insert(
             id,
@@ -332,16 +352,20 @@ impl Hub {
         reached
     }
 
-    /// Tracks `socket`'s presence on `topic` and tells every member.
+    /// Tracks `socket`'s presence on `topic` and tells every member; the
+    /// limit (`MAX_PRESENCE_MEMBERS`) when the topic is full and the socket
+    /// is not tracked there yet.
     pub fn track(
         &self,
         socket: SocketId,
         topic: &Arc<str>,
         key: String,
         meta: serde_json::Map<String, serde_json::Value>,
-    ) {
-        let diff = self.write().presence.track(topic, socket, key, meta);
+    ) -> Result<(), usize> {
+        let max = self.max_presence_members;
+        let diff = self.write().presence.track(topic, socket, key, meta, max)?;
         self.relay(topic, None, "presence_diff", &diff);
+        Ok(())
     }
 
     /// Untracks `socket`'s presence on `topic` and tells every member.

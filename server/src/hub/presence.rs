@@ -56,22 +56,24 @@ fn diff(joins: Option<&Presence>, leaves: Option<&Presence>) -> String {
 
 impl PresenceIndex {
     /// Tracks `socket` on `topic` under `key`; returns the `presence_diff`
-    /// payload to broadcast.
+    /// payload to broadcast, or `Err(max)` when the topic already has `max`
+    /// presences and `socket` is not one of them.
     pub(super) fn track(
         &mut self,
         topic: &Arc<str>,
         socket: SocketId,
         key: String,
         meta: Map<String, Value>,
-    ) -> String {
+        max: usize,
+    ) -> Result<String, usize> {
+        let members = self.topics.entry(topic.clone()).or_default();
+        if members.len() >= max && !members.contains_key(&socket) {
+            return Err(max);
+        }
         let phx_ref = format!("F{}", self.next_ref.fetch_add(1, Ordering::Relaxed));
         let new = Presence { key, phx_ref, meta };
-        let old = self
-            .topics
-            .entry(topic.clone())
-            .or_default()
-            .insert(socket, new.clone());
-        diff(Some(&new), old.as_ref())
+        let old = members.insert(socket, new.clone());
+        Ok(diff(Some(&new), old.as_ref()))
     }
 
     /// Untracks `socket` on `topic`; the diff to broadcast if it was tracked.

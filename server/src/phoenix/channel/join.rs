@@ -13,7 +13,9 @@ use futures::future::BoxFuture;
 
 use super::postgres_changes::Resolved;
 use super::{Channel, ChannelKind};
+use crate::config::var;
 use crate::hub::LegacyTopic;
+use crate::metrics::METRICS;
 use crate::phoenix::frame::Inbound;
 use crate::phoenix::payloads::{self, JoinConfig, JoinPayload};
 use crate::phoenix::session::Session;
@@ -24,6 +26,27 @@ impl Session {
     pub(super) fn join(&mut self, m: Inbound) -> Option<BoxFuture<'_, ()>> {
         if !m.topic.starts_with("realtime:") {
             self.reply_error(&m, "unmatched topic");
+            return None;
+        }
+        if self.memory_budget.exceeded() {
+            METRICS.limit_reached(var::MEMORY_BUDGET_MB);
+            let reason = self.memory_budget.reason();
+            self.reply_error(&m, &reason);
+            return None;
+        }
+        if !self.rates.joins.take() {
+            METRICS.limit_reached(var::MAX_JOINS_PER_SECOND);
+            self.reply_error(&m, super::rate::JOINS);
+            return None;
+        }
+        if m.topic.len() > self.limits.max_topic_bytes {
+            METRICS.limit_reached(var::MAX_TOPIC_BYTES);
+            let reason = format!(
+                "topic too long: {} bytes (MAX_TOPIC_BYTES={})",
+                m.topic.len(),
+                self.limits.max_topic_bytes
+            );
+            self.reply_error(&m, &reason);
             return None;
         }
         let payload: JoinPayload = match payloads::parse("join", &m.payload) {
@@ -40,8 +63,13 @@ impl Session {
                 return None;
             }
         };
+        if let Some(reason) = payload.config.as_ref().and_then(|c| self.oversized(c)) {
+            self.reply_error(&m, &reason);
+            return None;
+        }
         if !self.channels.contains_key(&m.topic) && self.channels.len() >= self.limits.max_channels
         {
+            METRICS.limit_reached(var::MAX_CHANNELS_PER_SOCKET);
             let reason = format!(
                 "too many channels on this socket (limit {})",
                 self.limits.max_channels
@@ -66,6 +94,30 @@ impl Session {
                 self.join_v2(m, config, expires_at, resolved);
             })),
         }
+    }
+
+    /// Why a 2.x join's config is over a limit, naming it; `None` when it
+    /// is within them all. Checked before anything is looked up or kept.
+    fn oversized(&self, config: &JoinConfig) -> Option<String> {
+        let limits = &self.limits;
+        if config.postgres_changes.len() > limits.max_bindings_per_join {
+            METRICS.limit_reached(var::MAX_BINDINGS_PER_JOIN);
+            return Some(format!(
+                "too many postgres_changes bindings: {} (MAX_BINDINGS_PER_JOIN={})",
+                config.postgres_changes.len(),
+                limits.max_bindings_per_join
+            ));
+        }
+        let key = config.presence.key.as_deref().unwrap_or_default();
+        if key.len() > limits.max_presence_key_bytes {
+            METRICS.limit_reached(var::MAX_PRESENCE_KEY_BYTES);
+            return Some(format!(
+                "presence key too long: {} bytes (MAX_PRESENCE_KEY_BYTES={})",
+                key.len(),
+                limits.max_presence_key_bytes
+            ));
+        }
+        None
     }
 
     fn join_legacy(&mut self, m: Inbound, expires_at: Option<u64>) {

@@ -22,8 +22,9 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use serde_json::value::RawValue;
 
+use crate::config::var;
 use crate::hub::LegacyTopic;
-use crate::metrics::ChannelGauge;
+use crate::metrics::{ChannelGauge, METRICS};
 use crate::phoenix::frame::Inbound;
 use crate::phoenix::session::Session;
 
@@ -32,6 +33,17 @@ mod broadcast;
 mod join;
 mod postgres_changes;
 mod presence;
+
+/// The reasons given over a rate limit: Supabase Realtime's, code first, so
+/// clients that handle them (back off, retry later) keep working.
+pub(in crate::phoenix) mod rate {
+    pub const EVENTS: &str = "MessagePerSecondRateLimitReached: Too many messages per second";
+    pub const JOINS: &str = "ClientJoinRateLimitReached: Too many joins per second";
+    pub const PRESENCE: &str =
+        "ClientPresenceRateLimitReached: Too many presence messages per second";
+    pub const CATALOG: &str =
+        "DatabaseConnectionRateLimitReached: Too many database lookups per second";
+}
 
 /// What a joined channel subscribes to.
 pub(in crate::phoenix) enum ChannelKind {
@@ -73,6 +85,15 @@ impl Session {
     /// the part that must wait, if any: only a 2.x join with bindings,
     /// which looks them up in the catalog.
     pub(in crate::phoenix) fn handle(&mut self, m: Inbound) -> Option<BoxFuture<'_, ()>> {
+        // Every message but a heartbeat counts against the socket's rate;
+        // over it, the message is answered with Supabase's error and
+        // dropped.
+        let heartbeat = m.topic == "phoenix" && m.event == "heartbeat";
+        if !heartbeat && !self.rates.events.take() {
+            METRICS.limit_reached(var::MAX_EVENTS_PER_SECOND);
+            self.reply_error(&m, rate::EVENTS);
+            return None;
+        }
         match (m.topic.as_str(), m.event.as_str()) {
             ("phoenix", "heartbeat") => self.reply(&m, None, true, "{}"),
             (_, "phx_join") => return self.join(m),
