@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod change;
+pub mod cluster;
 pub mod dev;
 pub mod filter;
 pub mod http;
