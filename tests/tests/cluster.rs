@@ -39,7 +39,10 @@ async fn pg() -> TempPostgres {
 
 fn env(pg: &TempPostgres) -> BTreeMap<String, String> {
     let mut env = ServerProcess::env_for(pg, &["realtime_cluster_test"]);
-    env.insert("CLUSTER_MAX_MESSAGE_BYTES".into(), MAX_MESSAGE_BYTES.to_string());
+    env.insert(
+        "CLUSTER_MAX_MESSAGE_BYTES".into(),
+        MAX_MESSAGE_BYTES.to_string(),
+    );
     env.insert("DB_RECONNECT_BACKOFF_MIN".into(), "50".into());
     env.insert("DB_RECONNECT_BACKOFF_MAX".into(), "500".into());
     env
@@ -63,7 +66,11 @@ async fn servers(pg: &TempPostgres, n: usize) -> Vec<ServerProcess> {
             if body.contains(&format!("realtime_cluster_nodes {}", n - 1)) {
                 break;
             }
-            assert!(Instant::now() < deadline, "the servers never saw each other:\n{body}\n{}", s.log());
+            assert!(
+                Instant::now() < deadline,
+                "the servers never saw each other:\n{body}\n{}",
+                s.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -127,7 +134,8 @@ async fn realtime_js_clients_on_three_servers_share_broadcast_and_presence() {
 /// Joins `topic` on a 2.x socket with presence key `key`.
 async fn member(server: &ServerProcess, topic: &str, key: &str) -> PhxClient {
     let mut c = PhxClient::connect(&server.ws_url("2.0.0")).await.unwrap();
-    let config = json!({"config": {"broadcast": {"self": false, "ack": true}, "presence": {"key": key}}});
+    let config =
+        json!({"config": {"broadcast": {"self": false, "ack": true}, "presence": {"key": key}}});
     let reply = c.join(topic, config).await;
     assert_eq!(reply.payload["status"], "ok", "{reply:?}");
     c
@@ -139,7 +147,11 @@ async fn await_presence(c: &mut PhxClient, topic: &str, key: &str, joined: bool,
     let deadline = Instant::now() + within;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "{key} never {}", if joined { "joined" } else { "left" });
+        assert!(
+            !left.is_zero(),
+            "{key} never {}",
+            if joined { "joined" } else { "left" }
+        );
         let Ok(m) = c.next_within(left.min(Duration::from_secs(1))).await else {
             c.push("phoenix", "heartbeat", json!({}), None).await;
             continue;
@@ -163,7 +175,14 @@ async fn postgres_restarted_under_the_bus_and_the_cluster_recovers() {
     let topic = "realtime:restart";
     let mut a = member(&servers[0], topic, "alice").await;
     let mut b = member(&servers[1], topic, "bob").await;
-    let r = a.push(topic, "presence", json!({"type": "presence", "event": "track", "payload": {"u": "a"}}), Some("1")).await;
+    let r = a
+        .push(
+            topic,
+            "presence",
+            json!({"type": "presence", "event": "track", "payload": {"u": "a"}}),
+            Some("1"),
+        )
+        .await;
     a.expect_reply(&r).await;
     await_presence(&mut b, topic, "alice", true, Duration::from_secs(5)).await;
 
@@ -179,37 +198,75 @@ async fn postgres_restarted_under_the_bus_and_the_cluster_recovers() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let r = a
-        .push(topic, "broadcast", json!({"type": "broadcast", "event": "e", "payload": {"during": true}}), Some("1"))
+        .push(
+            topic,
+            "broadcast",
+            json!({"type": "broadcast", "event": "e", "payload": {"during": true}}),
+            Some("1"),
+        )
         .await;
     let reply = a.expect_reply(&r).await;
     assert_eq!(reply.payload["status"], "error", "{reply:?}");
     assert!(
-        reply.payload["response"]["reason"].as_str().unwrap_or("").contains("cluster bus is down"),
+        reply.payload["response"]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("cluster bus is down"),
         "{reply:?}"
     );
-    assert!(servers[0].log().contains("cluster bus down"), "{}", servers[0].log());
+    assert!(
+        servers[0].log().contains("cluster bus down"),
+        "{}",
+        servers[0].log()
+    );
 
     // Bob tracks while the database is down; it must cross once it is back.
-    let r = b.push(topic, "presence", json!({"type": "presence", "event": "track", "payload": {"u": "b"}}), Some("1")).await;
+    let r = b
+        .push(
+            topic,
+            "presence",
+            json!({"type": "presence", "event": "track", "payload": {"u": "b"}}),
+            Some("1"),
+        )
+        .await;
     b.expect_reply(&r).await;
     pg.restart().unwrap();
     await_presence(&mut a, topic, "bob", true, Duration::from_secs(15)).await;
     for s in &servers {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !s.get("/metrics").is_some_and(|(_, m)| m.contains("realtime_cluster_bus_up 1")) {
-            assert!(Instant::now() < deadline, "the bus never came back:\n{}", s.log());
+        while !s
+            .get("/metrics")
+            .is_some_and(|(_, m)| m.contains("realtime_cluster_bus_up 1"))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the bus never came back:\n{}",
+                s.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(s.log().contains("cluster bus reconnected"), "{}", s.log());
     }
     let r = a
-        .push(topic, "broadcast", json!({"type": "broadcast", "event": "e", "payload": {"after": true}}), Some("1"))
+        .push(
+            topic,
+            "broadcast",
+            json!({"type": "broadcast", "event": "e", "payload": {"after": true}}),
+            Some("1"),
+        )
         .await;
     assert_eq!(a.expect_reply(&r).await.payload["status"], "ok");
     loop {
-        let m = b.next_within(Duration::from_secs(5)).await.expect("the broadcast after the restart");
+        let m = b
+            .next_within(Duration::from_secs(5))
+            .await
+            .expect("the broadcast after the restart");
         if m.event == "broadcast" {
-            assert_eq!(m.payload["payload"], json!({"after": true}), "nothing sent while down arrives late");
+            assert_eq!(
+                m.payload["payload"],
+                json!({"after": true}),
+                "nothing sent while down arrives late"
+            );
             break;
         }
     }
