@@ -41,6 +41,18 @@ pub struct BusConnect {
 }
 
 impl BusConnect {
+    /// The database of the server's configuration (`DB_*`).
+    pub fn from_config(config: &crate::config::Config) -> BusConnect {
+        let db = &config.db;
+        let mut pg = tokio_postgres::Config::new();
+        pg.host(&db.host)
+            .port(db.port)
+            .dbname(&db.name)
+            .user(&db.user)
+            .password(db.password.expose());
+        BusConnect { pg, ssl: db.ssl }
+    }
+
     async fn connect(
         &self,
     ) -> Result<

@@ -84,6 +84,19 @@ pub struct ClusterSettings {
 }
 
 impl ClusterSettings {
+    /// The settings from the server's configuration (`CLUSTER_*`, and the
+    /// database reconnect backoff).
+    pub fn from_config(config: &crate::config::Config) -> ClusterSettings {
+        ClusterSettings {
+            name: config.cluster.name.clone(),
+            heartbeat: config.cluster.heartbeat,
+            node_timeout: config.cluster.node_timeout,
+            max_message_bytes: config.cluster.max_message_bytes,
+            backoff_min: config.reconnect_backoff_min,
+            backoff_max: config.reconnect_backoff_max,
+        }
+    }
+
     /// The `LISTEN`/`NOTIFY` channel of this cluster.
     pub fn channel(&self) -> String {
         format!("realtime_cluster_{}", self.name)
