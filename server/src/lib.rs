@@ -54,7 +54,10 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let hub = Arc::new(Hub::new(config.socket_queue_depth));
+    let hub = Arc::new(Hub::with_cluster(
+        config.socket_queue_depth,
+        cluster::ClusterSettings::from_config(&config),
+    ));
     let status = Arc::new(StreamStatus::default());
     let verifier = match (&config.jwt_secret, config.secure_channels) {
         (Some(secret), true) => Some(JwtVerifier::new(
@@ -86,6 +89,15 @@ pub async fn serve_with(
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (PORT, BIND_ADDRESS): {e}"))?;
     tracing::info!(%addr, "listening");
 
+    // The cluster's bus: Broadcast and Presence shared with the other
+    // servers on this database (`CLUSTER_NAME`).
+    let bus_stop = tokio_util::sync::CancellationToken::new();
+    let mut bus = tokio::spawn(cluster::bus::run(
+        hub.cluster().clone(),
+        cluster::bus::BusConnect::from_config(&config),
+        bus_stop.clone(),
+    ));
+
     let control = StreamControl::default();
     let mut replication = tokio::spawn(stream::run(
         config.clone(),
@@ -116,6 +128,12 @@ pub async fn serve_with(
     let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
     while hub.live_writers() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The bus says goodbye: this server's presences leave everywhere now,
+    // not after CLUSTER_NODE_TIMEOUT_MS.
+    bus_stop.cancel();
+    if tokio::time::timeout(SHUTDOWN_GRACE, &mut bus).await.is_err() {
+        bus.abort();
     }
     // The stream sends its final confirmed position, then closes; what was
     // confirmed stays confirmed and a durable slot resumes from there.

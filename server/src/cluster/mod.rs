@@ -83,6 +83,21 @@ pub struct ClusterSettings {
     pub backoff_max: Duration,
 }
 
+impl Default for ClusterSettings {
+    /// The defaults of `CLUSTER_*` and of the database reconnect backoff.
+    fn default() -> ClusterSettings {
+        use crate::config as c;
+        ClusterSettings {
+            name: c::DEFAULT_CLUSTER_NAME.to_owned(),
+            heartbeat: Duration::from_millis(c::DEFAULT_CLUSTER_HEARTBEAT_MS),
+            node_timeout: Duration::from_millis(c::DEFAULT_CLUSTER_NODE_TIMEOUT_MS),
+            max_message_bytes: c::DEFAULT_CLUSTER_MAX_MESSAGE_BYTES,
+            backoff_min: Duration::from_millis(c::DEFAULT_RECONNECT_BACKOFF_MIN_MS),
+            backoff_max: Duration::from_millis(c::DEFAULT_RECONNECT_BACKOFF_MAX_MS),
+        }
+    }
+}
+
 impl ClusterSettings {
     /// The settings from the server's configuration (`CLUSTER_*`, and the
     /// database reconnect backoff).
