@@ -348,14 +348,22 @@ fn broadcast_message(
 /// when one is over `CLUSTER_MAX_MESSAGE_BYTES` (413, naming it); when the
 /// bus is down or lagging they reach this server's members only (503, with
 /// the reason).
-async fn relay_broadcasts(state: &AppState, messages: Vec<(TopicKey, String)>) -> warp::reply::Response {
+async fn relay_broadcasts(
+    state: &AppState,
+    messages: Vec<(TopicKey, String)>,
+) -> warp::reply::Response {
     let max = state.hub.cluster().settings().max_message_bytes;
     if let Some((i, (topic, payload))) = messages
         .iter()
         .enumerate()
         .find(|(_, (_, p))| p.len() > max)
     {
-        state.hub.cluster().status.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        state
+            .hub
+            .cluster()
+            .status
+            .refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let reason = format!(
             "message {i} (topic {:?}) of {} bytes is over CLUSTER_MAX_MESSAGE_BYTES ({max}): nothing was sent",
             topic.topic,
@@ -380,7 +388,9 @@ async fn relay_broadcasts(state: &AppState, messages: Vec<(TopicKey, String)>) -
     }
     match failed {
         None => accepted(),
-        Some(e @ BusError::TooLarge { .. }) => json_error(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string()),
+        Some(e @ BusError::TooLarge { .. }) => {
+            json_error(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string())
+        }
         Some(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
 }

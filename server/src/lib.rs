@@ -132,7 +132,10 @@ pub async fn serve_with(
     // The bus says goodbye: this server's presences leave everywhere now,
     // not after CLUSTER_NODE_TIMEOUT_MS.
     bus_stop.cancel();
-    if tokio::time::timeout(SHUTDOWN_GRACE, &mut bus).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, &mut bus)
+        .await
+        .is_err()
+    {
         bus.abort();
     }
     // The stream sends its final confirmed position, then closes; what was

@@ -327,7 +327,8 @@ impl ClusterMetrics {
             (&self.failed, &s.failed),
             (&self.reconnects, &s.reconnects),
         ] {
-            c.inner().store(v.load(Ordering::Relaxed), Ordering::Relaxed);
+            c.inner()
+                .store(v.load(Ordering::Relaxed), Ordering::Relaxed);
         }
     }
 }
@@ -526,6 +527,51 @@ mod tests {
                 "realtime_frames_queued",
                 "counter",
                 "realtime_frames_queued_total 0",
+            ),
+            (
+                "realtime_cluster_bus_up",
+                "gauge",
+                "realtime_cluster_bus_up 0",
+            ),
+            (
+                "realtime_cluster_bus_lagging",
+                "gauge",
+                "realtime_cluster_bus_lagging 0",
+            ),
+            (
+                "realtime_cluster_bus_lag_seconds",
+                "gauge",
+                "realtime_cluster_bus_lag_seconds 0.0",
+            ),
+            (
+                "realtime_cluster_nodes",
+                "gauge",
+                "realtime_cluster_nodes 0",
+            ),
+            (
+                "realtime_cluster_messages_published",
+                "counter",
+                "realtime_cluster_messages_published_total 0",
+            ),
+            (
+                "realtime_cluster_messages_received",
+                "counter",
+                "realtime_cluster_messages_received_total 0",
+            ),
+            (
+                "realtime_cluster_broadcasts_refused",
+                "counter",
+                "realtime_cluster_broadcasts_refused_total 0",
+            ),
+            (
+                "realtime_cluster_bus_failures",
+                "counter",
+                "realtime_cluster_bus_failures_total 0",
+            ),
+            (
+                "realtime_cluster_bus_reconnects",
+                "counter",
+                "realtime_cluster_bus_reconnects_total 0",
             ),
         ];
         let mut wrong = Vec::new();

@@ -213,12 +213,13 @@ async fn two_replicas_are_one_service_broadcast_and_presence_cross_pods() {
 
     // One user on each pod, in one room.
     let topic = "realtime:room";
-    let config = |key: &str| {
-        json!({"config": {"broadcast": {"self": false, "ack": true}, "presence": {"key": key}}})
-    };
+    let config = |key: &str| json!({"config": {"broadcast": {"self": false, "ack": true}, "presence": {"key": key}}});
     let mut alice = PhxClient::connect(&pod0.ws_url("2.0.0")).await.unwrap();
     let mut bob = PhxClient::connect(&pod1.ws_url("2.0.0")).await.unwrap();
-    assert_eq!(alice.join(topic, config("alice")).await.payload["status"], "ok");
+    assert_eq!(
+        alice.join(topic, config("alice")).await.payload["status"],
+        "ok"
+    );
     assert_eq!(bob.join(topic, config("bob")).await.payload["status"], "ok");
 
     // Presence crosses: bob on pod 1 sees alice of pod 0 join.
@@ -248,7 +249,10 @@ async fn two_replicas_are_one_service_broadcast_and_presence_cross_pods() {
         )
         .await;
     assert_eq!(bob.expect_reply(&r).await.payload["status"], "ok");
-    let m = until_frame(&mut alice, "bob's broadcast on pod 0", |m| m.event == "broadcast").await;
+    let m = until_frame(&mut alice, "bob's broadcast on pod 0", |m| {
+        m.event == "broadcast"
+    })
+    .await;
     assert_eq!(m.payload["payload"]["text"], "hi from pod 1", "{m:?}");
 
     // Alice's socket goes away: her presence leaves on pod 1 too.

@@ -83,7 +83,9 @@ impl Members {
                 continue;
             }
             let frame = frames[m.vsn as usize]
-                .get_or_insert_with(|| frame::encode(m.vsn, None, None, &topic.topic, event, payload))
+                .get_or_insert_with(|| {
+                    frame::encode(m.vsn, None, None, &topic.topic, event, payload)
+                })
                 .clone();
             match m.tx.try_send(Outbound::Frame(frame)) {
                 Ok(()) => reached += 1,
@@ -105,9 +107,7 @@ impl Members {
         reached
     }
 
-    fn read(
-        &self,
-    ) -> std::sync::RwLockReadGuard<'_, HashMap<TopicKey, HashMap<SocketId, Member>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<TopicKey, HashMap<SocketId, Member>>> {
         self.topics.read().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -48,9 +48,12 @@ impl Session {
                 let join_ref = self.channels.get(&m.topic).and_then(|c| c.join_ref.clone());
                 match sent.wait().await {
                     Ok(()) => self.reply(&m, join_ref.as_deref(), true, "{}"),
-                    Err(e) => {
-                        self.reply(&m, join_ref.as_deref(), false, &frame::reason(&e.to_string()))
-                    }
+                    Err(e) => self.reply(
+                        &m,
+                        join_ref.as_deref(),
+                        false,
+                        &frame::reason(&e.to_string()),
+                    ),
                 }
             })),
         }

@@ -17,7 +17,6 @@
 //! Must not read the socket or parse frames (`session`, `frame`), nor keep
 //! subscriptions itself: the hub does.
 
-
 use futures::future::BoxFuture;
 use serde_json::value::RawValue;
 
