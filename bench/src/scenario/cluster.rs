@@ -27,7 +27,7 @@ use crate::client::{self, Join, Ws};
 use crate::load::{self, Phase, Samples};
 use crate::opts::Opts;
 use crate::report;
-use crate::stack::{self, now_us, Server, TempPostgres};
+use crate::stack::{self, now_us, ServerProcess as Server, TempPostgres};
 use crate::sys::{CpuMeter, Who};
 
 const SCHEMA: &str = "
@@ -222,7 +222,7 @@ async fn bus_candidates(opts: &Opts) -> anyhow::Result<()> {
     let rate = opts.usize("bus-rate", 500, 50)?;
     let secs = opts.usize("seconds", 5, 1)?;
     let bulk_rows = opts.usize("bulk-rows", 500_000, 5_000)?;
-    let (pg, db) = stack::postgres(SCHEMA).await?;
+    let (pg, db) = TempPostgres::with_schema(SCHEMA).await?;
     let sender = pg.connect().await?;
     report::section(&format!(
         "cluster bus candidates: {rate} messages/s for {secs} s, one per transaction; then during a {bulk_rows}-row bulk load"
@@ -313,9 +313,9 @@ async fn servers(opts: &Opts) -> anyhow::Result<()> {
     let rates = opts.list("rates", &[1_000, 5_000], &[100])?;
     let secs = opts.usize("seconds", 5, 1)?;
     let members = opts.usize("members", 1_000, 20)?;
-    let (pg, _db) = stack::postgres(SCHEMA).await?;
-    let a = Server::start(Server::env(&pg, "bench")).await?;
-    let b = Server::start(Server::env(&pg, "bench")).await?;
+    let (pg, _db) = TempPostgres::with_schema(SCHEMA).await?;
+    let a = stack::start_server(stack::server_env(&pg, "bench")).await?;
+    let b = stack::start_server(stack::server_env(&pg, "bench")).await?;
     // Both buses up and each server seeing the other.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
