@@ -35,9 +35,6 @@ impl Phase {
     fn get(&self) -> usize {
         self.0.load(Ordering::Relaxed)
     }
-    pub fn current(&self) -> usize {
-        self.get()
-    }
 }
 
 /// Latency samples in microseconds, per phase.
