@@ -30,7 +30,7 @@
 //! | `POD_NAME` | - | the pod's name (downward API); its trailing ordinal replaces `{ordinal}` in `SLOT_NAME` |
 //! | `TEMPORARY_SLOT` | `false` | force a temporary slot even when `SLOT_NAME` is set |
 //! | `MAX_REPLICATION_LAG_MB` | 0 (off) | past this retained WAL (at connect) or unconfirmed WAL (while streaming), drop and recreate the slot |
-//! | `RESUME_DELAY_MS` | 5000 | with a durable slot, wait this long after the process starts before streaming, so clients reconnecting after a restart rejoin before the backlog arrives; 0 streams at once |
+//! | `RESUME_DELAY_MS` | 5000 | with a durable slot that holds changes to replay, wait at most this long after start (less once clients are back) before streaming them; a new or empty slot never waits; 0 streams at once |
 //! | `SECURE_CHANNELS` | `true` | require a JWT; when true, `JWT_SECRET` must be set |
 //! | `JWT_SECRET` | - | HMAC secret that signs client tokens (secret) |
 //! | `JWT_CLAIM_VALIDATORS` | `{}` | JSON object: every pair must equal a claim of the token |
@@ -56,6 +56,10 @@
 //! | `MAX_JOINS_PER_SECOND` | 100 | joins one socket may send per second; > 0 |
 //! | `MAX_PRESENCE_EVENTS_PER_SECOND` | 10 | presence `track`/`untrack` one socket may send per second; > 0 |
 //! | `MAX_CATALOG_LOOKUPS_PER_SECOND` | 2000 | catalog queries (one per `postgres_changes` binding of a join) the whole server sends PostgreSQL per second; > 0 |
+//! | `CLUSTER_NAME` | `default` | servers on one database with the same name share Broadcast and Presence (`[a-z0-9_]`, 1-40 bytes) |
+//! | `CLUSTER_HEARTBEAT_MS` | 1000 | how often a server tells the cluster it is alive; > 0 and < the node timeout |
+//! | `CLUSTER_NODE_TIMEOUT_MS` | 5000 | a server not heard from for this long is gone, and its presences leave; > 0 |
+//! | `CLUSTER_MAX_MESSAGE_BYTES` | 1048576 | largest broadcast payload sent to the cluster; a larger one is refused with a reason; > 0 |
 //!
 //! `HOSTNAME` is not read: Docker and Kubernetes set it to the container's
 //! name in every container, so it cannot say anything about this server; the
@@ -105,6 +109,17 @@ pub const DEFAULT_MAX_CHANNELS_PER_SOCKET: usize = 100;
 /// Default `MAX_FRAME_BYTES` (1 MiB): larger than any legitimate client frame
 /// (joins, heartbeats, broadcasts), and caps what one frame can make us allocate.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 1024 * 1024;
+/// Default `CLUSTER_NAME`.
+pub const DEFAULT_CLUSTER_NAME: &str = "default";
+/// Default `CLUSTER_HEARTBEAT_MS`: one small `NOTIFY` a second per server.
+pub const DEFAULT_CLUSTER_HEARTBEAT_MS: u64 = 1000;
+/// Default `CLUSTER_NODE_TIMEOUT_MS`: five missed heartbeats, so a busy
+/// database or a pause of the process does not make a live server leave.
+pub const DEFAULT_CLUSTER_NODE_TIMEOUT_MS: u64 = 5000;
+/// Default `CLUSTER_MAX_MESSAGE_BYTES`: `MAX_FRAME_BYTES`'s default, so any
+/// broadcast a client may send crosses the cluster (in pieces of under 8000
+/// bytes, PostgreSQL's `NOTIFY` limit, notified in one transaction).
+pub const DEFAULT_CLUSTER_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 /// Default `SOCKET_QUEUE_DEPTH`: absorbs the burst of a large transaction for a
 /// client that is reading, while a client that stopped reading is closed after at
 /// most this many frames instead of growing the server's memory without bound.
@@ -205,6 +220,10 @@ pub mod var {
     pub const MAX_JOINS_PER_SECOND: &str = "MAX_JOINS_PER_SECOND";
     pub const MAX_PRESENCE_EVENTS_PER_SECOND: &str = "MAX_PRESENCE_EVENTS_PER_SECOND";
     pub const MAX_CATALOG_LOOKUPS_PER_SECOND: &str = "MAX_CATALOG_LOOKUPS_PER_SECOND";
+    pub const CLUSTER_NAME: &str = "CLUSTER_NAME";
+    pub const CLUSTER_HEARTBEAT_MS: &str = "CLUSTER_HEARTBEAT_MS";
+    pub const CLUSTER_NODE_TIMEOUT_MS: &str = "CLUSTER_NODE_TIMEOUT_MS";
+    pub const CLUSTER_MAX_MESSAGE_BYTES: &str = "CLUSTER_MAX_MESSAGE_BYTES";
 }
 
 /// Every variable this module reads.
@@ -248,6 +267,10 @@ pub const VARIABLES: &[&str] = &[
     var::MAX_JOINS_PER_SECOND,
     var::MAX_PRESENCE_EVENTS_PER_SECOND,
     var::MAX_CATALOG_LOOKUPS_PER_SECOND,
+    var::CLUSTER_NAME,
+    var::CLUSTER_HEARTBEAT_MS,
+    var::CLUSTER_NODE_TIMEOUT_MS,
+    var::CLUSTER_MAX_MESSAGE_BYTES,
 ];
 
 /// Variables whose values are secrets: never printed.
@@ -293,6 +316,18 @@ pub struct Config {
     pub max_joins_per_second: u32,
     pub max_presence_events_per_second: u32,
     pub max_catalog_lookups_per_second: u32,
+    pub cluster: ClusterConfig,
+}
+
+/// How this server shares Broadcast and Presence with the others on its
+/// database (`CLUSTER_*`).
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// `[a-z0-9_]`, 1-40 bytes: the bus channel is `realtime_cluster_<name>`.
+    pub name: String,
+    pub heartbeat: Duration,
+    pub node_timeout: Duration,
+    pub max_message_bytes: usize,
 }
 
 /// Where and how to reach the database.
@@ -720,6 +755,40 @@ impl Config {
             "lookups per second",
         );
 
+        let cluster_name = r.parse(var::CLUSTER_NAME, DEFAULT_CLUSTER_NAME.to_owned(), |v| {
+            if !v.is_empty()
+                && v.len() <= 40
+                && v.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            {
+                Ok(v.to_owned())
+            } else {
+                Err("1-40 characters of a-z, 0-9 and _ (it names a LISTEN channel)".to_owned())
+            }
+        });
+        let heartbeat_ms = r.positive(
+            var::CLUSTER_HEARTBEAT_MS,
+            DEFAULT_CLUSTER_HEARTBEAT_MS,
+            "milliseconds",
+        );
+        let node_timeout_ms = r.positive(
+            var::CLUSTER_NODE_TIMEOUT_MS,
+            DEFAULT_CLUSTER_NODE_TIMEOUT_MS,
+            "milliseconds",
+        );
+        if heartbeat_ms >= node_timeout_ms {
+            r.issues.push(ConfigIssue::Conflict(format!(
+                "CLUSTER_HEARTBEAT_MS={heartbeat_ms} is not less than \
+                 CLUSTER_NODE_TIMEOUT_MS={node_timeout_ms}: a live server would be taken for gone \
+                 between two heartbeats; make the timeout several heartbeats long"
+            )));
+        }
+        let cluster_max_message_bytes = r.positive(
+            var::CLUSTER_MAX_MESSAGE_BYTES,
+            DEFAULT_CLUSTER_MAX_MESSAGE_BYTES,
+            "bytes",
+        );
+
         if !r.issues.is_empty() {
             return Err(ConfigError::Invalid(r.issues));
         }
@@ -755,6 +824,12 @@ impl Config {
             max_joins_per_second,
             max_presence_events_per_second,
             max_catalog_lookups_per_second,
+            cluster: ClusterConfig {
+                name: cluster_name,
+                heartbeat: Duration::from_millis(heartbeat_ms),
+                node_timeout: Duration::from_millis(node_timeout_ms),
+                max_message_bytes: cluster_max_message_bytes,
+            },
         })
     }
 }
@@ -1369,6 +1444,37 @@ mod tests {
         // Against the default maximum too.
         let e = err(&with_insecure(&[("DB_RECONNECT_BACKOFF_MIN", "120001")]));
         assert_eq!(e.issues().len(), 1);
+    }
+
+    #[test]
+    fn cluster_settings() {
+        let c = ok(&with_insecure(&[]));
+        assert_eq!(c.cluster.name, "default");
+        assert_eq!(c.cluster.heartbeat, Duration::from_secs(1));
+        assert_eq!(c.cluster.node_timeout, Duration::from_secs(5));
+        assert_eq!(c.cluster.max_message_bytes, 1_048_576);
+        let c = ok(&with_insecure(&[
+            ("CLUSTER_NAME", "chat_eu"),
+            ("CLUSTER_HEARTBEAT_MS", "200"),
+            ("CLUSTER_NODE_TIMEOUT_MS", "1500"),
+            ("CLUSTER_MAX_MESSAGE_BYTES", "20000"),
+        ]));
+        assert_eq!(c.cluster.name, "chat_eu");
+        assert_eq!(c.cluster.heartbeat, Duration::from_millis(200));
+        assert_eq!(c.cluster.node_timeout, Duration::from_millis(1500));
+        assert_eq!(c.cluster.max_message_bytes, 20_000);
+        for bad in ["Chat", "a-b", &"x".repeat(41)] {
+            let e = err(&with_insecure(&[("CLUSTER_NAME", bad)]));
+            assert!(e.to_string().contains("CLUSTER_NAME"), "{e}");
+            assert!(e.to_string().contains("a-z, 0-9 and _"), "{e}");
+        }
+        let e = err(&with_insecure(&[
+            ("CLUSTER_HEARTBEAT_MS", "5000"),
+            ("CLUSTER_MAX_MESSAGE_BYTES", "0"),
+        ]));
+        assert_eq!(e.issues().len(), 2, "{e}");
+        assert!(e.to_string().contains("CLUSTER_HEARTBEAT_MS=5000"), "{e}");
+        assert!(e.to_string().contains("CLUSTER_MAX_MESSAGE_BYTES"), "{e}");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use warp::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use warp::{Filter, Rejection, Reply};
 
 use crate::auth::JwtVerifier;
+use crate::cluster::{BusError, TopicKey};
 use crate::config::var;
 use crate::hub::Hub;
 use crate::limits::Slots;
@@ -84,19 +85,20 @@ pub fn routes(
         .and(warp::body::content_length_limit(max_body))
         .and(warp::body::json::<BroadcastRequest>())
         .and(with_state.clone())
-        .map(api_broadcast);
+        .then(api_broadcast);
 
     // The newest realtime-js `httpSend()`: one event per request, the body
     // is the payload; topic and event in the path.
     let api_broadcast_event = warp::path!("api" / "broadcast" / String / "events" / String)
         .and(allow(&[Method::POST]))
+        .and(warp::query::<HashMap<String, String>>())
         .and(warp::header::optional::<String>("apikey"))
         .and(warp::header::optional::<String>("authorization"))
         .and(warp::header::optional::<String>("content-type"))
         .and(warp::body::content_length_limit(max_body))
         .and(warp::body::bytes())
         .and(with_state.clone())
-        .map(api_broadcast_event);
+        .then(api_broadcast_event);
 
     let healthz = warp::path!("healthz").and(allow(READ)).map(|| "ok");
     let metrics = warp::path!("metrics")
@@ -338,6 +340,10 @@ struct BroadcastMessage {
     event: String,
     #[serde(default)]
     payload: serde_json::Value,
+    /// To the members of the private channel of that name (realtime-js
+    /// sends the channel's `config.private`).
+    #[serde(default)]
+    private: bool,
 }
 
 /// When channels are secured, the bearer token (or `apikey` header) of an
@@ -364,18 +370,73 @@ fn check_http_token(
     })
 }
 
-/// Sends one broadcast to the members of `topic` (with or without the
-/// `realtime:` prefix).
-fn relay_broadcast(state: &AppState, topic: &str, event: &str, payload: &serde_json::Value) {
+/// The broadcast of `event` with `payload` to the members of `topic` (with
+/// or without the `realtime:` prefix), as its topic key and frame payload.
+fn broadcast_message(
+    topic: &str,
+    private: bool,
+    event: &str,
+    payload: &serde_json::Value,
+) -> (TopicKey, String) {
     let topic = if topic.starts_with("realtime:") {
         topic.to_string()
     } else {
         format!("realtime:{topic}")
     };
     let payload = serde_json::json!({"type": "broadcast", "event": event, "payload": payload});
-    state
-        .hub
-        .relay(&topic, None, "broadcast", &payload.to_string());
+    (TopicKey::new(&topic, private), payload.to_string())
+}
+
+/// Sends broadcasts to the members of their topics on every server, in
+/// order; answers 202 once the cluster's bus has them all. None is sent
+/// when one is over `CLUSTER_MAX_MESSAGE_BYTES` (413, naming it); when the
+/// bus is down or lagging they reach this server's members only (503, with
+/// the reason).
+async fn relay_broadcasts(
+    state: &AppState,
+    messages: Vec<(TopicKey, String)>,
+) -> warp::reply::Response {
+    let max = state.hub.cluster().settings().max_message_bytes;
+    if let Some((i, (topic, payload))) = messages
+        .iter()
+        .enumerate()
+        .find(|(_, (_, p))| p.len() > max)
+    {
+        state
+            .hub
+            .cluster()
+            .status
+            .refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let reason = format!(
+            "message {i} (topic {:?}) of {} bytes is over CLUSTER_MAX_MESSAGE_BYTES ({max}): nothing was sent",
+            topic.topic,
+            payload.len()
+        );
+        return json_error(StatusCode::PAYLOAD_TOO_LARGE, &reason);
+    }
+    let mut sent = Vec::with_capacity(messages.len());
+    let mut failed: Option<BusError> = None;
+    for (topic, payload) in &messages {
+        match state.hub.broadcast(topic, None, payload) {
+            Ok(s) => sent.push(s),
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
+        }
+    }
+    for s in sent {
+        if let Err(e) = s.wait().await {
+            failed.get_or_insert(e);
+        }
+    }
+    match failed {
+        None => accepted(),
+        Some(e @ BusError::TooLarge { .. }) => {
+            json_error(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string())
+        }
+        Some(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
 }
 
 fn accepted() -> warp::reply::Response {
@@ -394,7 +455,7 @@ fn json_error(status: StatusCode, message: &str) -> warp::reply::Response {
     .into_response()
 }
 
-fn api_broadcast(
+async fn api_broadcast(
     apikey: Option<String>,
     authorization: Option<String>,
     body: BroadcastRequest,
@@ -403,15 +464,19 @@ fn api_broadcast(
     if let Err(reason) = check_http_token(&state, apikey, authorization) {
         return json_error(StatusCode::FORBIDDEN, &reason);
     }
-    for m in body.messages {
-        relay_broadcast(&state, &m.topic, &m.event, &m.payload);
-    }
-    accepted()
+    let messages = body
+        .messages
+        .iter()
+        .map(|m| broadcast_message(&m.topic, m.private, &m.event, &m.payload))
+        .collect();
+    relay_broadcasts(&state, messages).await
 }
 
-fn api_broadcast_event(
+#[allow(clippy::too_many_arguments)]
+async fn api_broadcast_event(
     topic: String,
     event: String,
+    query: HashMap<String, String>,
     apikey: Option<String>,
     authorization: Option<String>,
     content_type: Option<String>,
@@ -450,8 +515,9 @@ fn api_broadcast_event(
             )
         }
     };
-    relay_broadcast(&state, &topic, &event, &payload);
-    accepted()
+    let private = query.get("private").is_some_and(|p| p == "true");
+    let message = broadcast_message(&topic, private, &event, &payload);
+    relay_broadcasts(&state, vec![message]).await
 }
 
 /// Decodes `%XX` escapes (warp hands path segments over still encoded).

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod change;
+pub mod cluster;
 pub mod dev;
 pub mod filter;
 pub mod http;
@@ -56,9 +57,12 @@ pub async fn serve_with(
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let hub = Arc::new(
-        Hub::new(config.socket_queue_depth)
-            .with_queue_bytes(config.socket_queue_bytes)
-            .with_max_presence_members(config.max_presence_members),
+        Hub::with_cluster(
+            config.socket_queue_depth,
+            cluster::ClusterSettings::from_config(&config),
+        )
+        .with_queue_bytes(config.socket_queue_bytes)
+        .with_max_presence_members(config.max_presence_members),
     );
     let status = Arc::new(StreamStatus::default());
     let verifier = match (&config.jwt_secret, config.secure_channels) {
@@ -99,6 +103,15 @@ pub async fn serve_with(
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (PORT, BIND_ADDRESS): {e}"))?;
     tracing::info!(%addr, "listening");
 
+    // The cluster's bus: Broadcast and Presence shared with the other
+    // servers on this database (`CLUSTER_NAME`).
+    let bus_stop = tokio_util::sync::CancellationToken::new();
+    let mut bus = tokio::spawn(cluster::bus::run(
+        hub.cluster().clone(),
+        cluster::bus::BusConnect::from_config(&config),
+        bus_stop.clone(),
+    ));
+
     let control = StreamControl::default();
     let mut replication = tokio::spawn(stream::run(
         config.clone(),
@@ -133,6 +146,15 @@ pub async fn serve_with(
     let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
     while hub.live_writers() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The bus says goodbye: this server's presences leave everywhere now,
+    // not after CLUSTER_NODE_TIMEOUT_MS.
+    bus_stop.cancel();
+    if tokio::time::timeout(SHUTDOWN_GRACE, &mut bus)
+        .await
+        .is_err()
+    {
+        bus.abort();
     }
     // The stream sends its final confirmed position, then closes; what was
     // confirmed stays confirmed and a durable slot resumes from there.

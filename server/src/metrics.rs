@@ -106,6 +106,22 @@ pub struct Metrics {
     /// shared with the registry's family (no lookup per increment).
     slot_recreations: [Counter; 3],
     replication_lag: LagHistogram,
+    /// Read from the cluster's bus status at each scrape.
+    cluster: ClusterMetrics,
+}
+
+/// The cluster bus's state and tallies, copied from its `BusStatus` (which
+/// the bus keeps as plain atomics) at each scrape.
+struct ClusterMetrics {
+    up: Gauge,
+    lagging: Gauge,
+    lag_seconds: Gauge<f64, AtomicU64>,
+    nodes: Gauge,
+    published: Counter,
+    received: Counter,
+    refused: Counter,
+    failed: Counter,
+    reconnects: Counter,
 }
 
 /// The process's metrics, registered on first use.
@@ -220,7 +236,9 @@ impl Metrics {
             "From a transaction's commit to its changes being queued to the sockets",
             replication_lag.clone(),
         );
+        let cluster = ClusterMetrics::register(&mut registry);
         Metrics {
+            cluster,
             registry,
             connections,
             queued_bytes,
@@ -270,10 +288,87 @@ impl Metrics {
         self.queued_bytes
             .set(crate::hub::QUEUED_BYTES.load(std::sync::atomic::Ordering::Relaxed) as i64);
         self.replication_connected.set(stream.is_live() as i64);
+        self.cluster.read(&hub.cluster().status);
         let mut out = String::with_capacity(4096);
         prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
             .expect("writing to a String does not fail");
         out
+    }
+}
+
+impl ClusterMetrics {
+    fn register(registry: &mut Registry) -> ClusterMetrics {
+        let mut gauge = |name: &str, help: &str| {
+            let g: Gauge = Gauge::default();
+            registry.register(name, help, g.clone());
+            g
+        };
+        let up = gauge(
+            "realtime_cluster_bus_up",
+            "1 while the cluster bus (LISTEN/NOTIFY on the database) is connected",
+        );
+        let lagging = gauge(
+            "realtime_cluster_bus_lagging",
+            "1 while this server's own heartbeat takes over half CLUSTER_NODE_TIMEOUT_MS to come back",
+        );
+        let nodes = gauge(
+            "realtime_cluster_nodes",
+            "Other servers of this cluster heard from within CLUSTER_NODE_TIMEOUT_MS",
+        );
+        let lag_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "realtime_cluster_bus_lag_seconds",
+            "How long this server's last heartbeat took to come back over the bus (or has been out)",
+            lag_seconds.clone(),
+        );
+        let mut counter = |name: &str, help: &str| {
+            let c: Counter = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        ClusterMetrics {
+            up,
+            lagging,
+            lag_seconds,
+            nodes,
+            published: counter(
+                "realtime_cluster_messages_published",
+                "Messages (broadcasts, presence deltas and states, heartbeats) sent on the cluster bus",
+            ),
+            received: counter(
+                "realtime_cluster_messages_received",
+                "Messages received from the other servers of the cluster",
+            ),
+            refused: counter(
+                "realtime_cluster_broadcasts_refused",
+                "Broadcasts refused for being over CLUSTER_MAX_MESSAGE_BYTES",
+            ),
+            failed: counter(
+                "realtime_cluster_bus_failures",
+                "Sends that failed and messages that could not be read on the cluster bus",
+            ),
+            reconnects: counter(
+                "realtime_cluster_bus_reconnects",
+                "Times the cluster bus reconnected after losing its connection",
+            ),
+        }
+    }
+
+    fn read(&self, s: &crate::cluster::BusStatus) {
+        self.up.set(s.is_up() as i64);
+        self.lagging.set(s.is_lagging() as i64);
+        self.lag_seconds.set(s.lag_ms() as f64 / 1000.0);
+        self.nodes.set(s.nodes.load(Ordering::Relaxed) as i64);
+        for (c, v) in [
+            (&self.published, &s.published),
+            (&self.received, &s.received),
+            (&self.refused, &s.refused),
+            (&self.failed, &s.failed),
+            (&self.reconnects, &s.reconnects),
+        ] {
+            c.inner()
+                .store(v.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
     }
 }
 
@@ -471,6 +566,51 @@ mod tests {
                 "realtime_frames_queued",
                 "counter",
                 "realtime_frames_queued_total 0",
+            ),
+            (
+                "realtime_cluster_bus_up",
+                "gauge",
+                "realtime_cluster_bus_up 0",
+            ),
+            (
+                "realtime_cluster_bus_lagging",
+                "gauge",
+                "realtime_cluster_bus_lagging 0",
+            ),
+            (
+                "realtime_cluster_bus_lag_seconds",
+                "gauge",
+                "realtime_cluster_bus_lag_seconds 0.0",
+            ),
+            (
+                "realtime_cluster_nodes",
+                "gauge",
+                "realtime_cluster_nodes 0",
+            ),
+            (
+                "realtime_cluster_messages_published",
+                "counter",
+                "realtime_cluster_messages_published_total 0",
+            ),
+            (
+                "realtime_cluster_messages_received",
+                "counter",
+                "realtime_cluster_messages_received_total 0",
+            ),
+            (
+                "realtime_cluster_broadcasts_refused",
+                "counter",
+                "realtime_cluster_broadcasts_refused_total 0",
+            ),
+            (
+                "realtime_cluster_bus_failures",
+                "counter",
+                "realtime_cluster_bus_failures_total 0",
+            ),
+            (
+                "realtime_cluster_bus_reconnects",
+                "counter",
+                "realtime_cluster_bus_reconnects_total 0",
             ),
         ];
         let mut wrong = Vec::new();

@@ -8,6 +8,10 @@
 //! shared bytes to every matching socket's queue without waiting. A socket
 //! whose queue is full is closed as a slow consumer; the reader never waits
 //! for a client. Knows nothing of WebSocket framing or of PostgreSQL.
+//!
+//! The members of 2.x channels (broadcast, presence) are in `members`;
+//! their broadcasts and presences cross servers through the [`Cluster`]
+//! the hub owns (its bus is started by `serve`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,19 +21,20 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::change::Change;
+use crate::cluster::{BusError, Cluster, ClusterSettings, Sent, TopicKey};
 use crate::metrics::METRICS;
 use crate::phoenix::close;
 use crate::phoenix::frame::{self, Frame, Vsn};
 
 mod bindings;
 mod legacy;
-mod presence;
+mod members;
 mod queue;
 pub use bindings::Binding;
 use bindings::BindingIndex;
 use legacy::LegacyIndex;
 pub use legacy::LegacyTopic;
-use presence::PresenceIndex;
+use members::{Member, Members};
 pub use queue::{QueueRx, QueueTx, QUEUED_BYTES};
 
 pub type SocketId = u64;
@@ -54,10 +59,6 @@ struct Index {
     sockets: HashMap<SocketId, SocketEntry>,
     legacy: LegacyIndex,
     bindings: BindingIndex,
-    /// Members of 2.x channels (broadcast and presence): topic -> socket ->
-    /// (serializer, whether the member receives its own broadcasts).
-    members: HashMap<Arc<str>, HashMap<SocketId, (Vsn, bool)>>,
-    presence: PresenceIndex,
 }
 
 /// The handle a socket task gets when it registers.
@@ -95,6 +96,9 @@ pub struct Hub {
     max_presence_members: usize,
     /// `SOCKET_QUEUE_BYTES`: bytes queued for one socket.
     queue_bytes: usize,
+    /// Members of 2.x channels, by topic (the cluster delivers to them too).
+    members: Arc<Members>,
+    cluster: Arc<Cluster>,
 }
 
 impl Hub {
@@ -104,13 +108,23 @@ impl Hub {
         self
     }
 
-    /// At most `max` presences tracked on one topic (`MAX_PRESENCE_MEMBERS`).
+    /// At most `max` presences tracked on one topic, over the whole cluster
+    /// as this server sees it (`MAX_PRESENCE_MEMBERS`).
     pub fn with_max_presence_members(mut self, max: usize) -> Self {
         self.max_presence_members = max;
         self
     }
 
+    /// A hub in a cluster of the default settings (its bus is not started:
+    /// broadcasts and presences stay on this server).
     pub fn new(queue_depth: usize) -> Self {
+        Self::with_cluster(queue_depth, ClusterSettings::default())
+    }
+
+    /// A hub whose 2.x channels are shared with the cluster `settings`
+    /// name, once `cluster::bus::run` runs for [`Hub::cluster`].
+    pub fn with_cluster(queue_depth: usize, settings: ClusterSettings) -> Self {
+        let members = Arc::new(Members::new(queue_depth));
         Hub {
             index: RwLock::new(Index::default()),
             next_id: AtomicU64::new(1),
@@ -119,7 +133,14 @@ impl Hub {
             writers: Arc::new(AtomicU64::new(0)),
             max_presence_members: crate::config::DEFAULT_MAX_PRESENCE_MEMBERS,
             queue_bytes: crate::config::DEFAULT_SOCKET_QUEUE_BYTES,
+            cluster: Cluster::new(settings, members.clone()),
+            members,
         }
+    }
+
+    /// This server's membership of the cluster.
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
     }
 
     pub fn register(&self) -> Registration {
@@ -281,99 +302,82 @@ impl Hub {
     }
 
     /// Makes `socket` a member of the 2.x channel `topic`, for broadcast and
-    /// presence; returns the current `presence_state` payload.
+    /// presence; returns the cluster's `presence_state` payload of it, read
+    /// in one step with the joining (no diff falls between them).
     pub fn join_channel(
         &self,
         socket: SocketId,
-        topic: &Arc<str>,
+        topic: &TopicKey,
         vsn: Vsn,
         self_broadcast: bool,
     ) -> String {
-        let mut index = self.write();
-        index
-            .members
-            .entry(topic.clone())
-            .or_default()
-            .insert(socket, (vsn, self_broadcast));
-        index.presence.state(topic)
+        let Some((tx, cancel)) = self
+            .read()
+            .sockets
+            .get(&socket)
+            .map(|e| (e.tx.clone(), e.cancel.clone()))
+        else {
+            return "{}".into();
+        };
+        let member = Member {
+            vsn,
+            self_broadcast,
+            tx,
+            cancel,
+        };
+        let ((), state) = self
+            .cluster
+            .join(topic, || self.members.insert(topic, socket, member));
+        state
     }
 
     /// Removes a 2.x channel of `socket`: its bindings, its membership, its
-    /// presence (telling the other members).
-    pub fn leave_channel(&self, socket: SocketId, topic: &Arc<str>) {
-        let diff = {
-            let mut index = self.write();
-            index.bindings.remove_channel(socket, topic);
-            if let Some(m) = index.members.get_mut(topic) {
-                m.remove(&socket);
-                if m.is_empty() {
-                    index.members.remove(topic);
-                }
-            }
-            index.presence.untrack(topic, socket)
-        };
-        if let Some(diff) = diff {
-            self.relay(topic, None, "presence_diff", &diff);
-        }
+    /// presence (telling the members on every server).
+    pub fn leave_channel(&self, socket: SocketId, topic: &TopicKey) {
+        self.write().bindings.remove_channel(socket, &topic.topic);
+        self.members.remove(topic, socket);
+        self.cluster.untrack(topic, socket);
     }
 
-    /// Relays `event` with `payload` to the members of `topic`, except
-    /// `from` unless it asked to receive its own broadcasts. Returns how many
-    /// sockets it reached.
-    pub fn relay(&self, topic: &str, from: Option<SocketId>, event: &str, payload: &str) -> usize {
-        let mut slow = Vec::new();
-        let mut reached = 0;
-        {
-            let index = self.read();
-            let Some(members) = index.members.get(topic) else {
-                return 0;
-            };
-            let mut frames: [Option<Frame>; 2] = [None, None];
-            for (&id, &(vsn, self_broadcast)) in members {
-                if Some(id) == from && !self_broadcast {
-                    continue;
-                }
-                let Some(entry) = index.sockets.get(&id) else {
-                    continue;
-                };
-                let frame = frames[vsn as usize]
-                    .get_or_insert_with(|| frame::encode(vsn, None, None, topic, event, payload))
-                    .clone();
-                match entry.tx.try_send(Outbound::Frame(frame)) {
-                    Ok(()) => reached += 1,
-                    Err(mpsc::error::TrySendError::Full(_)) => slow.push(id),
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
-                }
-            }
+    /// A broadcast (`payload` is the whole `{"type", "event", "payload"}`)
+    /// to every member of `topic` on every server, except `from` unless it
+    /// asked for its own. This server's members get it now, the others'
+    /// when the bus brings it, in the order of the calls.
+    ///
+    /// Refused whole (nobody gets it) when over `CLUSTER_MAX_MESSAGE_BYTES`;
+    /// when the bus is down or lagging it reaches this server's members only,
+    /// and the error says so. Await the [`Sent`] to know the cluster has it.
+    pub fn broadcast(
+        &self,
+        topic: &TopicKey,
+        from: Option<SocketId>,
+        payload: &str,
+    ) -> Result<Sent, BusError> {
+        let sent = self.cluster.publish(topic, "broadcast", payload);
+        if !matches!(sent, Err(BusError::TooLarge { .. })) {
+            self.members.relay(topic, from, "broadcast", payload);
         }
-        if !slow.is_empty() {
-            self.close_slow(slow);
-        }
-        reached
+        sent
     }
 
-    /// Tracks `socket`'s presence on `topic` and tells every member; the
-    /// limit (`MAX_PRESENCE_MEMBERS`) when the topic is full and the socket
-    /// is not tracked there yet.
+    /// Tracks `socket`'s presence on `topic`: this server's members get the
+    /// diff now, the other servers' members when the bus brings it. `Err`
+    /// with the limit (`MAX_PRESENCE_MEMBERS`) when the topic is full and
+    /// the socket is not tracked there yet.
     pub fn track(
         &self,
         socket: SocketId,
-        topic: &Arc<str>,
+        topic: &TopicKey,
         key: String,
         meta: serde_json::Map<String, serde_json::Value>,
     ) -> Result<(), usize> {
-        let max = self.max_presence_members;
-        let diff = self.write().presence.track(topic, socket, key, meta, max)?;
-        self.relay(topic, None, "presence_diff", &diff);
-        Ok(())
+        self.cluster
+            .track(topic, socket, key, meta, self.max_presence_members)
     }
 
-    /// Untracks `socket`'s presence on `topic` and tells every member.
-    pub fn untrack(&self, socket: SocketId, topic: &Arc<str>) {
-        let diff = self.write().presence.untrack(topic, socket);
-        if let Some(diff) = diff {
-            self.relay(topic, None, "presence_diff", &diff);
-        }
+    /// Untracks `socket`'s presence on `topic`, everywhere.
+    pub fn untrack(&self, socket: SocketId, topic: &TopicKey) {
+        self.cluster.untrack(topic, socket);
     }
 
     /// Closes a socket whose own replies filled its queue (a client that

@@ -13,6 +13,7 @@ use futures::future::BoxFuture;
 
 use super::postgres_changes::Resolved;
 use super::{Channel, ChannelKind};
+use crate::cluster::TopicKey;
 use crate::config::var;
 use crate::hub::LegacyTopic;
 use crate::metrics::METRICS;
@@ -150,7 +151,7 @@ impl Session {
         resolved: Resolved,
     ) {
         let join_ref = m.join_ref.clone();
-        let topic: Arc<str> = m.topic.as_str().into();
+        let topic = TopicKey::new(&m.topic, config.private);
         let presence_key = self.presence_key(&config.presence);
         if let Some(old) = self.channels.remove(&m.topic) {
             self.unsubscribe(&old);

@@ -17,11 +17,10 @@
 //! Must not read the socket or parse frames (`session`, `frame`), nor keep
 //! subscriptions itself: the hub does.
 
-use std::sync::Arc;
-
 use futures::future::BoxFuture;
 use serde_json::value::RawValue;
 
+use crate::cluster::TopicKey;
 use crate::config::var;
 use crate::hub::LegacyTopic;
 use crate::metrics::{ChannelGauge, METRICS};
@@ -51,7 +50,9 @@ pub(in crate::phoenix) enum ChannelKind {
     Legacy(LegacyTopic),
     /// realtime-js 2.x: `config` with postgres_changes, broadcast, presence.
     V2 {
-        topic: Arc<str>,
+        /// The topic and whether it is private: a private and a public
+        /// channel of one name share nothing.
+        topic: TopicKey,
         /// Broadcasts get a `phx_reply` ok.
         ack: bool,
         presence_key: String,
@@ -98,7 +99,7 @@ impl Session {
             ("phoenix", "heartbeat") => self.reply(&m, None, true, "{}"),
             (_, "phx_join") => return self.join(m),
             (_, "phx_leave") => self.leave(m),
-            (topic, "broadcast") if self.is_v2(topic) => self.broadcast(m),
+            (topic, "broadcast") if self.is_v2(topic) => return self.broadcast(m),
             (topic, "presence") if self.is_v2(topic) => self.presence(m),
             (topic, "access_token") if self.channels.contains_key(topic) => self.refresh_token(m),
             (topic, event) => {
