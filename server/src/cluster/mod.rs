@@ -28,7 +28,7 @@ pub mod bus;
 pub mod tracker;
 pub mod wire;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,6 +44,11 @@ use wire::{Envelope, Kind, Reassembler};
 /// "lagging" (each is at most `max_message_bytes`; a broadcast storm while
 /// the database is slow must not grow memory without bound).
 pub const OUTGOING_QUEUE: usize = 16_384;
+
+/// Bytes of message bodies waiting to be sent on the bus before a publish
+/// is refused as "lagging": with large broadcasts the message count alone
+/// would allow gigabytes.
+pub const OUTGOING_BYTES: usize = 32 << 20;
 
 /// A topic as the cluster keys it: the name and whether it is private.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -166,6 +171,20 @@ impl BusStatus {
 struct Outgoing {
     envelope: Envelope,
     done: Option<oneshot::Sender<Result<(), BusError>>>,
+    /// Gives the body's bytes back to the queue's count when the message
+    /// is sent or dropped.
+    _bytes: QueuedBytes,
+}
+
+struct QueuedBytes {
+    n: usize,
+    count: Arc<AtomicUsize>,
+}
+
+impl Drop for QueuedBytes {
+    fn drop(&mut self) {
+        self.count.fetch_sub(self.n, Ordering::AcqRel);
+    }
 }
 
 /// A broadcast handed to the bus: resolves once it is sent (committed) or
@@ -194,6 +213,8 @@ pub struct Cluster {
     settings: ClusterSettings,
     state: Mutex<State>,
     out: mpsc::Sender<Outgoing>,
+    /// Bytes of the bodies in `out` (bounded by [`OUTGOING_BYTES`]).
+    out_bytes: Arc<AtomicUsize>,
     out_rx: Mutex<Option<mpsc::Receiver<Outgoing>>>,
     deliver: Arc<dyn Deliver>,
     pub status: BusStatus,
@@ -229,6 +250,7 @@ impl Cluster {
                 heartbeats: Default::default(),
             }),
             out,
+            out_bytes: Arc::default(),
             out_rx: Mutex::new(Some(out_rx)),
             deliver,
             status: BusStatus::default(),
@@ -259,6 +281,15 @@ impl Cluster {
         if !self.status.is_up() {
             return Err(BusError::Down);
         }
+        let n = body.len();
+        let before = self.out_bytes.fetch_add(n, Ordering::AcqRel);
+        let bytes = QueuedBytes {
+            n,
+            count: self.out_bytes.clone(),
+        };
+        if before > 0 && before + n > OUTGOING_BYTES {
+            return Err(BusError::Lagging);
+        }
         st.seq += 1;
         let envelope = Envelope {
             kind,
@@ -270,7 +301,11 @@ impl Cluster {
             st.heartbeats.push_back((st.seq, Instant::now()));
         }
         self.out
-            .try_send(Outgoing { envelope, done })
+            .try_send(Outgoing {
+                envelope,
+                done,
+                _bytes: bytes,
+            })
             .map_err(|_| BusError::Lagging)
     }
 
