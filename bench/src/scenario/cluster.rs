@@ -314,8 +314,16 @@ async fn servers(opts: &Opts) -> anyhow::Result<()> {
     let secs = opts.usize("seconds", 5, 1)?;
     let members = opts.usize("members", 1_000, 20)?;
     let (pg, _db) = TempPostgres::with_schema(SCHEMA).await?;
-    let a = stack::start_server(stack::server_env(&pg, "bench")).await?;
-    let b = stack::start_server(stack::server_env(&pg, "bench")).await?;
+    // One sender socket at thousands of broadcasts/s and 1,000 presences
+    // on one topic: the per-socket and per-topic limits are not measured.
+    let env = || {
+        let mut env = stack::server_env(&pg, "bench");
+        env.insert("MAX_EVENTS_PER_SECOND".into(), "1000000".into());
+        env.insert("MAX_PRESENCE_MEMBERS".into(), "100000".into());
+        env
+    };
+    let a = stack::start_server(env()).await?;
+    let b = stack::start_server(env()).await?;
     // Both buses up and each server seeing the other.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
