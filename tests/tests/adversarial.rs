@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use realtime_tests::server::{http_get, ServerProcess};
+use realtime_tests::server::Stack;
+use realtime_tests::server::http_get;
 use realtime_tests::ws::{Msg, PhxClient};
-use realtime_tests::TempPostgres;
 use serde_json::{json, Value};
 
 /// The bound a well-behaved client's requests must meet while an attack
@@ -19,37 +19,21 @@ use serde_json::{json, Value};
 /// milliseconds these take on an idle server.
 const SERVED_WITHIN: Duration = Duration::from_secs(1);
 
-struct Env {
-    db: tokio_postgres::Client,
-    server: ServerProcess,
-    _pg: TempPostgres,
+/// The server on PostgreSQL with a published table `items (id, body)`
+/// ([`Stack::items`]), with this file's helpers.
+struct Env(Stack);
+
+impl std::ops::Deref for Env {
+    type Target = Stack;
+    fn deref(&self) -> &Stack {
+        &self.0
+    }
 }
 
-/// PostgreSQL with a published table `items (id, body)` and the server on it.
+/// PostgreSQL with a published table `items (id, body)` and the server on
+/// it, with `extra_env` added to its environment.
 async fn start(extra_env: &[(&str, &str)]) -> Env {
-    let pg = tokio::task::spawn_blocking(TempPostgres::start)
-        .await
-        .expect("start task")
-        .expect("start PostgreSQL");
-    let db = pg.connect().await.expect("connect");
-    db.batch_execute(
-        "CREATE TABLE items (id int PRIMARY KEY, body text);
-         CREATE PUBLICATION realtime_test FOR ALL TABLES;",
-    )
-    .await
-    .expect("schema");
-    let mut env = ServerProcess::env_for(&pg, &["realtime_test"]);
-    for (k, v) in extra_env {
-        env.insert(k.to_string(), v.to_string());
-    }
-    let server = tokio::task::spawn_blocking(move || ServerProcess::start(env))
-        .await
-        .expect("server task");
-    Env {
-        db,
-        server,
-        _pg: pg,
-    }
+    Env(Stack::items(extra_env).await)
 }
 
 /// Polls `/healthz` from a thread of its own until stopped; the slowest
