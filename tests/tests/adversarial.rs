@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use realtime_tests::server::Stack;
 use realtime_tests::server::http_get;
+use realtime_tests::server::Stack;
 use realtime_tests::ws::{Msg, PhxClient};
 use serde_json::{json, Value};
 
