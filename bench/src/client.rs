@@ -85,6 +85,8 @@ pub enum Join {
     /// realtime-js 2.x: `vsn=2.0.0`, a channel with one postgres_changes
     /// binding (`filter` may be empty).
     PostgresChanges { table: String, filter: String },
+    /// realtime-js 2.x: a channel on `topic` for broadcast and presence only.
+    Channel(String),
 }
 
 impl Join {
@@ -92,7 +94,7 @@ impl Join {
         match self {
             Join::None => "/",
             Join::Legacy(_) => "/socket/websocket?vsn=1.0.0",
-            Join::PostgresChanges { .. } => "/socket/websocket?vsn=2.0.0",
+            Join::PostgresChanges { .. } | Join::Channel(_) => "/socket/websocket?vsn=2.0.0",
         }
     }
 }
@@ -122,6 +124,16 @@ pub async fn connect_joined(port: u16, src: Ipv4Addr, join: &Join) -> anyhow::Re
             ws.send(Message::text(frame.to_string())).await?;
             wait_for(&mut ws, |v| {
                 v[3] == "system" && v[4]["extension"] == "postgres_changes"
+            })
+            .await?;
+        }
+        Join::Channel(topic) => {
+            let payload = json!({"config": {"broadcast": {"ack": false, "self": false},
+                "presence": {"key": ""}, "private": false, "postgres_changes": []}});
+            let frame = json!(["1", "1", topic, "phx_join", payload]);
+            ws.send(Message::text(frame.to_string())).await?;
+            wait_for(&mut ws, |v| {
+                v[3] == "phx_reply" && v[1] == "1" && v[4]["status"] == "ok"
             })
             .await?;
         }
@@ -177,7 +189,7 @@ pub async fn connect_many(
         let all_joined = all_joined.clone();
         tasks.push(tokio::spawn(async move {
             let permit = permits.acquire_owned().await.ok()?;
-            let v2 = matches!(j, Join::PostgresChanges { .. });
+            let v2 = matches!(j, Join::PostgresChanges { .. } | Join::Channel(_));
             let mut ws = match connect_joined(port, source_addr(offset + i), &j).await {
                 Ok(ws) => ws,
                 Err(e) => {

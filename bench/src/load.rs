@@ -35,6 +35,9 @@ impl Phase {
     fn get(&self) -> usize {
         self.0.load(Ordering::Relaxed)
     }
+    pub fn current(&self) -> usize {
+        self.get()
+    }
 }
 
 /// Latency samples in microseconds, per phase.

@@ -5,7 +5,7 @@
 //!
 //!     cargo run --release -p realtime-bench -- <scenario> [--smoke] [--name value ...]
 //!
-//! Scenarios: ingest, latency, fanout, connections, filters, dbcost, all.
+//! Scenarios: ingest, latency, fanout, connections, filters, dbcost, cluster, all.
 //! See BENCHMARKS.md for what each measures and the latest figures.
 
 mod client;
@@ -28,6 +28,9 @@ scenarios (each starts its own PostgreSQL and server):
   connections  RSS per idle joined socket, time to connect         --sockets 50000 --hold 30 --heartbeat 25
   filters      10,000 sockets with id=eq.N bindings vs 10           --sockets 10000 --few 10 --rate 1000 --seconds 10
   dbcost       pgbench TPS: no consumer, server, trigger+NOTIFY     --seconds 15 --clients 4
+  cluster      bus candidates (NOTIFY vs logical messages); broadcast across two servers vs one;
+               presence convergence              --bus-rate 500 --bulk-rows 500000 --receivers 100
+                                                 --rates 1000,5000 --seconds 5 --members 1000
   all          every scenario in turn
 
 --smoke runs tiny sizes (the test suite runs each scenario so).
@@ -66,13 +69,15 @@ fn main() -> anyhow::Result<()> {
             "connections" => scenario::connections::run(&opts).await,
             "filters" => scenario::filters::run(&opts).await,
             "dbcost" => scenario::dbcost::run(&opts).await,
+            "cluster" => scenario::cluster::run(&opts).await,
             "all" => {
                 scenario::ingest::run(&opts).await?;
                 scenario::latency::run(&opts).await?;
                 scenario::fanout::run(&opts).await?;
                 scenario::connections::run(&opts).await?;
                 scenario::filters::run(&opts).await?;
-                scenario::dbcost::run(&opts).await
+                scenario::dbcost::run(&opts).await?;
+                scenario::cluster::run(&opts).await
             }
             other => {
                 eprintln!("unknown scenario {other:?}\n\n{USAGE}");

@@ -30,7 +30,7 @@
 //! | `POD_NAME` | - | the pod's name (downward API); its trailing ordinal replaces `{ordinal}` in `SLOT_NAME` |
 //! | `TEMPORARY_SLOT` | `false` | force a temporary slot even when `SLOT_NAME` is set |
 //! | `MAX_REPLICATION_LAG_MB` | 0 (off) | past this retained WAL (at connect) or unconfirmed WAL (while streaming), drop and recreate the slot |
-//! | `RESUME_DELAY_MS` | 5000 | with a durable slot, wait this long after the process starts before streaming, so clients reconnecting after a restart rejoin before the backlog arrives; 0 streams at once |
+//! | `RESUME_DELAY_MS` | 5000 | with a durable slot that holds changes to replay, wait at most this long after start (less once clients are back) before streaming them; a new or empty slot never waits; 0 streams at once |
 //! | `SECURE_CHANNELS` | `true` | require a JWT, and decide every delivery by the token's role and claims (grants and row level security); when true, `JWT_SECRET`, `JWT_JWKS` or `JWT_JWKS_URL` must be set |
 //! | `JWT_SECRET` | - | HMAC secret that signs client tokens (secret) |
 //! | `JWT_JWKS` | - | a JWKS (`{"keys": [...]}`) or one JWK, inline: RSA, EC and OKP public keys that verify RS*, PS*, ES256/384 and EdDSA tokens |
@@ -50,6 +50,24 @@
 //! | `MAX_CHANNELS_PER_SOCKET` | 100 | channels one socket may have joined at once; > 0 |
 //! | `MAX_FRAME_BYTES` | 1048576 | largest WebSocket frame/message accepted from a client; > 0 |
 //! | `SOCKET_QUEUE_DEPTH` | 16384 | frames queued for one socket before it is closed as a slow consumer; > 0 |
+//! | `SOCKET_QUEUE_BYTES` | 16777216 | bytes queued for one socket before it is closed as a slow consumer (a frame shared by many sockets counts in each); > 0 |
+//! | `MEMORY_BUDGET_MB` | half the cgroup memory limit, else 1024 | past this many MiB queued over all sockets, new sockets (503) and joins are refused; > 0 |
+//! | `MAX_PENDING_CONNECTIONS` | 1000 | TCP connections that are not (yet) WebSockets (handshakes, HTTP requests, idle keep-alive), counted from accept; > 0 |
+//! | `HEADER_READ_TIMEOUT_MS` | 10000 | a connection that has not sent a whole request head within this is closed; > 0 |
+//! | `MAX_FILTER_VALUES` | 100 | values in one `in` filter list (Supabase Realtime's limit); > 0 |
+//! | `MAX_BINDINGS_PER_JOIN` | 100 | `postgres_changes` bindings in one join; > 0 |
+//! | `MAX_TOPIC_BYTES` | 255 | length of a channel's topic; > 0 |
+//! | `MAX_PRESENCE_KEY_BYTES` | 255 | length of a presence key; > 0 |
+//! | `MAX_PRESENCE_META_BYTES` | 4096 | size (as JSON) of what one `track` carries; > 0 |
+//! | `MAX_PRESENCE_MEMBERS` | 1000 | presences tracked on one topic; > 0 |
+//! | `MAX_EVENTS_PER_SECOND` | 100 | messages one socket may send per second (heartbeats aside), in bursts of as many; > 0 |
+//! | `MAX_JOINS_PER_SECOND` | 100 | joins one socket may send per second; > 0 |
+//! | `MAX_PRESENCE_EVENTS_PER_SECOND` | 10 | presence `track`/`untrack` one socket may send per second; > 0 |
+//! | `MAX_CATALOG_LOOKUPS_PER_SECOND` | 2000 | catalog queries (one per `postgres_changes` binding of a join) the whole server sends PostgreSQL per second; > 0 |
+//! | `CLUSTER_NAME` | `default` | servers on one database with the same name share Broadcast and Presence (`[a-z0-9_]`, 1-40 bytes) |
+//! | `CLUSTER_HEARTBEAT_MS` | 1000 | how often a server tells the cluster it is alive; > 0 and < the node timeout |
+//! | `CLUSTER_NODE_TIMEOUT_MS` | 5000 | a server not heard from for this long is gone, and its presences leave; > 0 |
+//! | `CLUSTER_MAX_MESSAGE_BYTES` | 1048576 | largest broadcast payload sent to the cluster; a larger one is refused with a reason; > 0 |
 //!
 //! `HOSTNAME` is not read: Docker and Kubernetes set it to the container's
 //! name in every container, so it cannot say anything about this server; the
@@ -111,10 +129,69 @@ pub const DEFAULT_MAX_CHANNELS_PER_SOCKET: usize = 100;
 /// Default `MAX_FRAME_BYTES` (1 MiB): larger than any legitimate client frame
 /// (joins, heartbeats, broadcasts), and caps what one frame can make us allocate.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 1024 * 1024;
+/// Default `CLUSTER_NAME`.
+pub const DEFAULT_CLUSTER_NAME: &str = "default";
+/// Default `CLUSTER_HEARTBEAT_MS`: one small `NOTIFY` a second per server.
+pub const DEFAULT_CLUSTER_HEARTBEAT_MS: u64 = 1000;
+/// Default `CLUSTER_NODE_TIMEOUT_MS`: five missed heartbeats, so a busy
+/// database or a pause of the process does not make a live server leave.
+pub const DEFAULT_CLUSTER_NODE_TIMEOUT_MS: u64 = 5000;
+/// Default `CLUSTER_MAX_MESSAGE_BYTES`: `MAX_FRAME_BYTES`'s default, so any
+/// broadcast a client may send crosses the cluster (in pieces of under 8000
+/// bytes, PostgreSQL's `NOTIFY` limit, notified in one transaction).
+pub const DEFAULT_CLUSTER_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 /// Default `SOCKET_QUEUE_DEPTH`: absorbs the burst of a large transaction for a
 /// client that is reading, while a client that stopped reading is closed after at
 /// most this many frames instead of growing the server's memory without bound.
 pub const DEFAULT_SOCKET_QUEUE_DEPTH: usize = 16_384;
+/// Default `SOCKET_QUEUE_BYTES` (16 MiB): a burst of a large transaction for a
+/// client that reads, while a client that does not is closed before it holds
+/// more than this (plus one frame).
+pub const DEFAULT_SOCKET_QUEUE_BYTES: usize = 16 * 1024 * 1024;
+/// Default `MEMORY_BUDGET_MB` when the process has no cgroup memory limit.
+pub const DEFAULT_MEMORY_BUDGET_MB: u64 = 1024;
+/// Default `MAX_PENDING_CONNECTIONS`: connections accepted that are not
+/// WebSockets yet. Far above what health checks, scrapes and handshakes in
+/// flight need, and a bound on the file descriptors a flood of half-open
+/// connections can hold beside `MAX_CONNECTIONS`.
+pub const DEFAULT_MAX_PENDING_CONNECTIONS: usize = 1000;
+/// Default `HEADER_READ_TIMEOUT_MS`: a browser on a slow network sends a
+/// request head in well under a second; a peer that takes longer than this
+/// holds a connection for nothing (slowloris).
+pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+/// Default `MAX_FILTER_VALUES`: Supabase Realtime's limit on an `in` list. Each
+/// distinct value is a key of the hub's index, touched under its lock at join
+/// and leave.
+pub const DEFAULT_MAX_FILTER_VALUES: usize = 100;
+/// Default `MAX_BINDINGS_PER_JOIN`: an app binds a few tables per channel; each
+/// binding is a catalog lookup and an entry in the hub's index.
+pub const DEFAULT_MAX_BINDINGS_PER_JOIN: usize = 100;
+/// Default `MAX_TOPIC_BYTES`: topics are names (`realtime:room:42`); the hub keeps
+/// each joined one.
+pub const DEFAULT_MAX_TOPIC_BYTES: usize = 255;
+/// Default `MAX_PRESENCE_KEY_BYTES`: a key names a user or a device.
+pub const DEFAULT_MAX_PRESENCE_KEY_BYTES: usize = 255;
+/// Default `MAX_PRESENCE_META_BYTES`: a presence carries a few fields (a name,
+/// an avatar URL, a status); the server keeps it until untracked, and every
+/// join of the topic receives it.
+pub const DEFAULT_MAX_PRESENCE_META_BYTES: usize = 4096;
+/// Default `MAX_PRESENCE_MEMBERS`: with `MAX_PRESENCE_META_BYTES`, bounds a
+/// topic's presence state (what each join receives) to about 4 MiB.
+pub const DEFAULT_MAX_PRESENCE_MEMBERS: usize = 1000;
+/// Default `MAX_EVENTS_PER_SECOND` (per socket): ten times what realtime-js
+/// sends at most by default (`eventsPerSecond: 10`); each broadcast costs the
+/// server one frame per member of the topic.
+pub const DEFAULT_MAX_EVENTS_PER_SECOND: u32 = 100;
+/// Default `MAX_JOINS_PER_SECOND` (per socket): as many as a socket may hold
+/// channels, so an app joins all of its channels at once.
+pub const DEFAULT_MAX_JOINS_PER_SECOND: u32 = 100;
+/// Default `MAX_PRESENCE_EVENTS_PER_SECOND` (per socket): presence is for who
+/// is there, not for positions; every track is sent to every member.
+pub const DEFAULT_MAX_PRESENCE_EVENTS_PER_SECOND: u32 = 10;
+/// Default `MAX_CATALOG_LOOKUPS_PER_SECOND` (whole server): each binding of a
+/// join is a query to PostgreSQL; this keeps a join storm from becoming a
+/// database storm.
+pub const DEFAULT_MAX_CATALOG_LOOKUPS_PER_SECOND: u32 = 2000;
 
 /// In `SLOT_NAME`, replaced by the ordinal of the StatefulSet pod named by
 /// `POD_NAME` (`rts-2` gives `2`).
@@ -157,6 +234,24 @@ pub mod var {
     pub const MAX_CHANNELS_PER_SOCKET: &str = "MAX_CHANNELS_PER_SOCKET";
     pub const MAX_FRAME_BYTES: &str = "MAX_FRAME_BYTES";
     pub const SOCKET_QUEUE_DEPTH: &str = "SOCKET_QUEUE_DEPTH";
+    pub const SOCKET_QUEUE_BYTES: &str = "SOCKET_QUEUE_BYTES";
+    pub const MEMORY_BUDGET_MB: &str = "MEMORY_BUDGET_MB";
+    pub const MAX_PENDING_CONNECTIONS: &str = "MAX_PENDING_CONNECTIONS";
+    pub const HEADER_READ_TIMEOUT_MS: &str = "HEADER_READ_TIMEOUT_MS";
+    pub const MAX_FILTER_VALUES: &str = "MAX_FILTER_VALUES";
+    pub const MAX_BINDINGS_PER_JOIN: &str = "MAX_BINDINGS_PER_JOIN";
+    pub const MAX_TOPIC_BYTES: &str = "MAX_TOPIC_BYTES";
+    pub const MAX_PRESENCE_KEY_BYTES: &str = "MAX_PRESENCE_KEY_BYTES";
+    pub const MAX_PRESENCE_META_BYTES: &str = "MAX_PRESENCE_META_BYTES";
+    pub const MAX_PRESENCE_MEMBERS: &str = "MAX_PRESENCE_MEMBERS";
+    pub const MAX_EVENTS_PER_SECOND: &str = "MAX_EVENTS_PER_SECOND";
+    pub const MAX_JOINS_PER_SECOND: &str = "MAX_JOINS_PER_SECOND";
+    pub const MAX_PRESENCE_EVENTS_PER_SECOND: &str = "MAX_PRESENCE_EVENTS_PER_SECOND";
+    pub const MAX_CATALOG_LOOKUPS_PER_SECOND: &str = "MAX_CATALOG_LOOKUPS_PER_SECOND";
+    pub const CLUSTER_NAME: &str = "CLUSTER_NAME";
+    pub const CLUSTER_HEARTBEAT_MS: &str = "CLUSTER_HEARTBEAT_MS";
+    pub const CLUSTER_NODE_TIMEOUT_MS: &str = "CLUSTER_NODE_TIMEOUT_MS";
+    pub const CLUSTER_MAX_MESSAGE_BYTES: &str = "CLUSTER_MAX_MESSAGE_BYTES";
 }
 
 /// Every variable this module reads.
@@ -194,6 +289,24 @@ pub const VARIABLES: &[&str] = &[
     var::MAX_CHANNELS_PER_SOCKET,
     var::MAX_FRAME_BYTES,
     var::SOCKET_QUEUE_DEPTH,
+    var::SOCKET_QUEUE_BYTES,
+    var::MEMORY_BUDGET_MB,
+    var::MAX_PENDING_CONNECTIONS,
+    var::HEADER_READ_TIMEOUT_MS,
+    var::MAX_FILTER_VALUES,
+    var::MAX_BINDINGS_PER_JOIN,
+    var::MAX_TOPIC_BYTES,
+    var::MAX_PRESENCE_KEY_BYTES,
+    var::MAX_PRESENCE_META_BYTES,
+    var::MAX_PRESENCE_MEMBERS,
+    var::MAX_EVENTS_PER_SECOND,
+    var::MAX_JOINS_PER_SECOND,
+    var::MAX_PRESENCE_EVENTS_PER_SECOND,
+    var::MAX_CATALOG_LOOKUPS_PER_SECOND,
+    var::CLUSTER_NAME,
+    var::CLUSTER_HEARTBEAT_MS,
+    var::CLUSTER_NODE_TIMEOUT_MS,
+    var::CLUSTER_MAX_MESSAGE_BYTES,
 ];
 
 /// Variables whose values are secrets: never printed.
@@ -233,6 +346,34 @@ pub struct Config {
     pub max_channels_per_socket: usize,
     pub max_frame_bytes: usize,
     pub socket_queue_depth: usize,
+    pub socket_queue_bytes: usize,
+    /// `None` when unset: the server derives it (half the cgroup memory
+    /// limit, else [`DEFAULT_MEMORY_BUDGET_MB`]).
+    pub memory_budget_mb: Option<u64>,
+    pub max_pending_connections: usize,
+    pub header_read_timeout: Duration,
+    pub max_filter_values: usize,
+    pub max_bindings_per_join: usize,
+    pub max_topic_bytes: usize,
+    pub max_presence_key_bytes: usize,
+    pub max_presence_meta_bytes: usize,
+    pub max_presence_members: usize,
+    pub max_events_per_second: u32,
+    pub max_joins_per_second: u32,
+    pub max_presence_events_per_second: u32,
+    pub max_catalog_lookups_per_second: u32,
+    pub cluster: ClusterConfig,
+}
+
+/// How this server shares Broadcast and Presence with the others on its
+/// database (`CLUSTER_*`).
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// `[a-z0-9_]`, 1-40 bytes: the bus channel is `realtime_cluster_<name>`.
+    pub name: String,
+    pub heartbeat: Duration,
+    pub node_timeout: Duration,
+    pub max_message_bytes: usize,
 }
 
 /// Where and how to reach the database.
@@ -640,6 +781,102 @@ impl Config {
             DEFAULT_SOCKET_QUEUE_DEPTH,
             "frames",
         );
+        let socket_queue_bytes =
+            r.positive(var::SOCKET_QUEUE_BYTES, DEFAULT_SOCKET_QUEUE_BYTES, "bytes");
+        let memory_budget_mb = r.optional(var::MEMORY_BUDGET_MB, |v| {
+            let expected = "a positive whole number of MiB";
+            match parse_number::<u64>(v, expected)? {
+                0 => Err(expected.to_owned()),
+                n => Ok(n),
+            }
+        });
+        let max_pending_connections = r.positive(
+            var::MAX_PENDING_CONNECTIONS,
+            DEFAULT_MAX_PENDING_CONNECTIONS,
+            "connections",
+        );
+        let header_read_timeout_ms = r.positive(
+            var::HEADER_READ_TIMEOUT_MS,
+            DEFAULT_HEADER_READ_TIMEOUT_MS,
+            "milliseconds",
+        );
+        let max_filter_values =
+            r.positive(var::MAX_FILTER_VALUES, DEFAULT_MAX_FILTER_VALUES, "values");
+        let max_bindings_per_join = r.positive(
+            var::MAX_BINDINGS_PER_JOIN,
+            DEFAULT_MAX_BINDINGS_PER_JOIN,
+            "bindings",
+        );
+        let max_topic_bytes = r.positive(var::MAX_TOPIC_BYTES, DEFAULT_MAX_TOPIC_BYTES, "bytes");
+        let max_presence_key_bytes = r.positive(
+            var::MAX_PRESENCE_KEY_BYTES,
+            DEFAULT_MAX_PRESENCE_KEY_BYTES,
+            "bytes",
+        );
+        let max_presence_meta_bytes = r.positive(
+            var::MAX_PRESENCE_META_BYTES,
+            DEFAULT_MAX_PRESENCE_META_BYTES,
+            "bytes",
+        );
+        let max_presence_members = r.positive(
+            var::MAX_PRESENCE_MEMBERS,
+            DEFAULT_MAX_PRESENCE_MEMBERS,
+            "presences",
+        );
+        let max_events_per_second = r.positive(
+            var::MAX_EVENTS_PER_SECOND,
+            DEFAULT_MAX_EVENTS_PER_SECOND,
+            "messages per second",
+        );
+        let max_joins_per_second = r.positive(
+            var::MAX_JOINS_PER_SECOND,
+            DEFAULT_MAX_JOINS_PER_SECOND,
+            "joins per second",
+        );
+        let max_presence_events_per_second = r.positive(
+            var::MAX_PRESENCE_EVENTS_PER_SECOND,
+            DEFAULT_MAX_PRESENCE_EVENTS_PER_SECOND,
+            "presence events per second",
+        );
+        let max_catalog_lookups_per_second = r.positive(
+            var::MAX_CATALOG_LOOKUPS_PER_SECOND,
+            DEFAULT_MAX_CATALOG_LOOKUPS_PER_SECOND,
+            "lookups per second",
+        );
+
+        let cluster_name = r.parse(var::CLUSTER_NAME, DEFAULT_CLUSTER_NAME.to_owned(), |v| {
+            if !v.is_empty()
+                && v.len() <= 40
+                && v.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            {
+                Ok(v.to_owned())
+            } else {
+                Err("1-40 characters of a-z, 0-9 and _ (it names a LISTEN channel)".to_owned())
+            }
+        });
+        let heartbeat_ms = r.positive(
+            var::CLUSTER_HEARTBEAT_MS,
+            DEFAULT_CLUSTER_HEARTBEAT_MS,
+            "milliseconds",
+        );
+        let node_timeout_ms = r.positive(
+            var::CLUSTER_NODE_TIMEOUT_MS,
+            DEFAULT_CLUSTER_NODE_TIMEOUT_MS,
+            "milliseconds",
+        );
+        if heartbeat_ms >= node_timeout_ms {
+            r.issues.push(ConfigIssue::Conflict(format!(
+                "CLUSTER_HEARTBEAT_MS={heartbeat_ms} is not less than \
+                 CLUSTER_NODE_TIMEOUT_MS={node_timeout_ms}: a live server would be taken for gone \
+                 between two heartbeats; make the timeout several heartbeats long"
+            )));
+        }
+        let cluster_max_message_bytes = r.positive(
+            var::CLUSTER_MAX_MESSAGE_BYTES,
+            DEFAULT_CLUSTER_MAX_MESSAGE_BYTES,
+            "bytes",
+        );
 
         if !r.issues.is_empty() {
             return Err(ConfigError::Invalid(r.issues));
@@ -670,6 +907,26 @@ impl Config {
             max_channels_per_socket,
             max_frame_bytes,
             socket_queue_depth,
+            socket_queue_bytes,
+            memory_budget_mb,
+            max_pending_connections,
+            header_read_timeout: Duration::from_millis(header_read_timeout_ms),
+            max_filter_values,
+            max_bindings_per_join,
+            max_topic_bytes,
+            max_presence_key_bytes,
+            max_presence_meta_bytes,
+            max_presence_members,
+            max_events_per_second,
+            max_joins_per_second,
+            max_presence_events_per_second,
+            max_catalog_lookups_per_second,
+            cluster: ClusterConfig {
+                name: cluster_name,
+                heartbeat: Duration::from_millis(heartbeat_ms),
+                node_timeout: Duration::from_millis(node_timeout_ms),
+                max_message_bytes: cluster_max_message_bytes,
+            },
         })
     }
 }
@@ -882,6 +1139,20 @@ mod tests {
         assert_eq!(c.max_channels_per_socket, 100);
         assert_eq!(c.max_frame_bytes, 1_048_576);
         assert_eq!(c.socket_queue_depth, 16_384);
+        assert_eq!(c.socket_queue_bytes, 16 << 20);
+        assert_eq!(c.memory_budget_mb, None);
+        assert_eq!(c.max_pending_connections, 1000);
+        assert_eq!(c.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.max_filter_values, 100);
+        assert_eq!(c.max_bindings_per_join, 100);
+        assert_eq!(c.max_topic_bytes, 255);
+        assert_eq!(c.max_presence_key_bytes, 255);
+        assert_eq!(c.max_presence_meta_bytes, 4096);
+        assert_eq!(c.max_presence_members, 1000);
+        assert_eq!(c.max_events_per_second, 100);
+        assert_eq!(c.max_joins_per_second, 100);
+        assert_eq!(c.max_presence_events_per_second, 10);
+        assert_eq!(c.max_catalog_lookups_per_second, 2000);
     }
 
     #[test]
@@ -908,6 +1179,20 @@ mod tests {
             ("MAX_CHANNELS_PER_SOCKET", "3"),
             ("MAX_FRAME_BYTES", "4096"),
             ("SOCKET_QUEUE_DEPTH", "7"),
+            ("SOCKET_QUEUE_BYTES", "9000"),
+            ("MEMORY_BUDGET_MB", "300"),
+            ("MAX_PENDING_CONNECTIONS", "8"),
+            ("HEADER_READ_TIMEOUT_MS", "250"),
+            ("MAX_FILTER_VALUES", "2"),
+            ("MAX_BINDINGS_PER_JOIN", "3"),
+            ("MAX_TOPIC_BYTES", "4"),
+            ("MAX_PRESENCE_KEY_BYTES", "5"),
+            ("MAX_PRESENCE_META_BYTES", "6"),
+            ("MAX_PRESENCE_MEMBERS", "7"),
+            ("MAX_EVENTS_PER_SECOND", "8"),
+            ("MAX_JOINS_PER_SECOND", "9"),
+            ("MAX_PRESENCE_EVENTS_PER_SECOND", "10"),
+            ("MAX_CATALOG_LOOKUPS_PER_SECOND", "11"),
             ("UNRELATED", "whatever"),
         ]);
         assert_eq!(c.listen_addr(), "[::]:8080".parse().unwrap());
@@ -933,6 +1218,20 @@ mod tests {
         assert_eq!(c.max_channels_per_socket, 3);
         assert_eq!(c.max_frame_bytes, 4096);
         assert_eq!(c.socket_queue_depth, 7);
+        assert_eq!(c.socket_queue_bytes, 9000);
+        assert_eq!(c.memory_budget_mb, Some(300));
+        assert_eq!(c.max_pending_connections, 8);
+        assert_eq!(c.header_read_timeout, Duration::from_millis(250));
+        assert_eq!(c.max_filter_values, 2);
+        assert_eq!(c.max_bindings_per_join, 3);
+        assert_eq!(c.max_topic_bytes, 4);
+        assert_eq!(c.max_presence_key_bytes, 5);
+        assert_eq!(c.max_presence_meta_bytes, 6);
+        assert_eq!(c.max_presence_members, 7);
+        assert_eq!(c.max_events_per_second, 8);
+        assert_eq!(c.max_joins_per_second, 9);
+        assert_eq!(c.max_presence_events_per_second, 10);
+        assert_eq!(c.max_catalog_lookups_per_second, 11);
     }
 
     #[test]
@@ -983,6 +1282,20 @@ mod tests {
             ("MAX_FRAME_BYTES", "0"),
             ("SOCKET_QUEUE_DEPTH", "0"),
             ("SOCKET_QUEUE_DEPTH", "+5"),
+            ("SOCKET_QUEUE_BYTES", "0"),
+            ("MEMORY_BUDGET_MB", "0"),
+            ("MAX_PENDING_CONNECTIONS", "0"),
+            ("HEADER_READ_TIMEOUT_MS", "10s"),
+            ("MAX_FILTER_VALUES", "0"),
+            ("MAX_BINDINGS_PER_JOIN", "0"),
+            ("MAX_TOPIC_BYTES", "0"),
+            ("MAX_PRESENCE_KEY_BYTES", "0"),
+            ("MAX_PRESENCE_META_BYTES", "0"),
+            ("MAX_PRESENCE_MEMBERS", "0"),
+            ("MAX_EVENTS_PER_SECOND", "0"),
+            ("MAX_JOINS_PER_SECOND", "0"),
+            ("MAX_PRESENCE_EVENTS_PER_SECOND", "0"),
+            ("MAX_CATALOG_LOOKUPS_PER_SECOND", "0"),
         ];
         for (var, value) in cases {
             let e = err(&with_insecure(&[(var, value)]));
@@ -1242,6 +1555,37 @@ mod tests {
         // Against the default maximum too.
         let e = err(&with_insecure(&[("DB_RECONNECT_BACKOFF_MIN", "120001")]));
         assert_eq!(e.issues().len(), 1);
+    }
+
+    #[test]
+    fn cluster_settings() {
+        let c = ok(&with_insecure(&[]));
+        assert_eq!(c.cluster.name, "default");
+        assert_eq!(c.cluster.heartbeat, Duration::from_secs(1));
+        assert_eq!(c.cluster.node_timeout, Duration::from_secs(5));
+        assert_eq!(c.cluster.max_message_bytes, 1_048_576);
+        let c = ok(&with_insecure(&[
+            ("CLUSTER_NAME", "chat_eu"),
+            ("CLUSTER_HEARTBEAT_MS", "200"),
+            ("CLUSTER_NODE_TIMEOUT_MS", "1500"),
+            ("CLUSTER_MAX_MESSAGE_BYTES", "20000"),
+        ]));
+        assert_eq!(c.cluster.name, "chat_eu");
+        assert_eq!(c.cluster.heartbeat, Duration::from_millis(200));
+        assert_eq!(c.cluster.node_timeout, Duration::from_millis(1500));
+        assert_eq!(c.cluster.max_message_bytes, 20_000);
+        for bad in ["Chat", "a-b", &"x".repeat(41)] {
+            let e = err(&with_insecure(&[("CLUSTER_NAME", bad)]));
+            assert!(e.to_string().contains("CLUSTER_NAME"), "{e}");
+            assert!(e.to_string().contains("a-z, 0-9 and _"), "{e}");
+        }
+        let e = err(&with_insecure(&[
+            ("CLUSTER_HEARTBEAT_MS", "5000"),
+            ("CLUSTER_MAX_MESSAGE_BYTES", "0"),
+        ]));
+        assert_eq!(e.issues().len(), 2, "{e}");
+        assert!(e.to_string().contains("CLUSTER_HEARTBEAT_MS=5000"), "{e}");
+        assert!(e.to_string().contains("CLUSTER_MAX_MESSAGE_BYTES"), "{e}");
     }
 
     #[test]

@@ -15,32 +15,71 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use clap::{Args, Parser, Subcommand};
 use realtime_operator::lease::LeaseSettings;
-use realtime_operator::reconcile::Settings;
+use realtime_operator::reconcile::{Settings, DEFAULT_CLEANUP_TIMEOUT, DEFAULT_SERVER_IMAGE};
 
-fn usage() -> ! {
-    eprintln!("usage: realtime-operator run | crd");
-    std::process::exit(2);
+/// Reconciles RealtimeServer resources: the publication, replica identity and
+/// replication slots in the target database, the server pods, status, and
+/// cleanup of what it created.
+#[derive(Parser)]
+#[command(name = "realtime-operator", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller (one leader among the candidates, by a Lease).
+    Run(RunArgs),
+    /// Print the CustomResourceDefinition YAML (what `crds/` holds).
+    Crd,
+}
+
+/// Each option also reads the environment variable it names (the chart sets
+/// those); an empty variable counts as unset.
+#[derive(Args)]
+struct RunArgs {
+    /// The server image for specs that name none.
+    #[arg(long, env = "REALTIME_SERVER_IMAGE", default_value = DEFAULT_SERVER_IMAGE)]
+    server_image: String,
+    /// The namespace of the leader Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// This candidate's identity for the Lease [default: the host name].
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Where /healthz, /readyz and /metrics are served.
+    #[arg(long, env = "HEALTH_ADDRESS", default_value = "0.0.0.0:8080")]
+    health_address: SocketAddr,
+    /// How long a deletion waits for an unreachable database before it
+    /// removes the finalizer anyway, in seconds.
+    #[arg(long, env = "CLEANUP_TIMEOUT_SECONDS", default_value_t = DEFAULT_CLEANUP_TIMEOUT.as_secs())]
+    cleanup_timeout_seconds: u64,
+    /// Watch only this namespace [default: every namespace].
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
     // Both ring (kube) and aws-lc-rs (the contract's TLS connector) are
     // linked, so rustls needs to be told which provider the process uses.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    match std::env::args().nth(1).as_deref() {
-        Some("crd") => {
+    match cli.command {
+        Command::Crd => {
             print!("{}", realtime_operator::crd::crd_yaml());
             Ok(())
         }
-        Some("run") => {
+        Command::Run(args) => {
             let runtime = tokio::runtime::Runtime::new()?;
-            let result = runtime.block_on(run());
+            let result = runtime.block_on(run(args));
             // Whatever is left (a database connection, a DNS lookup) must not
             // hold the exit up.
             runtime.shutdown_timeout(Duration::from_secs(1));
             result
         }
-        _ => usage(),
     }
 }
 
@@ -58,47 +97,46 @@ fn signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     }
 }
 
-fn var(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
-
-async fn run() -> anyhow::Result<()> {
+async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
+        // Colours only on a terminal: pods' logs get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
-    let health: SocketAddr = var("HEALTH_ADDRESS")
-        .unwrap_or_else(|| "0.0.0.0:8080".into())
-        .parse()
-        .map_err(|e| anyhow::anyhow!("HEALTH_ADDRESS: not an address:port: {e}"))?;
-    let cleanup_timeout = match var("CLEANUP_TIMEOUT_SECONDS") {
-        Some(v) => Duration::from_secs(v.parse().map_err(|_| {
-            anyhow::anyhow!("CLEANUP_TIMEOUT_SECONDS={v:?}: not a number of seconds")
-        })?),
-        None => realtime_operator::reconcile::DEFAULT_CLEANUP_TIMEOUT,
-    };
+    let health = args.health_address;
     let settings = Settings {
-        default_image: Some(
-            var("REALTIME_SERVER_IMAGE")
-                .unwrap_or_else(|| realtime_operator::reconcile::DEFAULT_SERVER_IMAGE.into()),
-        ),
-        cleanup_timeout,
-        watch_namespace: var("WATCH_NAMESPACE"),
+        default_image: Some(args.server_image),
+        cleanup_timeout: Duration::from_secs(args.cleanup_timeout_seconds),
+        watch_namespace: args.watch_namespace.filter(|ns| !ns.trim().is_empty()),
     };
     match &settings.watch_namespace {
         Some(ns) => tracing::info!(namespace = %ns, "watching one namespace"),
         None => tracing::info!("watching every namespace"),
     }
-    let identity = var("POD_NAME")
-        .or_else(|| var("HOSTNAME"))
+    let identity = args
+        .identity
+        .or_else(|| {
+            std::env::var("HOSTNAME")
+                .ok()
+                .filter(|h| !h.trim().is_empty())
+        })
         .unwrap_or_else(|| format!("realtime-operator-{}", std::process::id()));
-    let lease = LeaseSettings::new(
-        &var("POD_NAMESPACE").unwrap_or_else(|| "default".into()),
-        &identity,
-    );
+    let lease = LeaseSettings::new(&args.lease_namespace, &identity);
     // Installed before anything can take long, so no signal goes unheard.
     let stop = signal();
     let client = kube::Client::try_default().await?;
     realtime_operator::run::run(client, settings, lease, health, stop).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
 }

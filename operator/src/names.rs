@@ -55,6 +55,13 @@ pub fn slot_prefix(namespace: &str, name: &str) -> String {
     db_name("rts", namespace, name, MAX_IDENTIFIER - ORDINAL_ROOM)
 }
 
+/// The `CLUSTER_NAME` of this resource's pods: its replicas are one
+/// cluster (Broadcast and Presence cross them), and two resources on one
+/// database are two clusters. At most 40 bytes, the server's limit.
+pub fn cluster_name(namespace: &str, name: &str) -> String {
+    db_name("rtc", namespace, name, 40)
+}
+
 /// The slot of replica `ordinal`.
 pub fn slot_name(prefix: &str, ordinal: u32) -> String {
     format!("{prefix}_{ordinal}")
@@ -105,6 +112,15 @@ mod tests {
             && n.len() <= MAX_IDENTIFIER
             && n.bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    }
+
+    #[test]
+    fn each_resource_is_its_own_cluster_with_a_valid_name() {
+        assert_eq!(cluster_name("default", "chat"), "rtc_default_chat");
+        let long = cluster_name(&"n".repeat(63), &"x".repeat(253));
+        assert!(long.len() <= 40 && valid(&long), "{long}");
+        assert_ne!(long, cluster_name(&"n".repeat(63), &"x".repeat(252)));
+        assert_ne!(cluster_name("a-b", "c"), cluster_name("a", "b-c"));
     }
 
     #[test]

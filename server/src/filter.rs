@@ -146,11 +146,12 @@ fn parse_time(t: &str) -> Option<NaiveDateTime> {
         .and_then(|d| d.and_hms_opt(0, 0, 0))
 }
 
-/// Most values an `in` list may hold (Supabase Realtime's limit too). Each
-/// distinct value is a key in the hub's index, and a binding's join and leave
-/// touch each one under the hub's lock, so the client's work there is
-/// bounded by this; the list is refused before any value is parsed.
-pub const MAX_IN_VALUES: usize = 100;
+/// Most values an `in` list may hold by default (`MAX_FILTER_VALUES`,
+/// Supabase Realtime's limit too). Each distinct value is a key in the hub's
+/// index, and a binding's join and leave touch each one under the hub's
+/// lock, so the client's work there is bounded by this; the list is refused
+/// before any value is parsed.
+pub const MAX_IN_VALUES: usize = realtime_contract::config::DEFAULT_MAX_FILTER_VALUES;
 
 /// The longest piece of a client's filter quoted back in an error (the
 /// filter itself may be as long as a frame).
@@ -184,6 +185,16 @@ impl Filter {
         text: &str,
         lookup: impl Fn(&str) -> Option<Comparison>,
     ) -> Result<Filter, FilterError> {
+        Self::parse_with_limit(text, lookup, MAX_IN_VALUES)
+    }
+
+    /// [`Filter::parse`], with `max_values` values at most in an `in` list
+    /// (`MAX_FILTER_VALUES`).
+    pub fn parse_with_limit(
+        text: &str,
+        lookup: impl Fn(&str) -> Option<Comparison>,
+        max_values: usize,
+    ) -> Result<Filter, FilterError> {
         let bad = |why: String| FilterError(format!("invalid filter {}: {why}", shown(text)));
         let (column, rest) = text
             .split_once('=')
@@ -212,9 +223,9 @@ impl Filter {
                         .into(),
                 ));
             }
-            if inner.split(',').nth(MAX_IN_VALUES).is_some() {
+            if inner.split(',').nth(max_values).is_some() {
                 return Err(bad(format!(
-                    "an in list takes at most {MAX_IN_VALUES} values"
+                    "an in list takes at most {max_values} values (MAX_FILTER_VALUES)"
                 )));
             }
             Box::new(inner.split(',').map(str::trim))

@@ -15,11 +15,14 @@ use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
-use warp::http::{HeaderMap, HeaderValue, StatusCode};
+use warp::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use warp::{Filter, Rejection, Reply};
 
 use crate::auth::JwtVerifier;
+use crate::cluster::{BusError, TopicKey};
+use crate::config::var;
 use crate::hub::Hub;
+use crate::limits::Slots;
 use crate::metrics::{self, METRICS};
 use crate::phoenix::frame::Vsn;
 use crate::phoenix::session::{self, SocketContext};
@@ -32,7 +35,14 @@ pub struct AppState {
     pub status: Arc<StreamStatus>,
     /// `Some` when channels are secured.
     pub verifier: Option<JwtVerifier>,
-    pub max_connections: usize,
+    /// `MEMORY_BUDGET_MB`: past it, upgrades are refused.
+    pub memory_budget: crate::limits::MemoryBudget,
+    /// `MAX_CONNECTIONS`: one slot per socket, reserved before the upgrade
+    /// is answered and released when the socket ends.
+    pub socket_slots: Arc<Slots>,
+    /// The largest request body the HTTP broadcast routes read
+    /// (`MAX_FRAME_BYTES`, what a socket may send in one frame).
+    pub max_body_bytes: usize,
 }
 
 /// Routes a caller adds to the server's own (the `dev` command's demo API).
@@ -52,11 +62,12 @@ pub fn routes(
         let state = state.clone();
         warp::any().map(move || state.clone())
     };
+    let max_body = state.max_body_bytes as u64;
     let socket_path = warp::path!("socket" / "websocket")
         .or(warp::path!("realtime" / "v1" / "websocket"))
         .unify();
     let ws = socket_path
-        .and(warp::get())
+        .and(allow(&[Method::GET]))
         .and(warp::query::<HashMap<String, String>>())
         .and(warp::header::optional::<String>("x-api-key"))
         .and(warp::header::headers_cloned())
@@ -68,29 +79,30 @@ pub fn routes(
     // joined): {"messages": [{"topic", "event", "payload"}]}, topic without
     // the `realtime:` prefix.
     let api_broadcast = warp::path!("api" / "broadcast")
-        .and(warp::post())
+        .and(allow(&[Method::POST]))
         .and(warp::header::optional::<String>("apikey"))
         .and(warp::header::optional::<String>("authorization"))
-        .and(warp::body::content_length_limit(1024 * 1024))
+        .and(warp::body::content_length_limit(max_body))
         .and(warp::body::json::<BroadcastRequest>())
         .and(with_state.clone())
-        .map(api_broadcast);
+        .then(api_broadcast);
 
     // The newest realtime-js `httpSend()`: one event per request, the body
     // is the payload; topic and event in the path.
     let api_broadcast_event = warp::path!("api" / "broadcast" / String / "events" / String)
-        .and(warp::post())
+        .and(allow(&[Method::POST]))
+        .and(warp::query::<HashMap<String, String>>())
         .and(warp::header::optional::<String>("apikey"))
         .and(warp::header::optional::<String>("authorization"))
         .and(warp::header::optional::<String>("content-type"))
-        .and(warp::body::content_length_limit(1024 * 1024))
+        .and(warp::body::content_length_limit(max_body))
         .and(warp::body::bytes())
         .and(with_state.clone())
-        .map(api_broadcast_event);
+        .then(api_broadcast_event);
 
-    let healthz = warp::path!("healthz").map(|| "ok");
+    let healthz = warp::path!("healthz").and(allow(READ)).map(|| "ok");
     let metrics = warp::path!("metrics")
-        .and(warp::get())
+        .and(allow(READ))
         .and(with_state.clone())
         .map(|s: Arc<AppState>| {
             warp::reply::with_header(
@@ -100,6 +112,7 @@ pub fn routes(
             )
         });
     let readyz = warp::path!("readyz")
+        .and(allow(READ))
         .and(with_state)
         .map(|s: Arc<AppState>| {
             if s.status.is_live() {
@@ -113,7 +126,7 @@ pub fn routes(
         });
 
     let index = warp::path::end()
-        .and(warp::get())
+        .and(allow(READ))
         .map(|| warp::reply::html(crate::dev::page::INDEX_HTML));
 
     ws.or(api_broadcast)
@@ -127,6 +140,31 @@ pub fn routes(
         .with(warp::log::custom(|info| {
             tracing::debug!(method = %info.method(), path = info.path(), status = info.status().as_u16(), "http");
         }))
+}
+
+/// The methods of the routes that only answer.
+const READ: &[Method] = &[Method::GET, Method::HEAD];
+
+/// A request whose path exists but whose method the route does not take.
+#[derive(Debug)]
+struct WrongMethod {
+    allow: &'static [Method],
+}
+
+impl warp::reject::Reject for WrongMethod {}
+
+/// Passes requests with one of the methods `allow`; others are refused
+/// with 405 and an `Allow` header naming them (see [`handle_rejection`]).
+fn allow(allow: &'static [Method]) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::method()
+        .and_then(move |m: Method| async move {
+            if allow.contains(&m) {
+                Ok(())
+            } else {
+                Err(warp::reject::custom(WrongMethod { allow }))
+            }
+        })
+        .untuple_one()
 }
 
 /// Bytes a socket's reader keeps for incoming frames, and reads at most at
@@ -231,20 +269,27 @@ async fn upgrade(
             }
         }
     }
-    if state.hub.socket_count() >= state.max_connections {
-        METRICS.connections_refused.inc();
-        tracing::warn!(
-            limit = state.max_connections,
-            "refused a socket: MAX_CONNECTIONS reached"
-        );
+    if state.memory_budget.exceeded() {
+        METRICS.limit_reached(var::MEMORY_BUDGET_MB);
+        tracing::warn!("refused a socket: MEMORY_BUDGET_MB reached");
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "too many connections (limit {}): try another server",
-                state.max_connections
-            ),
+            state.memory_budget.reason(),
         );
     }
+    // The slot is reserved in one atomic step before the 101 is answered,
+    // so a burst of upgrades never admits more than MAX_CONNECTIONS, and it
+    // is released when the socket ends (or its upgrade fails).
+    let Some(slot) = state.socket_slots.try_acquire() else {
+        let limit = state.socket_slots.max();
+        METRICS.connections_refused.inc();
+        METRICS.limit_reached(var::MAX_CONNECTIONS);
+        tracing::warn!(limit, "refused a socket: MAX_CONNECTIONS reached");
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("too many connections (limit {limit}): try another server"),
+        );
+    };
     METRICS.connections_accepted.inc();
     let ctx = state.sockets.clone();
     let max = ctx.limits.max_frame_bytes;
@@ -270,6 +315,7 @@ async fn upgrade(
             }
             Err(e) => tracing::debug!(error = %e, "a WebSocket upgrade did not complete"),
         }
+        drop(slot);
     });
     let mut response = warp::reply::Response::default();
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -294,44 +340,159 @@ struct BroadcastMessage {
     event: String,
     #[serde(default)]
     payload: serde_json::Value,
+    /// To the members of the private channel of that name (realtime-js
+    /// sends the channel's `config.private`).
+    #[serde(default)]
+    private: bool,
 }
 
 /// When channels are secured, the bearer token (or `apikey` header) of an
 /// HTTP broadcast must verify; why not otherwise.
-fn check_http_token(
+async fn check_http_token(
     state: &AppState,
     apikey: Option<String>,
     authorization: Option<String>,
-) -> Result<(), String> {
+) -> Result<Option<crate::auth::Claims>, String> {
     let Some(verifier) = &state.verifier else {
-        return Ok(());
+        return Ok(None);
     };
     let bearer = authorization
         .as_deref()
         .and_then(|a| a.strip_prefix("Bearer "))
         .map(str::to_string);
     let result = match bearer.or(apikey) {
-        Some(t) => verifier.verify(&t),
+        Some(t) => verifier.verify_fetching(&t).await,
         None => Err(crate::auth::AuthError::Missing),
     };
-    result.map(|_| ()).map_err(|e| {
+    result.map(Some).map_err(|e| {
         METRICS.auth_failures.inc();
         e.to_string()
     })
 }
 
-/// Sends one broadcast to the members of `topic` (with or without the
-/// `realtime:` prefix).
-fn relay_broadcast(state: &AppState, topic: &str, event: &str, payload: &serde_json::Value) {
+/// Whether the token's `claims` may send broadcasts to every private topic
+/// among `messages`: as on a socket, the policies of `realtime.messages`
+/// decide (an INSERT of extension `broadcast` on that topic). Public topics
+/// need only a valid token. `Err` names the first topic refused.
+async fn check_private_writes(
+    state: &AppState,
+    claims: Option<&crate::auth::Claims>,
+    messages: &[(TopicKey, String)],
+) -> Result<(), (StatusCode, String)> {
+    let mut seen = std::collections::HashSet::new();
+    let private: Vec<&str> = messages
+        .iter()
+        .map(|(topic, _)| topic)
+        .filter(|topic| topic.private)
+        .map(|topic| &*topic.topic)
+        .filter(|topic| seen.insert(*topic))
+        .collect();
+    if private.is_empty() {
+        return Ok(());
+    }
+    let (Some(authz), Some(claims)) = (state.hub.authorizer(), claims) else {
+        return Err((
+            StatusCode::FORBIDDEN,
+            "private channels need SECURE_CHANNELS=true: their rights come from the token's \
+             role and claims"
+                .into(),
+        ));
+    };
+    for topic in private {
+        let short = topic.strip_prefix("realtime:").unwrap_or(topic);
+        let group = authz.group(&claims.raw, Some(short));
+        match authz
+            .channel_rights(&group, crate::authz::plan::Command::Insert)
+            .await
+        {
+            Ok(rights) if rights.broadcast => {}
+            Ok(_) => {
+                return Err((
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "Unauthorized: You do not have permissions to write to this Channel \
+                         topic: {short}; nothing was sent"
+                    ),
+                ))
+            }
+            Err(e) => {
+                return Err((
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("checking the policies of realtime.messages for {short} failed: {e}; nothing was sent"),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The broadcast of `event` with `payload` to the members of `topic` (with
+/// or without the `realtime:` prefix), as its topic key and frame payload.
+fn broadcast_message(
+    topic: &str,
+    private: bool,
+    event: &str,
+    payload: &serde_json::Value,
+) -> (TopicKey, String) {
     let topic = if topic.starts_with("realtime:") {
         topic.to_string()
     } else {
         format!("realtime:{topic}")
     };
     let payload = serde_json::json!({"type": "broadcast", "event": event, "payload": payload});
-    state
-        .hub
-        .relay(&topic, None, "broadcast", &payload.to_string());
+    (TopicKey::new(&topic, private), payload.to_string())
+}
+
+/// Sends broadcasts to the members of their topics on every server, in
+/// order; answers 202 once the cluster's bus has them all. None is sent
+/// when one is over `CLUSTER_MAX_MESSAGE_BYTES` (413, naming it); when the
+/// bus is down or lagging they reach this server's members only (503, with
+/// the reason).
+async fn relay_broadcasts(
+    state: &AppState,
+    messages: Vec<(TopicKey, String)>,
+) -> warp::reply::Response {
+    let max = state.hub.cluster().settings().max_message_bytes;
+    if let Some((i, (topic, payload))) = messages
+        .iter()
+        .enumerate()
+        .find(|(_, (_, p))| p.len() > max)
+    {
+        state
+            .hub
+            .cluster()
+            .status
+            .refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let reason = format!(
+            "message {i} (topic {:?}) of {} bytes is over CLUSTER_MAX_MESSAGE_BYTES ({max}): nothing was sent",
+            topic.topic,
+            payload.len()
+        );
+        return json_error(StatusCode::PAYLOAD_TOO_LARGE, &reason);
+    }
+    let mut sent = Vec::with_capacity(messages.len());
+    let mut failed: Option<BusError> = None;
+    for (topic, payload) in &messages {
+        match state.hub.broadcast(topic, None, payload) {
+            Ok(s) => sent.push(s),
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
+        }
+    }
+    for s in sent {
+        if let Err(e) = s.wait().await {
+            failed.get_or_insert(e);
+        }
+    }
+    match failed {
+        None => accepted(),
+        Some(e @ BusError::TooLarge { .. }) => {
+            json_error(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string())
+        }
+        Some(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
 }
 
 fn accepted() -> warp::reply::Response {
@@ -350,33 +511,42 @@ fn json_error(status: StatusCode, message: &str) -> warp::reply::Response {
     .into_response()
 }
 
-fn api_broadcast(
+async fn api_broadcast(
     apikey: Option<String>,
     authorization: Option<String>,
     body: BroadcastRequest,
     state: Arc<AppState>,
 ) -> warp::reply::Response {
-    if let Err(reason) = check_http_token(&state, apikey, authorization) {
-        return json_error(StatusCode::FORBIDDEN, &reason);
+    let claims = match check_http_token(&state, apikey, authorization).await {
+        Ok(c) => c,
+        Err(reason) => return json_error(StatusCode::FORBIDDEN, &reason),
+    };
+    let messages: Vec<_> = body
+        .messages
+        .iter()
+        .map(|m| broadcast_message(&m.topic, m.private, &m.event, &m.payload))
+        .collect();
+    if let Err((status, reason)) = check_private_writes(&state, claims.as_ref(), &messages).await {
+        return json_error(status, &reason);
     }
-    for m in body.messages {
-        relay_broadcast(&state, &m.topic, &m.event, &m.payload);
-    }
-    accepted()
+    relay_broadcasts(&state, messages).await
 }
 
-fn api_broadcast_event(
+#[allow(clippy::too_many_arguments)]
+async fn api_broadcast_event(
     topic: String,
     event: String,
+    query: HashMap<String, String>,
     apikey: Option<String>,
     authorization: Option<String>,
     content_type: Option<String>,
     body: bytes::Bytes,
     state: Arc<AppState>,
 ) -> warp::reply::Response {
-    if let Err(reason) = check_http_token(&state, apikey, authorization) {
-        return json_error(StatusCode::FORBIDDEN, &reason);
-    }
+    let claims = match check_http_token(&state, apikey, authorization).await {
+        Ok(c) => c,
+        Err(reason) => return json_error(StatusCode::FORBIDDEN, &reason),
+    };
     let (topic, event) = match (percent_decode(&topic), percent_decode(&event)) {
         (Some(t), Some(e)) => (t, e),
         _ => {
@@ -406,8 +576,12 @@ fn api_broadcast_event(
             )
         }
     };
-    relay_broadcast(&state, &topic, &event, &payload);
-    accepted()
+    let private = query.get("private").is_some_and(|p| p == "true");
+    let messages = vec![broadcast_message(&topic, private, &event, &payload)];
+    if let Err((status, reason)) = check_private_writes(&state, claims.as_ref(), &messages).await {
+        return json_error(status, &reason);
+    }
+    relay_broadcasts(&state, messages).await
 }
 
 /// Decodes `%XX` escapes (warp hands path segments over still encoded).
@@ -432,14 +606,64 @@ fn text(status: StatusCode, body: String) -> warp::reply::Response {
     warp::reply::with_status(body, status).into_response()
 }
 
+/// Every refusal of a route, as a status and a plain reason: never Rust's
+/// debug text.
 async fn handle_rejection(err: Rejection) -> Result<warp::reply::Response, Infallible> {
+    use warp::reject::{
+        InvalidHeader, InvalidQuery, LengthRequired, MethodNotAllowed, MissingHeader,
+        PayloadTooLarge, UnsupportedMediaType,
+    };
     if err.is_not_found() {
         return Ok(text(StatusCode::NOT_FOUND, "not found".into()));
     }
-    Ok(text(
-        StatusCode::BAD_REQUEST,
-        format!("bad request: {err:?}"),
-    ))
+    if let Some(wrong) = err.find::<WrongMethod>() {
+        let allow: Vec<&str> = wrong.allow.iter().map(Method::as_str).collect();
+        let allow = allow.join(", ");
+        let mut response = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("method not allowed: this path takes {allow}"),
+        );
+        if let Ok(v) = HeaderValue::from_str(&allow) {
+            response.headers_mut().insert("allow", v);
+        }
+        return Ok(response);
+    }
+    let (status, reason) = if err.find::<PayloadTooLarge>().is_some() {
+        METRICS.limit_reached(var::MAX_FRAME_BYTES);
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload too large: the body is over MAX_FRAME_BYTES".to_string(),
+        )
+    } else if err.find::<LengthRequired>().is_some() {
+        (
+            StatusCode::LENGTH_REQUIRED,
+            "length required: send the body with a Content-Length header".to_string(),
+        )
+    } else if err.find::<MethodNotAllowed>().is_some() {
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed".to_string(),
+        )
+    } else if err.find::<UnsupportedMediaType>().is_some() {
+        (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported media type: send application/json".to_string(),
+        )
+    } else if let Some(e) = err.find::<warp::body::BodyDeserializeError>() {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("the body is not a broadcast request: {e}"),
+        )
+    } else if let Some(e) = err.find::<InvalidQuery>() {
+        (StatusCode::BAD_REQUEST, e.to_string())
+    } else if let Some(e) = err.find::<InvalidHeader>() {
+        (StatusCode::BAD_REQUEST, e.to_string())
+    } else if let Some(e) = err.find::<MissingHeader>() {
+        (StatusCode::BAD_REQUEST, e.to_string())
+    } else {
+        (StatusCode::BAD_REQUEST, "bad request".to_string())
+    };
+    Ok(text(status, reason))
 }
 
 #[cfg(test)]

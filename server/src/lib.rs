@@ -9,10 +9,13 @@
 pub mod auth;
 pub mod authz;
 pub mod change;
+pub mod cluster;
 pub mod dev;
 pub mod filter;
 pub mod http;
 pub mod hub;
+pub mod limits;
+pub mod listener;
 pub mod metrics;
 pub mod phoenix;
 pub mod published;
@@ -87,10 +90,15 @@ pub async fn serve_with(
             },
         )
     });
-    let hub = Arc::new(Hub::with_authorizer(
-        config.socket_queue_depth,
-        authz.clone(),
-    ));
+    let hub = Arc::new(
+        Hub::with_cluster(
+            config.socket_queue_depth,
+            cluster::ClusterSettings::from_config(&config),
+        )
+        .with_queue_bytes(config.socket_queue_bytes)
+        .with_max_presence_members(config.max_presence_members)
+        .with_authorizer(authz.clone()),
+    );
     if let Some(authz) = &authz {
         let roles = [config.anon_role.clone(), "authenticated".to_string()];
         let checking = authz.clone();
@@ -102,22 +110,29 @@ pub async fn serve_with(
         tokio::spawn(apply_catalog_changes(authz.clone(), hub.clone()));
     }
     let status = Arc::new(StreamStatus::default());
+    let memory_budget = limits::MemoryBudget::new(config.memory_budget_mb);
+    tracing::info!(
+        memory_budget_mb = memory_budget.mb,
+        "sockets and joins are refused past this many MiB queued (MEMORY_BUDGET_MB)"
+    );
     let sockets = Arc::new(SocketContext {
         hub: hub.clone(),
         verifier: verifier.clone(),
         published: Arc::new(PublishedTables::new(config.clone())),
-        limits: SocketLimits {
-            max_channels: config.max_channels_per_socket,
-            max_frame_bytes: config.max_frame_bytes,
-            private_only: config.private_only,
-        },
+        limits: SocketLimits::of(&config),
+        memory_budget,
+        catalog_lookups: Arc::new(limits::SharedRate::per_second(
+            config.max_catalog_lookups_per_second,
+        )),
     });
     let state = Arc::new(AppState {
         hub: hub.clone(),
         sockets,
         status: status.clone(),
         verifier,
-        max_connections: config.max_connections,
+        socket_slots: limits::Slots::new(config.max_connections),
+        memory_budget,
+        max_body_bytes: config.max_frame_bytes,
     });
 
     let addr = config.listen_addr();
@@ -125,6 +140,15 @@ pub async fn serve_with(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (PORT, BIND_ADDRESS): {e}"))?;
     tracing::info!(%addr, "listening");
+
+    // The cluster's bus: Broadcast and Presence shared with the other
+    // servers on this database (`CLUSTER_NAME`).
+    let bus_stop = tokio_util::sync::CancellationToken::new();
+    let mut bus = tokio::spawn(cluster::bus::run(
+        hub.cluster().clone(),
+        cluster::bus::BusConnect::from_config(&config),
+        bus_stop.clone(),
+    ));
 
     let control = StreamControl::default();
     let mut replication = tokio::spawn(stream::run(
@@ -146,16 +170,29 @@ pub async fn serve_with(
         tracing::info!(sockets = closing_hub.socket_count(), "closing sockets");
         closing_hub.close_all();
     };
-    let server = warp::serve(http::routes(state, extra_routes))
-        .incoming(listener)
-        .graceful(shutdown)
-        .run();
-    server.await;
-    // Upgraded sockets are not part of warp's graceful shutdown: wait (a
-    // bounded time) until every writer has sent its close frame.
+    let service = hyper_util::service::TowerToHyperService::new(warp::service(http::routes(
+        state,
+        extra_routes,
+    )));
+    let listening = listener::ListenerConfig {
+        max_pending_connections: config.max_pending_connections,
+        header_read_timeout: config.header_read_timeout,
+    };
+    listener::serve(listener, service, listening, shutdown).await;
+    // Upgraded sockets are not part of the listener's graceful shutdown:
+    // wait (a bounded time) until every writer has sent its close frame.
     let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
     while hub.live_writers() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The bus says goodbye: this server's presences leave everywhere now,
+    // not after CLUSTER_NODE_TIMEOUT_MS.
+    bus_stop.cancel();
+    if tokio::time::timeout(SHUTDOWN_GRACE, &mut bus)
+        .await
+        .is_err()
+    {
+        bus.abort();
     }
     // The stream sends its final confirmed position, then closes; what was
     // confirmed stays confirmed and a durable slot resumes from there.

@@ -3,11 +3,69 @@
 //! SIGTERM or SIGINT. `realtime-server dev` runs the quick start, in builds
 //! with the default `dev` feature.
 
-use realtime_server::config::Config;
+use clap::{Parser, Subcommand};
+use realtime_server::config::{Config, VARIABLES};
 use tracing_subscriber::EnvFilter;
+
+/// Streams PostgreSQL row changes, Broadcast and Presence to WebSocket
+/// clients over the Phoenix Channels protocol (realtime-js, phoenix).
+#[derive(Parser)]
+#[command(name = "realtime-server", version, after_help = configuration_help())]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve with the configuration from the environment (the default).
+    Serve,
+    /// The quick start: a throwaway PostgreSQL, the server, a live page.
+    ///
+    /// Starts a throwaway local PostgreSQL with a demo table, the server on
+    /// it, and a page at http://localhost:4000/ that shows changes live. Needs PostgreSQL's programs (initdb, postgres) installed. Not in
+    /// production builds (built without the default `dev` feature).
+    Dev,
+    /// Creates what authorization needs in the database (`DB_*`).
+    ///
+    /// As the server's database user: the roles tokens name (anon,
+    /// authenticated, service_role) granted to it, Supabase's `auth` helpers
+    /// when missing, `realtime.messages` (private channels' policies) and
+    /// `realtime.topic()`. Idempotent.
+    SetupAuthorization {
+        /// Print the SQL instead of applying it.
+        #[arg(long)]
+        print: bool,
+    },
+}
+
+/// Every variable the server reads, for `--help`.
+fn configuration_help() -> String {
+    let mut names = String::new();
+    let mut line = 0;
+    for (i, name) in VARIABLES.iter().chain(&["RUST_LOG"]).enumerate() {
+        let sep = if i == 0 { "  " } else { ", " };
+        if line + sep.len() + name.len() > 78 {
+            names.push_str(",\n  ");
+            line = 2;
+        } else {
+            names.push_str(sep);
+            line += sep.len();
+        }
+        names.push_str(name);
+        line += name.len();
+    }
+    format!(
+        "Configuration is read from the environment; the README's Configuration\n\
+         table gives each variable's default and meaning. A bad value stops the\n\
+         server with exit status 2 and a message naming the variable.\n\n\
+         Variables:\n{names}"
+    )
+}
 
 #[tokio::main]
 async fn main() {
+    let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -16,10 +74,12 @@ async fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
 
-    match std::env::args().nth(1).as_deref() {
-        Some("dev") => std::process::exit(dev_command().await),
-        Some("setup-authorization") => std::process::exit(setup_authorization().await),
-        _ => {}
+    match cli.command {
+        Some(Command::Dev) => std::process::exit(dev_command().await),
+        Some(Command::SetupAuthorization { print }) => {
+            std::process::exit(setup_authorization(print).await)
+        }
+        Some(Command::Serve) | None => {}
     }
     let config = match Config::from_env() {
         Ok(c) => c,
@@ -55,7 +115,7 @@ async fn dev_command() -> i32 {
 /// database objects authorization needs, as the server's database user
 /// (`DB_*`): the roles tokens name granted to it, Supabase's `auth`
 /// helpers when missing, `realtime.messages` and `realtime.topic()`.
-async fn setup_authorization() -> i32 {
+async fn setup_authorization(print: bool) -> i32 {
     // Only the database settings matter here: keys are not needed.
     let mut vars: Vec<(String, String)> = std::env::vars().collect();
     vars.push(("SECURE_CHANNELS".into(), "false".into()));
@@ -66,7 +126,7 @@ async fn setup_authorization() -> i32 {
             return 2;
         }
     };
-    if std::env::args().nth(2).as_deref() == Some("--print") {
+    if print {
         println!(
             "{}",
             realtime_server::authz::setup::setup_sql(&config.db.user)
@@ -103,5 +163,24 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn help_names_every_variable() {
+        let help = Cli::command().render_long_help().to_string();
+        for name in VARIABLES {
+            assert!(help.contains(name), "--help does not name {name}:\n{help}");
+        }
     }
 }

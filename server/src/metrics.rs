@@ -68,11 +68,20 @@ struct SlotLabels {
     reason: SlotRecreation,
 }
 
+/// The labels of `realtime_limit_reached_total`: the variable that names
+/// the limit (`MAX_PENDING_CONNECTIONS`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct LimitLabels {
+    limit: &'static str,
+}
+
 /// The process's metrics. Counters are monotonic tallies, each independent.
 pub struct Metrics {
     registry: Registry,
     /// Read from the hub at each scrape.
     connections: Gauge,
+    /// Read from the queues' count at each scrape.
+    queued_bytes: Gauge,
     pub connections_accepted: Counter,
     pub connections_refused: Counter,
     pub auth_failures: Counter,
@@ -97,6 +106,9 @@ pub struct Metrics {
     /// (change, group) pairs withheld because the change's image lacks a
     /// column the policies read, or the group's access was not computed yet.
     pub rls_undecidable: Counter,
+    pub accept_errors: Counter,
+    /// Requests refused because a limit was reached, by the limit's variable.
+    limits_reached: Family<LimitLabels, Counter>,
     /// Read from the stream's status at each scrape.
     replication_connected: Gauge,
     pub replication_sessions: Counter,
@@ -106,6 +118,22 @@ pub struct Metrics {
     /// shared with the registry's family (no lookup per increment).
     slot_recreations: [Counter; 3],
     replication_lag: LagHistogram,
+    /// Read from the cluster's bus status at each scrape.
+    cluster: ClusterMetrics,
+}
+
+/// The cluster bus's state and tallies, copied from its `BusStatus` (which
+/// the bus keeps as plain atomics) at each scrape.
+struct ClusterMetrics {
+    up: Gauge,
+    lagging: Gauge,
+    lag_seconds: Gauge<f64, AtomicU64>,
+    nodes: Gauge,
+    published: Counter,
+    received: Counter,
+    refused: Counter,
+    failed: Counter,
+    reconnects: Counter,
 }
 
 /// The process's metrics, registered on first use.
@@ -121,6 +149,10 @@ impl Metrics {
             g
         };
         let connections = gauge("realtime_connections", "Open WebSocket connections");
+        let queued_bytes = gauge(
+            "realtime_queued_bytes",
+            "Bytes queued to sockets, a frame counted once per queue that holds it",
+        );
         let channels = gauge("realtime_channels", "Joined channels over all sockets");
         let replication_connected = gauge(
             "realtime_replication_connected",
@@ -202,6 +234,10 @@ impl Metrics {
             "realtime_rls_undecidable",
             "Changes withheld from a group because their row image lacks what the policies read, or the group's access to the table was not computed yet",
         );
+        let accept_errors = counter(
+            "realtime_accept_errors",
+            "Errors accepting a TCP connection (such as the open-file limit), each followed by a back-off",
+        );
         let replication_sessions = counter(
             "realtime_replication_sessions",
             "Replication sessions started (the first, then one per reconnect)",
@@ -220,15 +256,24 @@ impl Metrics {
             "Replication slots dropped and recreated, by reason",
             family,
         );
+        let limits_reached = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "realtime_limit_reached",
+            "Requests refused because a limit was reached, by the variable that sets it",
+            limits_reached.clone(),
+        );
         let replication_lag = LagHistogram::default();
         registry.register(
             "realtime_replication_lag_seconds",
             "From a transaction's commit to its changes being queued to the sockets",
             replication_lag.clone(),
         );
+        let cluster = ClusterMetrics::register(&mut registry);
         Metrics {
+            cluster,
             registry,
             connections,
+            queued_bytes,
             connections_accepted,
             connections_refused,
             auth_failures,
@@ -246,6 +291,8 @@ impl Metrics {
             rls_check_errors,
             rls_check_timeouts,
             rls_undecidable,
+            accept_errors,
+            limits_reached,
             replication_connected,
             replication_sessions,
             replication_failures,
@@ -259,6 +306,14 @@ impl Metrics {
         self.slot_recreations[why as usize].inc();
     }
 
+    /// Counts one refusal because the limit `limit` (its variable's name)
+    /// was reached.
+    pub fn limit_reached(&self, limit: &'static str) {
+        self.limits_reached
+            .get_or_create(&LimitLabels { limit })
+            .inc();
+    }
+
     /// Records how long after its commit a change was handed to the sockets.
     pub fn observe_lag(&self, micros: u64) {
         self.replication_lag.observe(micros);
@@ -267,11 +322,90 @@ impl Metrics {
     /// The Prometheus text exposition of every metric ([`CONTENT_TYPE`]).
     pub fn render(&self, hub: &Hub, stream: &StreamStatus) -> String {
         self.connections.set(hub.socket_count() as i64);
+        self.queued_bytes
+            .set(crate::hub::QUEUED_BYTES.load(std::sync::atomic::Ordering::Relaxed) as i64);
         self.replication_connected.set(stream.is_live() as i64);
+        self.cluster.read(&hub.cluster().status);
         let mut out = String::with_capacity(4096);
         prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
             .expect("writing to a String does not fail");
         out
+    }
+}
+
+impl ClusterMetrics {
+    fn register(registry: &mut Registry) -> ClusterMetrics {
+        let mut gauge = |name: &str, help: &str| {
+            let g: Gauge = Gauge::default();
+            registry.register(name, help, g.clone());
+            g
+        };
+        let up = gauge(
+            "realtime_cluster_bus_up",
+            "1 while the cluster bus (LISTEN/NOTIFY on the database) is connected",
+        );
+        let lagging = gauge(
+            "realtime_cluster_bus_lagging",
+            "1 while this server's own heartbeat takes over half CLUSTER_NODE_TIMEOUT_MS to come back",
+        );
+        let nodes = gauge(
+            "realtime_cluster_nodes",
+            "Other servers of this cluster heard from within CLUSTER_NODE_TIMEOUT_MS",
+        );
+        let lag_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "realtime_cluster_bus_lag_seconds",
+            "How long this server's last heartbeat took to come back over the bus (or has been out)",
+            lag_seconds.clone(),
+        );
+        let mut counter = |name: &str, help: &str| {
+            let c: Counter = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        ClusterMetrics {
+            up,
+            lagging,
+            lag_seconds,
+            nodes,
+            published: counter(
+                "realtime_cluster_messages_published",
+                "Messages (broadcasts, presence deltas and states, heartbeats) sent on the cluster bus",
+            ),
+            received: counter(
+                "realtime_cluster_messages_received",
+                "Messages received from the other servers of the cluster",
+            ),
+            refused: counter(
+                "realtime_cluster_broadcasts_refused",
+                "Broadcasts refused for being over CLUSTER_MAX_MESSAGE_BYTES",
+            ),
+            failed: counter(
+                "realtime_cluster_bus_failures",
+                "Sends that failed and messages that could not be read on the cluster bus",
+            ),
+            reconnects: counter(
+                "realtime_cluster_bus_reconnects",
+                "Times the cluster bus reconnected after losing its connection",
+            ),
+        }
+    }
+
+    fn read(&self, s: &crate::cluster::BusStatus) {
+        self.up.set(s.is_up() as i64);
+        self.lagging.set(s.is_lagging() as i64);
+        self.lag_seconds.set(s.lag_ms() as f64 / 1000.0);
+        self.nodes.set(s.nodes.load(Ordering::Relaxed) as i64);
+        for (c, v) in [
+            (&self.published, &s.published),
+            (&self.received, &s.received),
+            (&self.refused, &s.refused),
+            (&self.failed, &s.failed),
+            (&self.reconnects, &s.reconnects),
+        ] {
+            c.inner()
+                .store(v.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
     }
 }
 
@@ -469,6 +603,51 @@ mod tests {
                 "realtime_frames_queued",
                 "counter",
                 "realtime_frames_queued_total 0",
+            ),
+            (
+                "realtime_cluster_bus_up",
+                "gauge",
+                "realtime_cluster_bus_up 0",
+            ),
+            (
+                "realtime_cluster_bus_lagging",
+                "gauge",
+                "realtime_cluster_bus_lagging 0",
+            ),
+            (
+                "realtime_cluster_bus_lag_seconds",
+                "gauge",
+                "realtime_cluster_bus_lag_seconds 0.0",
+            ),
+            (
+                "realtime_cluster_nodes",
+                "gauge",
+                "realtime_cluster_nodes 0",
+            ),
+            (
+                "realtime_cluster_messages_published",
+                "counter",
+                "realtime_cluster_messages_published_total 0",
+            ),
+            (
+                "realtime_cluster_messages_received",
+                "counter",
+                "realtime_cluster_messages_received_total 0",
+            ),
+            (
+                "realtime_cluster_broadcasts_refused",
+                "counter",
+                "realtime_cluster_broadcasts_refused_total 0",
+            ),
+            (
+                "realtime_cluster_bus_failures",
+                "counter",
+                "realtime_cluster_bus_failures_total 0",
+            ),
+            (
+                "realtime_cluster_bus_reconnects",
+                "counter",
+                "realtime_cluster_bus_reconnects_total 0",
             ),
         ];
         let mut wrong = Vec::new();

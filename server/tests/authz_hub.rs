@@ -68,7 +68,7 @@ async fn fixture() -> Fixture {
             pool_size: 2,
         },
     );
-    let hub = Arc::new(Hub::with_authorizer(1024, Some(authz.clone())));
+    let hub = Arc::new(Hub::new(1024).with_authorizer(Some(authz.clone())));
     Fixture {
         _pg: pg,
         client,

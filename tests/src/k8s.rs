@@ -286,8 +286,10 @@ impl KubeApiServer {
         let apiserver_bin = Self::binary_path()?;
         let etcd_bin = find_on_path("etcd").ok_or(K8sError::EtcdMissing)?;
         let openssl_bin = find_on_path("openssl").ok_or(K8sError::OpensslMissing)?;
+        let version = apiserver_version(&apiserver_bin)?;
         let bins = Bins {
             apiserver: apiserver_bin,
+            version,
             etcd: etcd_bin,
             openssl: openssl_bin,
         };
@@ -409,7 +411,6 @@ impl KubeApiServer {
             // addresses; nothing here needs them, so do not keep them.
             .arg("--endpoint-reconciler-type=none")
             .arg(format!("--secure-port={}", ports.apiserver))
-            .arg("--insecure-port=0")
             .arg(format!("--cert-dir={}", cert_dir.display()))
             .arg(format!("--token-auth-file={}", token_file.display()))
             .arg("--authorization-mode=RBAC")
@@ -421,8 +422,13 @@ impl KubeApiServer {
             ))
             .arg("--service-cluster-ip-range=10.0.0.0/24")
             .arg("--disable-admission-plugins=ServiceAccount")
-            .arg("--profiling=false")
-            .args(&options.extra_args);
+            .arg("--profiling=false");
+        if bins.version < (1, 24) {
+            // Before 1.24 the API server also served plain HTTP on 8080
+            // unless told not to; 1.24 removed both the port and the flag.
+            apiserver_cmd.arg("--insecure-port=0");
+        }
+        apiserver_cmd.args(&options.extra_args);
         procs.apiserver = Some(spawn_logged(
             apiserver_cmd,
             "kube-apiserver",
@@ -544,8 +550,58 @@ impl KubeApiServer {
     }
 }
 
+/// The (major, minor) version a kube-apiserver binary reports:
+/// `Kubernetes v1.20.2` (or `v1.36.0-alpha.1+abc`).
+fn apiserver_version(bin: &Path) -> Result<(u32, u32), K8sError> {
+    let out = Command::new(bin)
+        .arg("--version")
+        .output()
+        .map_err(K8sError::io(format!("running {} --version", bin.display())))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    parse_apiserver_version(&text).ok_or_else(|| K8sError::Io {
+        step: format!("reading the version of {}", bin.display()),
+        source: io::Error::other(format!(
+            "`--version` printed {:?}, not `Kubernetes vMAJOR.MINOR...`",
+            text.trim()
+        )),
+    })
+}
+
+fn parse_apiserver_version(text: &str) -> Option<(u32, u32)> {
+    let v = text.split_whitespace().find_map(|w| w.strip_prefix('v'))?;
+    let mut parts = v.split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor: String = parts
+        .next()?
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    Some((major, minor.parse().ok()?))
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::parse_apiserver_version;
+
+    #[test]
+    fn versions_as_kube_apiserver_prints_them() {
+        assert_eq!(
+            parse_apiserver_version("Kubernetes v1.20.2\n"),
+            Some((1, 20))
+        );
+        assert_eq!(
+            parse_apiserver_version("Kubernetes v1.36.0-alpha.1+0abc"),
+            Some((1, 36))
+        );
+        assert_eq!(parse_apiserver_version("Kubernetes v1.28+"), Some((1, 28)));
+        assert_eq!(parse_apiserver_version("kube-apiserver"), None);
+    }
+}
+
 struct Bins {
     apiserver: PathBuf,
+    /// What `kube-apiserver --version` said: flags differ between versions.
+    version: (u32, u32),
     etcd: PathBuf,
     openssl: PathBuf,
 }

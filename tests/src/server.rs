@@ -101,13 +101,38 @@ impl Stack {
     /// Applies `schema_sql`, then `publication_sql` (which creates
     /// `realtime_test`), and starts a server on it.
     pub async fn start(schema_sql: &str, publication_sql: &str) -> Stack {
+        Stack::start_with(schema_sql, publication_sql, &[]).await
+    }
+
+    /// A table `items (id int PRIMARY KEY, body text)` published (FOR ALL
+    /// TABLES), and the server on it with `extra_env` added to its
+    /// environment: the adversarial and limit tests' stage.
+    pub async fn items(extra_env: &[(&str, &str)]) -> Stack {
+        Stack::start_with(
+            "CREATE TABLE items (id int PRIMARY KEY, body text);",
+            "CREATE PUBLICATION realtime_test FOR ALL TABLES;",
+            extra_env,
+        )
+        .await
+    }
+
+    /// [`Stack::start`] with `extra_env` added to the server's environment
+    /// (limits, timeouts).
+    pub async fn start_with(
+        schema_sql: &str,
+        publication_sql: &str,
+        extra_env: &[(&str, &str)],
+    ) -> Stack {
         let (pg, db) = TempPostgres::with_schema(schema_sql)
             .await
             .expect("PostgreSQL with the schema");
         db.batch_execute(publication_sql)
             .await
             .expect("publication");
-        let env = ServerProcess::env_for(&pg, &["realtime_test"]);
+        let mut env = ServerProcess::env_for(&pg, &["realtime_test"]);
+        for (k, v) in extra_env {
+            env.insert(k.to_string(), v.to_string());
+        }
         let server = tokio::task::spawn_blocking(move || ServerProcess::start(env))
             .await
             .expect("server task");

@@ -200,7 +200,7 @@ async fn scram_password_authentication_and_a_refused_password() {
 }
 
 #[tokio::test]
-async fn db_ssl_require_encrypts_the_replication_and_catalog_connections() {
+async fn db_ssl_require_encrypts_every_database_connection() {
     let (pg, db) = pg_with_publication().await;
     // A self-signed certificate; PostgreSQL enables TLS on reload.
     let dir = pg.dir();
@@ -314,7 +314,8 @@ async fn db_ssl_require_encrypts_the_replication_and_catalog_connections() {
         seen,
         vec![
             ("realtime-server".to_string(), true),
-            ("realtime-server catalog".to_string(), true)
+            ("realtime-server catalog".to_string(), true),
+            ("realtime-server cluster bus".to_string(), true),
         ]
     );
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use realtime_tests::server::ServerProcess;
+use realtime_tests::server::Stack;
 use realtime_tests::ws::{PhxClient, WsEnd};
-use realtime_tests::TempPostgres;
 use serde_json::{json, Value};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
@@ -19,33 +19,21 @@ use tokio_tungstenite::tungstenite::Message;
 
 const TOPIC: &str = "realtime:public:items";
 
-struct Env {
-    db: tokio_postgres::Client,
-    server: ServerProcess,
-    _pg: TempPostgres,
+/// The server on PostgreSQL with a published table `items (id, body)`
+/// ([`Stack::items`]), with this file's helpers.
+struct Env(Stack);
+
+impl std::ops::Deref for Env {
+    type Target = Stack;
+    fn deref(&self) -> &Stack {
+        &self.0
+    }
 }
 
-/// PostgreSQL with a published table `items (id, body)` and the server on it,
-/// with `limits` added to its environment.
+/// PostgreSQL with a published table `items (id, body)` and the server on
+/// it, with `limits` added to its environment.
 async fn start(limits: &[(&str, &str)]) -> Env {
-    let (pg, db) = TempPostgres::with_schema(
-        "CREATE TABLE items (id int PRIMARY KEY, body text);
-         CREATE PUBLICATION realtime_test FOR ALL TABLES;",
-    )
-    .await
-    .expect("PostgreSQL with the schema");
-    let mut env = ServerProcess::env_for(&pg, &["realtime_test"]);
-    for (k, v) in limits {
-        env.insert(k.to_string(), v.to_string());
-    }
-    let server = tokio::task::spawn_blocking(move || ServerProcess::start(env))
-        .await
-        .expect("server task");
-    Env {
-        db,
-        server,
-        _pg: pg,
-    }
+    Env(Stack::items(limits).await)
 }
 
 impl Env {
@@ -384,7 +372,13 @@ where
 async fn a_flood_of_joins_and_leaves_is_answered_in_order() {
     const PAIRS: usize = 3000;
     const TOPICS: usize = 1000;
-    let env = start(&[("MAX_CHANNELS_PER_SOCKET", "5")]).await;
+    // Far above the default rates: this test is about order, not rates.
+    let env = start(&[
+        ("MAX_CHANNELS_PER_SOCKET", "5"),
+        ("MAX_EVENTS_PER_SECOND", "100000"),
+        ("MAX_JOINS_PER_SECOND", "100000"),
+    ])
+    .await;
     let (ws, _) = tokio_tungstenite::connect_async(env.server.ws_url("2.0.0"))
         .await
         .expect("connect");

@@ -1,4 +1,4 @@
-//! The operator's reconcile against a real API server (v1.20, no kubelet) and a
+//! The operator's reconcile against a real API server (any version from 1.20, no kubelet) and a
 //! real PostgreSQL: what a user sees in the database, in the cluster and in the
 //! resource's status after declaring, changing and deleting a RealtimeServer.
 
@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::DeleteParams;
 use kube::Api;
 use realtime_tests::operator::{wait_for, OperatorEnv, NS};
@@ -129,12 +131,27 @@ async fn a_realtimeserver_is_rolled_out_followed_scaled_and_cleaned_up() {
         Some("ws://chat.default.svc:4000/socket/websocket")
     );
 
-    // v1.20 has no policy/v1: the PDB is skipped, with an Event saying why.
-    let events = wait_for("the PDB Event", WAIT, || async {
+    // Two replicas want a PodDisruptionBudget: created where the API server
+    // serves policy/v1 (1.21+), else skipped with an Event saying why.
+    let serves_pdb_v1 = env
+        .k8s
+        .client()
+        .list_api_group_resources("policy/v1")
+        .await
+        .is_ok_and(|l| l.resources.iter().any(|r| r.name == "poddisruptionbudgets"));
+    if serves_pdb_v1 {
+        let pdbs: Api<PodDisruptionBudget> = Api::namespaced(env.k8s.client(), NS);
+        let pdb = wait_for("the PodDisruptionBudget", WAIT, || async {
+            pdbs.get_opt("chat").await.unwrap()
+        })
+        .await;
+        let spec = pdb.spec.expect("the PDB has a spec");
+        assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
+    }
+    let events = wait_for("the PDB step's Events", WAIT, || async {
         let ev = env.event_reasons("chat").await;
-        ev.iter()
-            .any(|(r, _)| r == "PodDisruptionBudgetSkipped")
-            .then_some(ev)
+        let pdb_done = serves_pdb_v1 || ev.iter().any(|(r, _)| r == "PodDisruptionBudgetSkipped");
+        (pdb_done && ev.iter().any(|(r, _)| r == "SlotCreated")).then_some(ev)
     })
     .await;
     assert!(

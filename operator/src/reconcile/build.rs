@@ -113,6 +113,12 @@ pub fn server_env(obj: &RealtimeServer, v: &Validated) -> Vec<EnvVar> {
             ..Default::default()
         },
         env(var::SECURE_CHANNELS, spec.auth.secure_channels.to_string()),
+        // The replicas behind the Service are one cluster: a broadcast or a
+        // presence on one pod reaches the clients of every pod.
+        env(
+            var::CLUSTER_NAME,
+            names::cluster_name(&obj.namespace().unwrap_or_default(), &obj.name_any()),
+        ),
     ];
     if let Some(mb) = spec.max_replication_lag_mb {
         out.push(env(var::MAX_REPLICATION_LAG_MB, mb.to_string()));

@@ -72,6 +72,26 @@ pub struct ChannelRights {
     pub presence: bool,
 }
 
+impl ChannelRights {
+    /// Both: a public channel's member, or a private channel's whose role
+    /// may read every extension.
+    pub const ALL: ChannelRights = ChannelRights {
+        broadcast: true,
+        presence: true,
+    };
+
+    /// Whether a member with these rights receives `event`: broadcasts
+    /// need `broadcast`, presence diffs and states `presence`, anything
+    /// else both.
+    pub fn allows(&self, event: &str) -> bool {
+        match event {
+            "broadcast" => self.broadcast,
+            "presence_diff" | "presence_state" => self.presence,
+            _ => self.broadcast && self.presence,
+        }
+    }
+}
+
 type PlanKey = (u32, String, Command);
 
 /// (table, group id) -> its access, and the group's principal (to compute

@@ -8,17 +8,21 @@
 //! shared bytes to every matching socket's queue without waiting. A socket
 //! whose queue is full is closed as a slow consumer; the reader never waits
 //! for a client. Knows nothing of WebSocket framing or of PostgreSQL.
+//!
+//! The members of 2.x channels (broadcast, presence) are in `members`;
+//! their broadcasts and presences cross servers through the [`Cluster`]
+//! the hub owns (its bus is started by `serve`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::authz::authorizer::{Authorizer, ChannelRights, Group, GroupAccess};
 use crate::authz::lanes::Item;
 use crate::change::Change;
+use crate::cluster::{BusError, Cluster, ClusterSettings, Sent, TopicKey};
 use crate::metrics::METRICS;
 use crate::phoenix::close;
 use crate::phoenix::frame::{self, Frame, Vsn};
@@ -26,39 +30,17 @@ use crate::phoenix::frame::{self, Frame, Vsn};
 mod bindings;
 mod deliver;
 mod legacy;
-mod presence;
+mod members;
+mod queue;
 pub use bindings::Binding;
 use bindings::BindingIndex;
 use deliver::{Deliveries, Pending, Target, Verdicts};
 use legacy::LegacyIndex;
 pub use legacy::LegacyTopic;
-use presence::PresenceIndex;
+use members::{Member, Members};
+pub use queue::{QueueRx, QueueTx, QUEUED_BYTES};
 
 pub type SocketId = u64;
-
-/// What a private channel's hub key starts with: a client's topic starts
-/// with `realtime:`, so no public topic has a private channel's key, and
-/// the two never share members, broadcasts or presences.
-const PRIVATE_PREFIX: &str = "\u{0}private\u{0}";
-
-/// The hub's key of the private channel `topic` (members, presence).
-pub fn private_key(topic: &str) -> Arc<str> {
-    format!("{PRIVATE_PREFIX}{topic}").into()
-}
-
-/// The topic frames carry for the hub key `key`.
-pub fn wire_topic(key: &str) -> &str {
-    key.strip_prefix(PRIVATE_PREFIX).unwrap_or(key)
-}
-
-/// A channel member: its serializer, whether it receives its own
-/// broadcasts, and what it may receive (a private channel's read rights).
-#[derive(Debug, Clone, Copy)]
-struct Member {
-    vsn: Vsn,
-    self_broadcast: bool,
-    reads: ChannelRights,
-}
 
 /// Who a subscription acts as, when channels are secured: its group (role
 /// and claims) and, for a subscription to one table, what the group may see
@@ -94,7 +76,7 @@ pub enum Outbound {
 }
 
 struct SocketEntry {
-    tx: mpsc::Sender<Outbound>,
+    tx: QueueTx,
     cancel: CancellationToken,
 }
 
@@ -103,18 +85,14 @@ struct Index {
     sockets: HashMap<SocketId, SocketEntry>,
     legacy: LegacyIndex,
     bindings: BindingIndex,
-    /// Members of 2.x channels (broadcast and presence): key (the topic, or
-    /// a private channel's [`private_key`]) -> socket -> member.
-    members: HashMap<Arc<str>, HashMap<SocketId, Member>>,
-    presence: PresenceIndex,
 }
 
 /// The handle a socket task gets when it registers.
 pub struct Registration {
     pub id: SocketId,
-    pub rx: mpsc::Receiver<Outbound>,
+    pub rx: QueueRx,
     /// A sender into the socket's own queue, for replies.
-    pub tx: mpsc::Sender<Outbound>,
+    pub tx: QueueTx,
     /// Cancelled when the hub closes the socket (slow consumer, shutdown).
     pub cancel: CancellationToken,
     /// Cancelled when the server shuts down: the session stops reading, and
@@ -144,24 +122,64 @@ pub struct Hub {
     authz: Option<Arc<Authorizer>>,
     /// The position of the last change dispatched (see `authz::lanes::Inflight`).
     seq: AtomicU64,
+    /// `MAX_PRESENCE_MEMBERS`: presences tracked on one topic.
+    max_presence_members: usize,
+    /// `SOCKET_QUEUE_BYTES`: bytes queued for one socket.
+    queue_bytes: usize,
+    /// Members of 2.x channels, by topic (the cluster delivers to them too).
+    members: Arc<Members>,
+    cluster: Arc<Cluster>,
 }
 
 impl Hub {
-    pub fn new(queue_depth: usize) -> Self {
-        Self::with_authorizer(queue_depth, None)
+    /// At most `bytes` queued for one socket (`SOCKET_QUEUE_BYTES`).
+    pub fn with_queue_bytes(mut self, bytes: usize) -> Self {
+        self.queue_bytes = bytes;
+        self
     }
 
-    /// A hub whose deliveries `authz` decides (channels secured).
-    pub fn with_authorizer(queue_depth: usize, authz: Option<Arc<Authorizer>>) -> Self {
+    /// At most `max` presences tracked on one topic, over the whole cluster
+    /// as this server sees it (`MAX_PRESENCE_MEMBERS`).
+    pub fn with_max_presence_members(mut self, max: usize) -> Self {
+        self.max_presence_members = max;
+        self
+    }
+
+    /// A hub in a cluster of the default settings (its bus is not started:
+    /// broadcasts and presences stay on this server).
+    pub fn new(queue_depth: usize) -> Self {
+        Self::with_cluster(queue_depth, ClusterSettings::default())
+    }
+
+    /// A hub whose 2.x channels are shared with the cluster `settings`
+    /// name, once `cluster::bus::run` runs for [`Hub::cluster`].
+    pub fn with_cluster(queue_depth: usize, settings: ClusterSettings) -> Self {
+        let members = Arc::new(Members::new(queue_depth));
         Hub {
             index: RwLock::new(Index::default()),
             next_id: AtomicU64::new(1),
             queue_depth,
             shutdown: CancellationToken::new(),
             writers: Arc::new(AtomicU64::new(0)),
-            authz,
+            authz: None,
             seq: AtomicU64::new(0),
+            max_presence_members: crate::config::DEFAULT_MAX_PRESENCE_MEMBERS,
+            queue_bytes: crate::config::DEFAULT_SOCKET_QUEUE_BYTES,
+            cluster: Cluster::new(settings, members.clone()),
+            members,
         }
+    }
+
+    /// This server's membership of the cluster.
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
+    /// Deliveries decided by `authz` (channels secured): each change
+    /// reaches a subscription only if its role and claims may read the row.
+    pub fn with_authorizer(mut self, authz: Option<Arc<Authorizer>>) -> Self {
+        self.authz = authz;
+        self
     }
 
     pub fn authorizer(&self) -> Option<&Arc<Authorizer>> {
@@ -177,7 +195,7 @@ impl Hub {
 
     pub fn register(&self) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(self.queue_depth);
+        let (tx, rx) = queue::channel(self.queue_depth, self.queue_bytes);
         let cancel = CancellationToken::new();
         self.write().sockets.insert(
             id,
@@ -398,130 +416,96 @@ impl Hub {
     }
 
     /// Makes `socket` a member of the 2.x channel `topic`, for broadcast and
-    /// presence; returns the current `presence_state` payload.
+    /// presence; returns the cluster's `presence_state` payload of it, read
+    /// in one step with the joining (no diff falls between them).
     pub fn join_channel(
         &self,
         socket: SocketId,
-        topic: &Arc<str>,
+        topic: &TopicKey,
         vsn: Vsn,
         self_broadcast: bool,
     ) -> String {
-        let all = ChannelRights {
-            broadcast: true,
-            presence: true,
-        };
-        self.join_channel_reading(socket, topic, vsn, self_broadcast, all)
+        self.join_channel_reading(socket, topic, vsn, self_broadcast, ChannelRights::ALL)
     }
 
     /// [`Hub::join_channel`] for a member that receives only what `reads`
-    /// allows (a private channel): broadcasts, presence diffs.
+    /// allows (a private channel): broadcasts, presence diffs and states.
     pub fn join_channel_reading(
         &self,
         socket: SocketId,
-        topic: &Arc<str>,
+        topic: &TopicKey,
         vsn: Vsn,
         self_broadcast: bool,
         reads: ChannelRights,
     ) -> String {
-        let mut index = self.write();
-        index.members.entry(topic.clone()).or_default().insert(
-            socket,
-            Member {
-                vsn,
-                self_broadcast,
-                reads,
-            },
-        );
-        index.presence.state(topic)
+        let Some((tx, cancel)) = self
+            .read()
+            .sockets
+            .get(&socket)
+            .map(|e| (e.tx.clone(), e.cancel.clone()))
+        else {
+            return "{}".into();
+        };
+        let member = Member {
+            vsn,
+            self_broadcast,
+            tx,
+            cancel,
+            reads,
+        };
+        let ((), state) = self
+            .cluster
+            .join(topic, || self.members.insert(topic, socket, member));
+        state
     }
 
     /// Removes a 2.x channel of `socket`: its bindings, its membership, its
-    /// presence (telling the other members).
-    pub fn leave_channel(&self, socket: SocketId, topic: &Arc<str>) {
-        let diff = {
-            let mut index = self.write();
-            let wire: Arc<str> = wire_topic(topic).into();
-            index.bindings.remove_channel(socket, &wire);
-            if let Some(m) = index.members.get_mut(topic) {
-                m.remove(&socket);
-                if m.is_empty() {
-                    index.members.remove(topic);
-                }
-            }
-            index.presence.untrack(topic, socket)
-        };
-        if let Some(diff) = diff {
-            self.relay(topic, None, "presence_diff", &diff);
-        }
+    /// presence (telling the members on every server).
+    pub fn leave_channel(&self, socket: SocketId, topic: &TopicKey) {
+        self.write().bindings.remove_channel(socket, &topic.topic);
+        self.members.remove(topic, socket);
+        self.cluster.untrack(topic, socket);
     }
 
-    /// Relays `event` with `payload` to the members of `topic`, except
-    /// `from` unless it asked to receive its own broadcasts. Returns how many
-    /// sockets it reached.
-    pub fn relay(&self, topic: &str, from: Option<SocketId>, event: &str, payload: &str) -> usize {
-        let mut slow = Vec::new();
-        let mut reached = 0;
-        {
-            let index = self.read();
-            let Some(members) = index.members.get(topic) else {
-                return 0;
-            };
-            let mut frames: [Option<Frame>; 2] = [None, None];
-            let wire = wire_topic(topic);
-            for (&id, m) in members {
-                let Member {
-                    vsn,
-                    self_broadcast,
-                    reads,
-                } = *m;
-                if Some(id) == from && !self_broadcast {
-                    continue;
-                }
-                let may_read = match event {
-                    "broadcast" => reads.broadcast,
-                    "presence_diff" | "presence_state" => reads.presence,
-                    _ => reads.broadcast && reads.presence,
-                };
-                if !may_read {
-                    continue;
-                }
-                let Some(entry) = index.sockets.get(&id) else {
-                    continue;
-                };
-                let frame = frames[vsn as usize]
-                    .get_or_insert_with(|| frame::encode(vsn, None, None, wire, event, payload))
-                    .clone();
-                match entry.tx.try_send(Outbound::Frame(frame)) {
-                    Ok(()) => reached += 1,
-                    Err(mpsc::error::TrySendError::Full(_)) => slow.push(id),
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
-                }
-            }
+    /// A broadcast (`payload` is the whole `{"type", "event", "payload"}`)
+    /// to every member of `topic` on every server, except `from` unless it
+    /// asked for its own. This server's members get it now, the others'
+    /// when the bus brings it, in the order of the calls.
+    ///
+    /// Refused whole (nobody gets it) when over `CLUSTER_MAX_MESSAGE_BYTES`;
+    /// when the bus is down or lagging it reaches this server's members only,
+    /// and the error says so. Await the [`Sent`] to know the cluster has it.
+    pub fn broadcast(
+        &self,
+        topic: &TopicKey,
+        from: Option<SocketId>,
+        payload: &str,
+    ) -> Result<Sent, BusError> {
+        let sent = self.cluster.publish(topic, "broadcast", payload);
+        if !matches!(sent, Err(BusError::TooLarge { .. })) {
+            self.members.relay(topic, from, "broadcast", payload);
         }
-        if !slow.is_empty() {
-            self.close_slow(slow);
-        }
-        reached
+        sent
     }
 
-    /// Tracks `socket`'s presence on `topic` and tells every member.
+    /// Tracks `socket`'s presence on `topic`: this server's members get the
+    /// diff now, the other servers' members when the bus brings it. `Err`
+    /// with the limit (`MAX_PRESENCE_MEMBERS`) when the topic is full and
+    /// the socket is not tracked there yet.
     pub fn track(
         &self,
         socket: SocketId,
-        topic: &Arc<str>,
+        topic: &TopicKey,
         key: String,
         meta: serde_json::Map<String, serde_json::Value>,
-    ) {
-        let diff = self.write().presence.track(topic, socket, key, meta);
-        self.relay(topic, None, "presence_diff", &diff);
+    ) -> Result<(), usize> {
+        self.cluster
+            .track(topic, socket, key, meta, self.max_presence_members)
     }
 
-    /// Untracks `socket`'s presence on `topic` and tells every member.
-    pub fn untrack(&self, socket: SocketId, topic: &Arc<str>) {
-        let diff = self.write().presence.untrack(topic, socket);
-        if let Some(diff) = diff {
-            self.relay(topic, None, "presence_diff", &diff);
-        }
+    /// Untracks `socket`'s presence on `topic`, everywhere.
+    pub fn untrack(&self, socket: SocketId, topic: &TopicKey) {
+        self.cluster.untrack(topic, socket);
     }
 
     /// Closes a socket whose own replies filled its queue (a client that

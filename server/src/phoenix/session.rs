@@ -22,7 +22,9 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::auth::{Claims, JwtVerifier};
 use crate::authz::authorizer::Authorizer;
+use crate::hub::QueueTx;
 use crate::hub::{Hub, Outbound, SocketId};
+use crate::limits::{MemoryBudget, Rate, SharedRate};
 use crate::metrics::METRICS;
 use crate::phoenix::channel::Channel;
 use crate::phoenix::close;
@@ -41,6 +43,56 @@ pub struct SocketLimits {
     pub max_frame_bytes: usize,
     /// `PRIVATE_ONLY`: public channels are refused.
     pub private_only: bool,
+    /// `MAX_FILTER_VALUES`, `MAX_BINDINGS_PER_JOIN`, `MAX_TOPIC_BYTES`,
+    /// `MAX_PRESENCE_KEY_BYTES`, `MAX_PRESENCE_META_BYTES`: see
+    /// [`crate::config`].
+    pub max_filter_values: usize,
+    pub max_bindings_per_join: usize,
+    pub max_topic_bytes: usize,
+    pub max_presence_key_bytes: usize,
+    pub max_presence_meta_bytes: usize,
+    /// `MAX_EVENTS_PER_SECOND`, `MAX_JOINS_PER_SECOND`,
+    /// `MAX_PRESENCE_EVENTS_PER_SECOND`: per socket.
+    pub max_events_per_second: u32,
+    pub max_joins_per_second: u32,
+    pub max_presence_events_per_second: u32,
+}
+
+/// A socket's own rates, each a token bucket (see [`Rate`]).
+#[derive(Debug)]
+pub(in crate::phoenix) struct SocketRates {
+    pub(in crate::phoenix) events: Rate,
+    pub(in crate::phoenix) joins: Rate,
+    pub(in crate::phoenix) presence: Rate,
+}
+
+impl SocketRates {
+    fn of(limits: &SocketLimits) -> SocketRates {
+        SocketRates {
+            events: Rate::per_second(limits.max_events_per_second),
+            joins: Rate::per_second(limits.max_joins_per_second),
+            presence: Rate::per_second(limits.max_presence_events_per_second),
+        }
+    }
+}
+
+impl SocketLimits {
+    /// The limits of `config`.
+    pub fn of(config: &crate::config::Config) -> SocketLimits {
+        SocketLimits {
+            max_channels: config.max_channels_per_socket,
+            max_frame_bytes: config.max_frame_bytes,
+            private_only: config.private_only,
+            max_filter_values: config.max_filter_values,
+            max_bindings_per_join: config.max_bindings_per_join,
+            max_topic_bytes: config.max_topic_bytes,
+            max_presence_key_bytes: config.max_presence_key_bytes,
+            max_presence_meta_bytes: config.max_presence_meta_bytes,
+            max_events_per_second: config.max_events_per_second,
+            max_joins_per_second: config.max_joins_per_second,
+            max_presence_events_per_second: config.max_presence_events_per_second,
+        }
+    }
 }
 
 /// What every socket shares.
@@ -51,6 +103,10 @@ pub struct SocketContext {
     pub verifier: Option<JwtVerifier>,
     pub published: Arc<PublishedTables>,
     pub limits: SocketLimits,
+    /// `MAX_CATALOG_LOOKUPS_PER_SECOND`, over every socket.
+    pub catalog_lookups: Arc<SharedRate>,
+    /// `MEMORY_BUDGET_MB`: past it, joins are refused.
+    pub memory_budget: MemoryBudget,
 }
 
 /// A WebSocket on the connection hyper upgraded.
@@ -70,13 +126,16 @@ pub(in crate::phoenix) struct Session {
     /// The joined channels by topic.
     pub(in crate::phoenix) channels: HashMap<String, Channel>,
     pub(in crate::phoenix) limits: SocketLimits,
+    pub(in crate::phoenix) rates: SocketRates,
+    pub(in crate::phoenix) catalog_lookups: Arc<SharedRate>,
+    pub(in crate::phoenix) memory_budget: MemoryBudget,
     /// Presence keys made up for channels that named none.
     pub(in crate::phoenix) next_presence: u64,
     /// The claims of the token the socket connected with (channels
     /// secured): a join without a token of its own acts with them.
     pub(in crate::phoenix) socket_claims: Option<Arc<Claims>>,
     /// Into the socket's own queue, behind the changes the hub queued.
-    tx: mpsc::Sender<Outbound>,
+    tx: QueueTx,
 }
 
 /// Serves one upgraded WebSocket until either side closes it.
@@ -107,6 +166,9 @@ pub async fn serve(
         authz: ctx.hub.authorizer().cloned(),
         channels: HashMap::new(),
         limits: ctx.limits.clone(),
+        rates: SocketRates::of(&ctx.limits),
+        catalog_lookups: ctx.catalog_lookups.clone(),
+        memory_budget: ctx.memory_budget,
         next_presence: 0,
         socket_claims: socket_claims.map(Arc::new),
         tx: reg.tx,

@@ -9,13 +9,12 @@
 use std::time::Duration;
 
 use futures::SinkExt;
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{Outbound, WriterGuard};
+use crate::hub::{Outbound, QueueRx, WriterGuard};
 use crate::metrics::METRICS;
 use crate::phoenix::close;
 use crate::phoenix::frame::Frame;
@@ -50,7 +49,7 @@ enum Ending {
 /// asked for, then closes the WebSocket (bounded in time).
 pub(super) async fn write_loop(
     mut sink: Sink,
-    mut rx: mpsc::Receiver<Outbound>,
+    mut rx: QueueRx,
     cancel: CancellationToken,
     shutdown: CancellationToken,
     _guard: WriterGuard,
@@ -90,7 +89,7 @@ pub(super) async fn write_loop(
 
 /// Writes queued frames, batching up to [`WRITE_BATCH`] per flush, until a
 /// close is queued or the queue ends.
-async fn drain(sink: &mut Sink, rx: &mut mpsc::Receiver<Outbound>) -> Ending {
+async fn drain(sink: &mut Sink, rx: &mut QueueRx) -> Ending {
     loop {
         let Some(mut item) = rx.recv().await else {
             return Ending::QueueEnded;

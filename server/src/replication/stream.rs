@@ -238,6 +238,99 @@ fn slot_name(config: &Config) -> (String, bool) {
     }
 }
 
+/// Whether a durable slot holds changes to replay at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backlog {
+    /// Nothing for our publications between the confirmed position and now.
+    None,
+    /// At least one change for our publications.
+    Changes,
+    /// Could not tell (the check failed, or the unconfirmed WAL is over
+    /// [`BACKLOG_SCAN_BYTES`]): treated as a backlog.
+    Unknown,
+}
+
+impl Backlog {
+    fn as_str(self) -> &'static str {
+        match self {
+            Backlog::None => "none",
+            Backlog::Changes => "changes",
+            Backlog::Unknown => "unknown",
+        }
+    }
+}
+
+/// The most unconfirmed WAL the start-up check decodes to find a change;
+/// past it, the slot is taken to hold some (a scan of this much takes well
+/// under a second).
+const BACKLOG_SCAN_BYTES: u64 = 64 * 1024 * 1024;
+
+/// How long after the last new socket the resume wait ends: clients that
+/// lost their server together retry on the same schedule, so they come back
+/// within a moment of each other, and rejoin their channels at once.
+const CLIENTS_BACK_QUIET: Duration = Duration::from_millis(1000);
+
+/// Peeks (without consuming) at the slot's unconfirmed changes: whether one
+/// is an INSERT, UPDATE, DELETE or TRUNCATE of our publications.
+async fn slot_backlog(
+    client: &mut ReplicationClient,
+    slot: &str,
+    publications: &[String],
+    confirmed: &str,
+    unconfirmed_bytes: u64,
+) -> Backlog {
+    if unconfirmed_bytes == 0 {
+        return Backlog::None;
+    }
+    if unconfirmed_bytes > BACKLOG_SCAN_BYTES {
+        return Backlog::Unknown;
+    }
+    let names: Vec<String> = publications.iter().map(|p| quote_ident(p)).collect();
+    // pgoutput's message types: 'I' 73, 'U' 85, 'D' 68, 'T' 84. Before
+    // PostgreSQL 15 it also sends BEGIN/COMMIT of transactions that touch
+    // no published table; those do not count.
+    let sql = format!(
+        "SELECT count(*) FROM pg_catalog.pg_logical_slot_peek_binary_changes(\
+         {}, NULL, NULL, 'proto_version', '1', 'publication_names', {}) \
+         WHERE pg_catalog.get_byte(data, 0) IN (73, 85, 68, 84)",
+        quote_literal(slot),
+        quote_literal(&names.join(","))
+    );
+    match client.simple_query(&sql).await {
+        Ok(rows) => match rows.first().map(|r| text(r, 0)) {
+            Some(n) if n == "0" => Backlog::None,
+            Some(_) => Backlog::Changes,
+            None => Backlog::Unknown,
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, slot = %slot, from = %confirmed, "could not peek at the slot's backlog; assuming there is one");
+            Backlog::Unknown
+        }
+    }
+}
+
+/// Waits until clients are back (a socket connected and no new one for
+/// [`CLIENTS_BACK_QUIET`]) or `max` has passed; says which.
+async fn clients_back(hub: &Hub, max: Duration) -> &'static str {
+    let deadline = tokio::time::Instant::now() + max;
+    let mut last = hub.socket_count();
+    let mut changed = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return "RESUME_DELAY_MS passed";
+        }
+        let count = hub.socket_count();
+        if count != last {
+            last = count;
+            changed = now;
+        } else if count > 0 && now.duration_since(changed) >= CLIENTS_BACK_QUIET {
+            return "clients are back";
+        }
+    }
+}
+
 fn text(row: &[Option<Bytes>], i: usize) -> String {
     row.get(i)
         .and_then(|v| v.as_ref())
@@ -329,6 +422,9 @@ async fn session(
     }));
 
     let max_lag = config.max_replication_lag_mb.map(|mb| mb * 1024 * 1024);
+    // A durable slot that already existed: where its unconfirmed WAL begins
+    // and how many bytes of it there are.
+    let mut unconfirmed: Option<(String, u64)> = None;
     if temporary {
         client
             .simple_query(&format!(
@@ -341,7 +437,9 @@ async fn session(
         let existing = client
             .simple_query(&format!(
                 "SELECT plugin, to_jsonb(s)->>'wal_status', \
-                 pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), restart_lsn)::bigint \
+                 pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), restart_lsn)::bigint, \
+                 pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), confirmed_flush_lsn)::bigint, \
+                 confirmed_flush_lsn::text \
                  FROM pg_catalog.pg_replication_slots s WHERE slot_name = {}",
                 quote_literal(&slot)
             ))
@@ -368,6 +466,7 @@ async fn session(
             match why {
                 None => {
                     create = false;
+                    unconfirmed = Some((text(row, 4), text(row, 3).parse().unwrap_or(u64::MAX)));
                     tracing::info!(slot = %slot, retained_wal_bytes = retained, "resuming from the durable slot");
                 }
                 Some(why) => {
@@ -404,17 +503,38 @@ async fn session(
     }
 
     // After a restart, give reconnecting clients time to rejoin before the
-    // backlog in the slot is delivered. The stream is ready meanwhile, so
-    // Kubernetes routes them here.
+    // backlog in the slot is delivered, but only when there is a backlog: a
+    // new slot, or one holding no change for our publications, streams at
+    // once. The stream is ready meanwhile, so Kubernetes routes clients here.
     if !temporary && !carry.started_once && !config.resume_delay.is_zero() {
-        status.set_live(true);
-        tracing::info!(
-            delay_ms = config.resume_delay.as_millis() as u64,
-            "waiting RESUME_DELAY_MS before streaming, so clients can rejoin"
-        );
-        tokio::select! {
-            _ = control.stop.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(config.resume_delay) => {}
+        let backlog = match &unconfirmed {
+            None => Backlog::None,
+            Some((from, bytes)) => {
+                slot_backlog(&mut client, &slot, &config.publications, from, *bytes).await
+            }
+        };
+        match backlog {
+            Backlog::None => tracing::info!(
+                slot = %slot,
+                "the slot holds no change to replay: streaming at once (no RESUME_DELAY_MS wait)"
+            ),
+            Backlog::Changes | Backlog::Unknown => {
+                status.set_live(true);
+                tracing::info!(
+                    delay_ms = config.resume_delay.as_millis() as u64,
+                    backlog = backlog.as_str(),
+                    "the slot holds changes to replay: waiting up to RESUME_DELAY_MS for \
+                     clients to rejoin (less once they are back)"
+                );
+                tokio::select! {
+                    _ = control.stop.cancelled() => return Ok(()),
+                    why = clients_back(hub, config.resume_delay) => tracing::info!(
+                        sockets = hub.socket_count(),
+                        waited_because = why,
+                        "streaming the backlog"
+                    ),
+                }
+            }
         }
     }
     carry.started_once = true;

@@ -20,7 +20,10 @@ use super::{Channel, ChannelKind};
 use crate::auth::Claims;
 use crate::authz::authorizer::{ChannelError, ChannelRights};
 use crate::authz::plan::{Access, Command};
-use crate::hub::{self, LegacyTopic, Subscriber};
+use crate::cluster::TopicKey;
+use crate::config::var;
+use crate::hub::{LegacyTopic, Subscriber};
+use crate::metrics::METRICS;
 use crate::phoenix::frame::Inbound;
 use crate::phoenix::payloads::{self, JoinConfig, JoinPayload};
 use crate::phoenix::session::Session;
@@ -37,6 +40,27 @@ impl Session {
             self.reply_error(&m, "unmatched topic");
             return None;
         }
+        if self.memory_budget.exceeded() {
+            METRICS.limit_reached(var::MEMORY_BUDGET_MB);
+            let reason = self.memory_budget.reason();
+            self.reply_error(&m, &reason);
+            return None;
+        }
+        if !self.rates.joins.take() {
+            METRICS.limit_reached(var::MAX_JOINS_PER_SECOND);
+            self.reply_error(&m, super::rate::JOINS);
+            return None;
+        }
+        if m.topic.len() > self.limits.max_topic_bytes {
+            METRICS.limit_reached(var::MAX_TOPIC_BYTES);
+            let reason = format!(
+                "topic too long: {} bytes (MAX_TOPIC_BYTES={})",
+                m.topic.len(),
+                self.limits.max_topic_bytes
+            );
+            self.reply_error(&m, &reason);
+            return None;
+        }
         let payload: JoinPayload = match payloads::parse("join", &m.payload) {
             Ok(p) => p,
             Err(e) => {
@@ -44,8 +68,13 @@ impl Session {
                 return None;
             }
         };
+        if let Some(reason) = payload.config.as_ref().and_then(|c| self.oversized(c)) {
+            self.reply_error(&m, &reason);
+            return None;
+        }
         if !self.channels.contains_key(&m.topic) && self.channels.len() >= self.limits.max_channels
         {
+            METRICS.limit_reached(var::MAX_CHANNELS_PER_SOCKET);
             let reason = format!(
                 "too many channels on this socket (limit {})",
                 self.limits.max_channels
@@ -216,6 +245,30 @@ impl Session {
         }))
     }
 
+    /// Why a 2.x join's config is over a limit, naming it; `None` when it
+    /// is within them all. Checked before anything is looked up or kept.
+    fn oversized(&self, config: &JoinConfig) -> Option<String> {
+        let limits = &self.limits;
+        if config.postgres_changes.len() > limits.max_bindings_per_join {
+            METRICS.limit_reached(var::MAX_BINDINGS_PER_JOIN);
+            return Some(format!(
+                "too many postgres_changes bindings: {} (MAX_BINDINGS_PER_JOIN={})",
+                config.postgres_changes.len(),
+                limits.max_bindings_per_join
+            ));
+        }
+        let key = config.presence.key.as_deref().unwrap_or_default();
+        if key.len() > limits.max_presence_key_bytes {
+            METRICS.limit_reached(var::MAX_PRESENCE_KEY_BYTES);
+            return Some(format!(
+                "presence key too long: {} bytes (MAX_PRESENCE_KEY_BYTES={})",
+                key.len(),
+                limits.max_presence_key_bytes
+            ));
+        }
+        None
+    }
+
     fn join_legacy(
         &mut self,
         m: Inbound,
@@ -254,21 +307,14 @@ impl Session {
         private: Option<(ChannelRights, ChannelRights)>,
     ) {
         let join_ref = m.join_ref.clone();
-        let wire: Arc<str> = m.topic.as_str().into();
-        let topic = match private {
-            Some(_) => hub::private_key(&wire),
-            None => wire,
-        };
+        let topic = TopicKey::new(&m.topic, private.is_some());
         let presence_key = self.presence_key(&config.presence);
         if let Some(old) = self.channels.remove(&m.topic) {
             self.unsubscribe(&old);
         }
         self.reply(&m, join_ref.as_deref(), true, &resolved.reply());
         let status = self.subscribe_bindings(resolved);
-        let reads = private.map(|(read, _)| read).unwrap_or(ChannelRights {
-            broadcast: true,
-            presence: true,
-        });
+        let reads = private.map_or(ChannelRights::ALL, |(read, _)| read);
         let state = self.hub.join_channel_reading(
             self.id,
             &topic,

@@ -24,8 +24,10 @@ use serde_json::value::RawValue;
 
 use crate::auth::Claims;
 use crate::authz::authorizer::ChannelRights;
+use crate::cluster::TopicKey;
+use crate::config::var;
 use crate::hub::LegacyTopic;
-use crate::metrics::ChannelGauge;
+use crate::metrics::{ChannelGauge, METRICS};
 use crate::phoenix::frame::Inbound;
 use crate::phoenix::session::Session;
 
@@ -35,15 +37,26 @@ mod join;
 mod postgres_changes;
 mod presence;
 
+/// The reasons given over a rate limit: Supabase Realtime's, code first, so
+/// clients that handle them (back off, retry later) keep working.
+pub(in crate::phoenix) mod rate {
+    pub const EVENTS: &str = "MessagePerSecondRateLimitReached: Too many messages per second";
+    pub const JOINS: &str = "ClientJoinRateLimitReached: Too many joins per second";
+    pub const PRESENCE: &str =
+        "ClientPresenceRateLimitReached: Too many presence messages per second";
+    pub const CATALOG: &str =
+        "DatabaseConnectionRateLimitReached: Too many database lookups per second";
+}
+
 /// What a joined channel subscribes to.
 pub(in crate::phoenix) enum ChannelKind {
     /// realtime-js 1.x: the topic selects the rows.
     Legacy(LegacyTopic),
     /// realtime-js 2.x: `config` with postgres_changes, broadcast, presence.
     V2 {
-        /// The hub's key of the channel: the topic, or for a private
-        /// channel a key no public topic can have (`hub::private_key`).
-        topic: Arc<str>,
+        /// The topic and whether it is private: a private and a public
+        /// channel of one name share nothing.
+        topic: TopicKey,
         /// Broadcasts get a `phx_reply` ok.
         ack: bool,
         presence_key: String,
@@ -84,6 +97,15 @@ impl Session {
     /// the part that must wait, if any: only a 2.x join with bindings,
     /// which looks them up in the catalog.
     pub(in crate::phoenix) fn handle(&mut self, m: Inbound) -> Option<BoxFuture<'_, ()>> {
+        // Every message but a heartbeat counts against the socket's rate;
+        // over it, the message is answered with Supabase's error and
+        // dropped.
+        let heartbeat = m.topic == "phoenix" && m.event == "heartbeat";
+        if !heartbeat && !self.rates.events.take() {
+            METRICS.limit_reached(var::MAX_EVENTS_PER_SECOND);
+            self.reply_error(&m, rate::EVENTS);
+            return None;
+        }
         match (m.topic.as_str(), m.event.as_str()) {
             ("phoenix", "heartbeat") => self.reply(&m, None, true, "{}"),
             (_, "phx_join") => return self.join(m),
@@ -91,7 +113,7 @@ impl Session {
             // A token's validity is checked for every frame that needs it:
             // after it expired, nothing the channel sends is relayed.
             (topic, "broadcast" | "presence") if self.expired(topic) => self.expire(&m.topic),
-            (topic, "broadcast") if self.is_v2(topic) => self.broadcast(m),
+            (topic, "broadcast") if self.is_v2(topic) => return self.broadcast(m),
             (topic, "presence") if self.is_v2(topic) => self.presence(m),
             (topic, "access_token") if self.channels.contains_key(topic) => {
                 return self.refresh_token(m)

@@ -17,8 +17,10 @@ use crate::auth::Claims;
 use crate::authz::authorizer::Group;
 use crate::authz::plan::Access;
 use crate::change::ChangeKind;
+use crate::config::var;
 use crate::filter::Filter;
 use crate::hub::{Binding, Subscriber};
+use crate::metrics::METRICS;
 use crate::phoenix::payloads::BindingRequest;
 use crate::phoenix::session::Session;
 
@@ -121,6 +123,10 @@ impl Session {
         };
         let schema = req.schema.clone().unwrap_or_else(|| "public".to_string());
         let table = req.table.clone().filter(|t| !t.is_empty() && t != "*");
+        if !self.catalog_lookups.take() {
+            METRICS.limit_reached(var::MAX_CATALOG_LOOKUPS_PER_SECOND);
+            return Err(super::rate::CATALOG.to_string());
+        }
         let tables = self.published.lookup(&schema, table.as_deref()).await?;
         let Some(first) = tables.first() else {
             return Err(match &table {
@@ -139,7 +145,15 @@ impl Session {
                 if table.is_none() {
                     return Err(format!("filter {text:?} needs a table"));
                 }
-                Some(Filter::parse(text, |c| first.column(c)).map_err(|e| e.0)?)
+                let max = self.limits.max_filter_values;
+                let parsed = Filter::parse_with_limit(text, |c| first.column(c), max);
+                if parsed
+                    .as_ref()
+                    .is_err_and(|e| e.0.contains("MAX_FILTER_VALUES"))
+                {
+                    METRICS.limit_reached(var::MAX_FILTER_VALUES);
+                }
+                Some(parsed.map_err(|e| e.0)?)
             }
         };
         let subscriber = match (group, &self.authz) {

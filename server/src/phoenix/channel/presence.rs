@@ -8,6 +8,8 @@
 //! The `presence_state` a join receives is sent by `join`.
 
 use super::{Channel, ChannelKind};
+use crate::config::var;
+use crate::metrics::METRICS;
 use crate::phoenix::frame::{self, Inbound};
 use crate::phoenix::payloads::{self, PresenceConfig, PresencePush};
 use crate::phoenix::session::Session;
@@ -27,7 +29,17 @@ impl Session {
 
     /// `{"event": "track", "payload": META}` or `{"event": "untrack"}`;
     /// replied to with ok, or an error naming what is wrong.
-    pub(super) fn presence(&self, m: Inbound) {
+    pub(super) fn presence(&mut self, m: Inbound) {
+        if !self.rates.presence.take() {
+            METRICS.limit_reached(var::MAX_PRESENCE_EVENTS_PER_SECOND);
+            let join_ref = self.channels.get(&m.topic).and_then(|c| c.join_ref.clone());
+            return self.reply(
+                &m,
+                join_ref.as_deref(),
+                false,
+                &frame::reason(super::rate::PRESENCE),
+            );
+        }
         let Some(Channel {
             kind:
                 ChannelKind::V2 {
@@ -63,8 +75,24 @@ impl Session {
                 return self.reply(&m, join_ref.as_deref(), false, &frame::reason(&reason));
             }
             Some("track") => {
-                self.hub
-                    .track(self.id, topic, presence_key.clone(), push.payload);
+                let size = serde_json::to_string(&push.payload).map_or(0, |s| s.len());
+                let limit = self.limits.max_presence_meta_bytes;
+                if size > limit {
+                    METRICS.limit_reached(var::MAX_PRESENCE_META_BYTES);
+                    let reason = format!(
+                        "presence meta too large: {size} bytes (MAX_PRESENCE_META_BYTES={limit})"
+                    );
+                    return self.reply(&m, join_ref.as_deref(), false, &frame::reason(&reason));
+                }
+                if let Err(limit) =
+                    self.hub
+                        .track(self.id, topic, presence_key.clone(), push.payload)
+                {
+                    METRICS.limit_reached(var::MAX_PRESENCE_MEMBERS);
+                    let reason =
+                        format!("too many presences on this topic (MAX_PRESENCE_MEMBERS={limit})");
+                    return self.reply(&m, join_ref.as_deref(), false, &frame::reason(&reason));
+                }
             }
             Some("untrack") => self.hub.untrack(self.id, topic),
             other => {

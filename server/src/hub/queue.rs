@@ -1,0 +1,147 @@
+//! A socket's send queue, bounded in frames (`SOCKET_QUEUE_DEPTH`) and in
+//! bytes (`SOCKET_QUEUE_BYTES`), and the count of bytes queued over every
+//! socket, which the server-wide memory budget is checked against.
+//!
+//! A frame shared by many sockets (a change or a broadcast, encoded once)
+//! counts its full length in each queue that holds it: the bound is on
+//! what a queue could hold alone, so it stays true whichever sockets drain.
+//! Must not decide what happens to a socket whose queue is full: the hub
+//! closes it as a slow consumer.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
+
+use super::Outbound;
+
+/// Bytes queued to every socket of the process, counted once per queue.
+pub static QUEUED_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// Bytes an item holds in a queue: a frame's length; a close is free (it
+/// must always get in).
+fn size(item: &Outbound) -> usize {
+    match item {
+        Outbound::Frame(frame) => frame.len(),
+        Outbound::Close(..) => 0,
+    }
+}
+
+/// A queue of at most `depth` items and `max_bytes` bytes; a single item
+/// larger than `max_bytes` is taken when the queue is empty (so the bound
+/// is `max_bytes` plus one frame).
+pub fn channel(depth: usize, max_bytes: usize) -> (QueueTx, QueueRx) {
+    let (tx, rx) = mpsc::channel(depth);
+    let bytes = Arc::new(AtomicUsize::new(0));
+    (
+        QueueTx {
+            tx,
+            bytes: bytes.clone(),
+            max_bytes,
+        },
+        QueueRx { rx, bytes },
+    )
+}
+
+/// The sending side, shared by the hub and the socket's session.
+#[derive(Debug, Clone)]
+pub struct QueueTx {
+    tx: mpsc::Sender<Outbound>,
+    bytes: Arc<AtomicUsize>,
+    max_bytes: usize,
+}
+
+impl QueueTx {
+    /// Queues `item` without waiting; `Full` when the queue is at its depth
+    /// or the item would take it past its bytes.
+    pub fn try_send(&self, item: Outbound) -> Result<(), TrySendError<Outbound>> {
+        let n = size(&item);
+        if n > 0 {
+            let before = self.bytes.fetch_add(n, Ordering::AcqRel);
+            if before > 0 && before + n > self.max_bytes {
+                self.bytes.fetch_sub(n, Ordering::AcqRel);
+                return Err(TrySendError::Full(item));
+            }
+        }
+        match self.tx.try_send(item) {
+            Ok(()) => {
+                QUEUED_BYTES.fetch_add(n, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                self.bytes.fetch_sub(n, Ordering::AcqRel);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The receiving side: the socket's writer.
+#[derive(Debug)]
+pub struct QueueRx {
+    rx: mpsc::Receiver<Outbound>,
+    bytes: Arc<AtomicUsize>,
+}
+
+impl QueueRx {
+    pub async fn recv(&mut self) -> Option<Outbound> {
+        let item = self.rx.recv().await?;
+        self.taken(&item);
+        Some(item)
+    }
+
+    pub fn try_recv(&mut self) -> Result<Outbound, TryRecvError> {
+        let item = self.rx.try_recv()?;
+        self.taken(&item);
+        Ok(item)
+    }
+
+    fn taken(&self, item: &Outbound) {
+        let n = size(item);
+        self.bytes.fetch_sub(n, Ordering::AcqRel);
+        QUEUED_BYTES.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+impl Drop for QueueRx {
+    /// What is left in the queue when the writer goes is freed with it.
+    fn drop(&mut self) {
+        self.rx.close();
+        while let Ok(item) = self.rx.try_recv() {
+            self.taken(&item);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::phoenix::frame::Frame;
+
+    fn frame(n: usize) -> Outbound {
+        Outbound::Frame(Frame::from("x".repeat(n)))
+    }
+
+    #[test]
+    fn a_queue_is_bounded_in_bytes_and_frees_what_is_taken() {
+        let (tx, mut rx) = channel(100, 1000);
+        assert!(tx.try_send(frame(600)).is_ok());
+        assert!(tx.try_send(frame(400)).is_ok());
+        assert!(matches!(tx.try_send(frame(1)), Err(TrySendError::Full(_))));
+        // A close always gets in.
+        assert!(tx.try_send(Outbound::Close(1000, "bye".into())).is_ok());
+        assert!(rx.try_recv().is_ok());
+        assert!(tx.try_send(frame(600)).is_ok());
+        assert!(matches!(tx.try_send(frame(1)), Err(TrySendError::Full(_))));
+    }
+
+    #[test]
+    fn one_frame_over_the_bytes_gets_into_an_empty_queue() {
+        let (tx, mut rx) = channel(100, 1000);
+        assert!(tx.try_send(frame(5000)).is_ok());
+        assert!(matches!(tx.try_send(frame(1)), Err(TrySendError::Full(_))));
+        assert!(rx.try_recv().is_ok());
+        assert!(tx.try_send(frame(10)).is_ok());
+    }
+}
