@@ -75,6 +75,31 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
+/// POST the JSON `body` to `path` on `127.0.0.1:port` with the extra
+/// `headers` (`Name: value` each): the status and the body, or `None` when
+/// nothing answered within 5 s.
+pub fn http_post(port: u16, path: &str, headers: &[&str], body: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
+    s.set_read_timeout(Some(HTTP_TIMEOUT)).ok()?;
+    let mut head = String::new();
+    for h in headers {
+        head.push_str(h);
+        head.push_str("\r\n");
+    }
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n{head}Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use realtime_harness::net::http_get;
+pub use realtime_harness::net::{http_get, http_post};
 
 use crate::TempPostgres;
 

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use jsonwebtoken::{encode, EncodingKey, Header};
-use realtime_tests::server::ServerProcess;
+use realtime_tests::server::{free_port, http_post, ServerProcess};
 use realtime_tests::ws::{Msg, PhxClient, WsEnd};
 use realtime_tests::TempPostgres;
 use serde_json::{json, Value};
@@ -362,11 +362,11 @@ async fn a_revoked_grant_and_a_new_policy_take_effect_on_joined_channels() {
 
     // A policy added while joined: from then on, only her rows.
     let (mut b, _, _) = join(&s, &user(ALICE), "realtime:b2", on("board")).await;
-    s.db.batch_execute(&format!(
+    s.db.batch_execute(
         "ALTER TABLE board ADD COLUMN owner uuid;
              DROP POLICY everyone ON board;
-             CREATE POLICY mine ON board FOR SELECT USING (owner = auth.uid());"
-    ))
+             CREATE POLICY mine ON board FOR SELECT USING (owner = auth.uid());",
+    )
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -461,7 +461,12 @@ fn setup_authorization(s: &Secured) {
 /// A 2.x client of `token` joined to the private channel `topic`: the
 /// join reply.
 async fn join_private(s: &Secured, token: &str, topic: &str) -> (PhxClient, Msg) {
-    let url = format!("{}&apikey={token}", s.server.ws_url("2.0.0"));
+    join_private_on(&s.server, token, topic).await
+}
+
+/// [`join_private`] on the server `server`.
+async fn join_private_on(server: &ServerProcess, token: &str, topic: &str) -> (PhxClient, Msg) {
+    let url = format!("{}&apikey={token}", server.ws_url("2.0.0"));
     let mut c = PhxClient::connect(&url).await.unwrap();
     let reply = c
         .join(
@@ -606,6 +611,112 @@ async fn private_channels_read_and_write_as_realtime_messages_policies_say() {
     assert!(
         got.iter().all(|m| m.event == "presence_diff"),
         "alice got {got:?}"
+    );
+}
+
+/// Rights are enforced by the server that delivers: a private channel's
+/// broadcasts and presences cross to another server of the cluster and
+/// reach there only the members whose token may read them; an HTTP
+/// broadcast to a private topic needs a token that may write it.
+#[tokio::test]
+async fn private_channels_keep_their_rights_across_servers_and_over_http() {
+    let s = secured(&[]).await;
+    setup_authorization(&s);
+    s.db.batch_execute(CHANNEL_POLICIES).await.unwrap();
+    // A second server on the same database: one cluster.
+    let mut env_b = s.env.clone();
+    env_b.insert("PORT".into(), free_port().to_string());
+    let server_b = tokio::task::spawn_blocking(move || ServerProcess::start(env_b))
+        .await
+        .unwrap();
+
+    let (mut alice, reply) = join_private(&s, &user(ALICE), "realtime:room").await;
+    assert_eq!(reply.payload["status"], "ok", "{reply:?}");
+    let (mut bob, reply) = join_private_on(&server_b, &user(BOB), "realtime:room").await;
+    assert_eq!(reply.payload["status"], "ok", "{reply:?}");
+    events(&mut alice, Duration::from_millis(300)).await;
+    events(&mut bob, Duration::from_millis(300)).await;
+
+    // Alice, on A, broadcasts and tracks: Bob, on B, gets the broadcast
+    // (he may read broadcasts) and nothing of her presence.
+    let r = alice
+        .push(
+            "realtime:room",
+            "broadcast",
+            json!({"type": "broadcast", "event": "hi", "payload": {"from": "alice"}}),
+            None,
+        )
+        .await;
+    assert_eq!(alice.expect_reply(&r).await.payload["status"], "ok");
+    let r = alice
+        .push(
+            "realtime:room",
+            "presence",
+            json!({"type": "presence", "event": "track", "payload": {"name": "alice"}}),
+            None,
+        )
+        .await;
+    assert_eq!(alice.expect_reply(&r).await.payload["status"], "ok");
+    let got: Vec<String> = events(&mut bob, Duration::from_secs(2))
+        .await
+        .iter()
+        .map(|m| format!("{}:{}", m.event, m.payload))
+        .collect();
+    assert_eq!(got.len(), 1, "bob on the other server got {got:?}");
+    assert!(
+        got[0].starts_with("broadcast:") && got[0].contains("alice"),
+        "{got:?}"
+    );
+    // A member that joins on B after Alice tracked gets an empty
+    // presence_state when it may not read presence.
+    let (mut bob2, reply) = join_private_on(&server_b, &user(BOB), "realtime:room").await;
+    assert_eq!(reply.payload["status"], "ok", "{reply:?}");
+    let state = loop {
+        let m = bob2.next().await.expect("presence_state");
+        if m.event == "presence_state" {
+            break m;
+        }
+    };
+    assert_eq!(state.payload, json!({}), "{state:?}");
+
+    // Over HTTP: Bob may not write the private topic (403, nothing sent);
+    // Alice may, and Bob on the other server receives it.
+    let body = |from: &str, private: bool| {
+        json!({"messages": [{"topic": "room", "event": "hi", "private": private,
+            "payload": {"from": from}}]})
+        .to_string()
+    };
+    let bearer = |t: String| format!("Authorization: Bearer {t}");
+    let port = s.server.port;
+    let (b_auth, a_auth) = (bearer(user(BOB)), bearer(user(ALICE)));
+    let (bob_body, alice_body) = (body("bob-http", true), body("alice-http", true));
+    let (refused, accepted) = tokio::task::spawn_blocking(move || {
+        (
+            http_post(port, "/api/broadcast", &[&b_auth], &bob_body).expect("an answer"),
+            http_post(port, "/api/broadcast", &[&a_auth], &alice_body).expect("an answer"),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(refused.0, 403, "{refused:?}");
+    assert!(
+        refused.1.contains("permissions to write") && refused.1.contains("room"),
+        "{refused:?}"
+    );
+    assert_eq!(accepted.0, 202, "{accepted:?}");
+    let got: Vec<String> = events(&mut bob, Duration::from_secs(2))
+        .await
+        .iter()
+        .map(|m| m.payload.to_string())
+        .collect();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].contains("alice-http"), "{got:?}");
+    // Alice did not get Bob's refused message either.
+    let got = events(&mut alice, Duration::from_millis(500)).await;
+    assert!(
+        got.iter()
+            .all(|m| !m.payload.to_string().contains("bob-http")),
+        "{got:?}"
     );
 }
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use realtime_tests::server::{ServerProcess, Stack};
+use realtime_tests::server::{http_post, ServerProcess, Stack};
 use realtime_tests::ws::{Msg, PhxClient};
 use serde_json::{json, Value};
 
@@ -263,7 +263,7 @@ async fn broadcast_reaches_the_other_members_and_self_and_ack_when_asked() {
 
     // Over HTTP.
     let body = r#"{"messages":[{"topic":"chat","event":"note","payload":{"y":2}}]}"#;
-    let status = http_post(env.server.port, "/api/broadcast", body);
+    let (status, _) = http_post(env.server.port, "/api/broadcast", &[], body).expect("an answer");
     assert_eq!(status, 202);
     let m = b.next_event().await;
     assert_eq!(
@@ -324,18 +324,4 @@ async fn presence_tracks_and_reports_joins_and_leaves_including_a_disconnect() {
     assert_eq!(m.event, "presence_diff");
     assert_eq!(m.payload["leaves"]["alice"]["metas"][0]["status"], "online");
     assert_eq!(m.payload["joins"], json!({}));
-}
-
-fn http_post(port: u16, path: &str, body: &str) -> u16 {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out.split_whitespace().nth(1).unwrap().parse().unwrap()
 }

@@ -337,17 +337,6 @@ pub async fn terminate_backend(c: &Client, pid: i32) -> Result<(), tokio_postgre
         .map(drop)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tables_are_quoted_part_by_part() {
-        let t = QualifiedTable::parse("Odd Schema.t\"x").unwrap();
-        assert_eq!(table(&t), r#""Odd Schema"."t""x""#);
-    }
-}
-
 /// Applies the server's authorization setup (`spec.auth.setupAuthorization`):
 /// the SQL shipped in the contract crate, in one transaction, idempotent.
 pub async fn setup_authorization(
@@ -359,4 +348,15 @@ pub async fn setup_authorization(
             server_user,
         ))
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_are_quoted_part_by_part() {
+        let t = QualifiedTable::parse("Odd Schema.t\"x").unwrap();
+        assert_eq!(table(&t), r#""Odd Schema"."t""x""#);
+    }
 }

@@ -23,6 +23,10 @@ use crate::change::{Cell, Change, ChangeKind};
 use crate::filter::{Comparison, Filter, Value};
 use crate::phoenix::frame::Vsn;
 
+/// A binding that acts as someone: its key, socket, topic, table (`None`:
+/// the whole schema) and subscriber.
+pub(super) type SecuredBinding = (Key, SocketId, Arc<str>, Option<String>, Subscriber);
+
 /// One binding of a channel.
 #[derive(Debug, Clone)]
 pub struct Binding {
@@ -316,7 +320,7 @@ impl BindingIndex {
 
     /// Every binding that acts as someone, with its table (`None`: the whole
     /// schema), for looking at their access again.
-    pub(super) fn secured(&self) -> Vec<(Key, SocketId, Arc<str>, Option<String>, Subscriber)> {
+    pub(super) fn secured(&self) -> Vec<SecuredBinding> {
         self.bindings
             .iter()
             .filter_map(|(k, b)| {

@@ -23,13 +23,22 @@ use crate::authz::plan::PolicyPlan;
 use crate::change::{Cell, Change};
 use crate::phoenix::frame::{self, Frame, Vsn};
 
+/// A 2.x channel's delivery: its serializer, the binding ids, whether with
+/// old values.
+type ChannelDelivery = (Vsn, Vec<u32>, bool);
+
+/// One group waiting for its check: (whether its old images are checked,
+/// whether some of its subscribers get old images unchecked, who receives
+/// the change).
+pub(super) type GroupTargets = (bool, bool, Vec<Target>);
+
 /// Subscribers that receive a change, and whether with its old values.
 #[derive(Debug, Default)]
 pub(super) struct Deliveries {
     /// 1.x topics: (topic, socket, serializer, old values).
     legacy: Vec<(Arc<str>, SocketId, Vsn, bool)>,
     /// 2.x channels: (socket, topic) -> (serializer, binding ids, old values).
-    channels: HashMap<(SocketId, Arc<str>), (Vsn, Vec<u32>, bool)>,
+    channels: HashMap<(SocketId, Arc<str>), ChannelDelivery>,
 }
 
 /// One subscriber waiting for its group's check.
@@ -165,7 +174,7 @@ impl Pending {
     }
 
     /// The checks for the lane, and what to deliver once they are done.
-    pub(super) fn into_parts(self) -> (Vec<GroupCheck>, Vec<(bool, bool, Vec<Target>)>) {
+    pub(super) fn into_parts(self) -> (Vec<GroupCheck>, Vec<GroupTargets>) {
         self.groups
             .into_values()
             .map(|g| {
@@ -185,7 +194,7 @@ impl Pending {
 /// Results of checks in, deliveries out.
 pub(super) fn after_checks(
     mut deliveries: Deliveries,
-    waiting: Vec<(bool, bool, Vec<Target>)>,
+    waiting: Vec<GroupTargets>,
     results: Vec<Vec<bool>>,
 ) -> Deliveries {
     for ((old_checked, old_unchecked, targets), passed) in waiting.into_iter().zip(results) {

@@ -72,9 +72,7 @@ impl Session {
         // A null token (as realtime-js 1.7 sends after every heartbeat)
         // leaves the channel as it is.
         let token = payload.token()?.to_string();
-        if self.verifier.is_none() {
-            return None;
-        }
+        self.verifier.as_ref()?;
         Some(Box::pin(async move {
             let reason = match self.check_token(Some(&token)).await {
                 Ok(claims) => {
