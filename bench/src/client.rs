@@ -87,22 +87,38 @@ pub enum Join {
     PostgresChanges { table: String, filter: String },
     /// realtime-js 2.x: a channel on `topic` for broadcast and presence only.
     Channel(String),
+    /// realtime-js 2.x signed in: [`Join::PostgresChanges`] with `token`
+    /// on the socket (`apikey`) and the join (`access_token`).
+    AsUser {
+        table: String,
+        filter: String,
+        token: String,
+    },
 }
 
 impl Join {
-    fn path(&self) -> &'static str {
+    fn path(&self) -> String {
         match self {
-            Join::None => "/",
-            Join::Legacy(_) => "/socket/websocket?vsn=1.0.0",
-            Join::PostgresChanges { .. } | Join::Channel(_) => "/socket/websocket?vsn=2.0.0",
+            Join::None => "/".into(),
+            Join::Legacy(_) => "/socket/websocket?vsn=1.0.0".into(),
+            Join::PostgresChanges { .. } | Join::Channel(_) => "/socket/websocket?vsn=2.0.0".into(),
+            Join::AsUser { token, .. } => format!("/socket/websocket?vsn=2.0.0&apikey={token}"),
         }
+    }
+
+    /// Whether it speaks the 2.x serializer.
+    fn v2(&self) -> bool {
+        matches!(
+            self,
+            Join::PostgresChanges { .. } | Join::Channel(_) | Join::AsUser { .. }
+        )
     }
 }
 
 /// Connects and joins; returns once the join was acknowledged (and, for
 /// 2.x, the subscription confirmed).
 pub async fn connect_joined(port: u16, src: Ipv4Addr, join: &Join) -> anyhow::Result<Ws> {
-    let mut ws = connect(port, join.path(), src).await?;
+    let mut ws = connect(port, &join.path(), src).await?;
     match join {
         Join::None => {}
         Join::Legacy(topic) => {
@@ -113,13 +129,16 @@ pub async fn connect_joined(port: u16, src: Ipv4Addr, join: &Join) -> anyhow::Re
             })
             .await?;
         }
-        Join::PostgresChanges { table, filter } => {
+        Join::PostgresChanges { table, filter } | Join::AsUser { table, filter, .. } => {
             let mut binding = json!({"event": "*", "schema": "public", "table": table});
             if !filter.is_empty() {
                 binding["filter"] = json!(filter);
             }
-            let payload = json!({"config": {"broadcast": {"ack": false, "self": false},
+            let mut payload = json!({"config": {"broadcast": {"ack": false, "self": false},
                 "presence": {"key": ""}, "private": false, "postgres_changes": [binding]}});
+            if let Join::AsUser { token, .. } = join {
+                payload["access_token"] = json!(token);
+            }
             let frame = json!(["1", "1", "realtime:bench", "phx_join", payload]);
             ws.send(Message::text(frame.to_string())).await?;
             wait_for(&mut ws, |v| {
@@ -189,7 +208,7 @@ pub async fn connect_many(
         let all_joined = all_joined.clone();
         tasks.push(tokio::spawn(async move {
             let permit = permits.acquire_owned().await.ok()?;
-            let v2 = matches!(j, Join::PostgresChanges { .. } | Join::Channel(_));
+            let v2 = j.v2();
             let mut ws = match connect_joined(port, source_addr(offset + i), &j).await {
                 Ok(ws) => ws,
                 Err(e) => {

@@ -5,7 +5,7 @@
 //!
 //!     cargo run --release -p realtime-bench -- <scenario> [--smoke] [--name value ...]
 //!
-//! Scenarios: ingest, latency, fanout, connections, filters, dbcost, cluster, all.
+//! Scenarios: ingest, latency, fanout, connections, filters, dbcost, cluster, rls, all.
 //! See BENCHMARKS.md for what each measures and the latest figures.
 
 mod client;
@@ -31,6 +31,8 @@ scenarios (each starts its own PostgreSQL and server):
   cluster      bus candidates (NOTIFY vs logical messages); broadcast across two servers vs one;
                presence convergence              --bus-rate 500 --bulk-rows 500000 --receivers 100
                                                  --rates 1000,5000 --seconds 5 --members 1000
+  rls          owner-policy RLS for many users vs no authorization, and vs one check per subscriber
+               --sockets 10000 --users 1000 --rate 1000 --seconds 10 --peer-changes 20
   all          every scenario in turn
 
 --smoke runs tiny sizes (the test suite runs each scenario so).
@@ -70,6 +72,7 @@ fn main() -> anyhow::Result<()> {
             "filters" => scenario::filters::run(&opts).await,
             "dbcost" => scenario::dbcost::run(&opts).await,
             "cluster" => scenario::cluster::run(&opts).await,
+            "rls" => scenario::rls::run(&opts).await,
             "all" => {
                 scenario::ingest::run(&opts).await?;
                 scenario::latency::run(&opts).await?;
@@ -77,7 +80,8 @@ fn main() -> anyhow::Result<()> {
                 scenario::connections::run(&opts).await?;
                 scenario::filters::run(&opts).await?;
                 scenario::dbcost::run(&opts).await?;
-                scenario::cluster::run(&opts).await
+                scenario::cluster::run(&opts).await?;
+                scenario::rls::run(&opts).await
             }
             other => {
                 eprintln!("unknown scenario {other:?}\n\n{USAGE}");

@@ -8,3 +8,4 @@ pub mod fanout;
 pub mod filters;
 pub mod ingest;
 pub mod latency;
+pub mod rls;
