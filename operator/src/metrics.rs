@@ -5,7 +5,7 @@
 //! | series | type | meaning |
 //! | --- | --- | --- |
 //! | `realtime_operator_reconciles_total` | counter | reconciles run |
-//! | `realtime_operator_reconcile_failures_total{reason}` | counter | failed reconciles, by `reason`: `kubernetes`, `database`, `waiting`, `finalizer` |
+//! | `realtime_operator_reconcile_failures_total{reason}` | counter | failed reconciles, by `reason`: `kubernetes`, `database`, `waiting` |
 //! | `realtime_operator_reconcile_duration_seconds` | histogram | how long reconciles take |
 
 use std::time::Duration;

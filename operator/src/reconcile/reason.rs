@@ -102,6 +102,17 @@ impl Reason {
         use Reason::*;
         Some(match self {
             InvalidSpec => (Warning, "Validate"),
+            // A step that failed: told in its condition and in a Warning
+            // Event (once per distinct message).
+            SecretNotFound => (Warning, "ReadSecret"),
+            AuthenticationFailed | DatabaseNotFound | ConnectionFailed => (Warning, "Connect"),
+            WalLevelNotLogical => (Warning, "CheckDatabase"),
+            PublicationError | PublicationConflict | PublicationNotOwned => {
+                (Warning, "ManagePublication")
+            }
+            ReplicaIdentityError | TableNotFound => (Warning, "AlterTable"),
+            SlotError => (Warning, "ManageSlots"),
+            RolloutFailed => (Warning, "Apply"),
             UnlimitedWalRetention => (Warning, "CheckDatabase"),
             PublicationCreated => (Normal, "CreatePublication"),
             PublicationAdopted => (Normal, "AdoptPublication"),
@@ -113,10 +124,7 @@ impl Reason {
             CleanupSkipped => (Normal, "Cleanup"),
             SlotsLeftBehind => (Warning, "Cleanup"),
             PublicationDropped => (Normal, "DropPublication"),
-            Blocked | SecretNotFound | AuthenticationFailed | DatabaseNotFound
-            | ConnectionFailed | WalLevelNotLogical | Connected | Ready | PublicationError
-            | PublicationConflict | PublicationNotOwned | ReplicaIdentityError | TableNotFound
-            | WaitingForPods | SlotError | RolloutFailed | ScaledToZero | AllReplicasReady
+            Blocked | Connected | Ready | WaitingForPods | ScaledToZero | AllReplicasReady
             | ReplicasNotReady => return None,
         })
     }
