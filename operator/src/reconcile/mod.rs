@@ -106,6 +106,12 @@ pub struct Context {
     /// Resources (by uid) known to have no PodDisruptionBudget: a resource
     /// of one replica is not asked to delete one at every reconcile.
     no_pdb: Mutex<HashSet<String>>,
+    /// The slots each resource (by uid) had at its last slots step: what a
+    /// missing slot is checked against (status, possibly stale in the
+    /// object a reconcile got, only after a restart).
+    slots_seen: Mutex<HashMap<String, Vec<String>>>,
+    /// The last slot loss of each resource (by uid): what was said, and when.
+    slots_lost: Mutex<HashMap<String, (String, Instant)>>,
 }
 
 impl Context {
@@ -120,6 +126,8 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             pdb_skip_told: Mutex::new(HashSet::new()),
             no_pdb: Mutex::new(HashSet::new()),
+            slots_seen: Mutex::new(HashMap::new()),
+            slots_lost: Mutex::new(HashMap::new()),
         }
     }
 
@@ -172,6 +180,44 @@ impl Context {
         } else {
             known.insert(uid(obj));
         }
+    }
+
+    /// The slots `obj` had at its last slots step in this process.
+    pub fn slots_seen(&self, obj: &RealtimeServer) -> Option<Vec<String>> {
+        self.slots_seen
+            .lock()
+            .expect("lock")
+            .get(&uid(obj))
+            .cloned()
+    }
+
+    /// Records the slots `obj` has now; `None`: it is gone.
+    pub fn set_slots_seen(&self, obj: &RealtimeServer, slots: Option<Vec<String>>) {
+        let mut seen = self.slots_seen.lock().expect("lock");
+        match slots {
+            Some(s) => seen.insert(uid(obj), s),
+            None => {
+                self.slots_lost.lock().expect("lock").remove(&uid(obj));
+                seen.remove(&uid(obj))
+            }
+        };
+    }
+
+    /// Records that `obj` lost slots, as `message` says.
+    pub fn set_slots_lost(&self, obj: &RealtimeServer, message: String) {
+        self.slots_lost
+            .lock()
+            .expect("lock")
+            .insert(uid(obj), (message, Instant::now()));
+    }
+
+    /// What was said of `obj`'s last slot loss in this process, and how long ago.
+    pub fn slots_lost(&self, obj: &RealtimeServer) -> Option<(String, Duration)> {
+        self.slots_lost
+            .lock()
+            .expect("lock")
+            .get(&uid(obj))
+            .map(|(m, at)| (m.clone(), at.elapsed()))
     }
 
     /// True the first time it is asked for `obj` (per operator process).
@@ -229,6 +275,8 @@ pub async fn reconcile(obj: Arc<RealtimeServer>, ctx: Arc<Context>) -> Result<Ac
     let ns = obj.namespace().unwrap_or_else(|| "default".into());
     let api: Api<RealtimeServer> = Api::namespaced(ctx.client.clone(), &ns);
     let k = key(&obj);
+    let (name, deleting) = (obj.name_any(), obj.metadata.deletion_timestamp.is_some());
+    let gone = obj.clone();
     let result = finalizer::guarded(&api, obj, |step| async {
         match step {
             Step::Apply(obj) => driver::apply(obj, ctx.clone()).await,
@@ -239,6 +287,10 @@ pub async fn reconcile(obj: Arc<RealtimeServer>, ctx: Arc<Context>) -> Result<Ac
     ctx.metrics.reconciled(started.elapsed());
     if result.is_ok() {
         ctx.failures.lock().expect("lock").remove(&k);
+        if deleting {
+            ctx.metrics.forget(&ns, &name);
+            ctx.set_slots_seen(&gone, None);
+        }
     }
     result
 }

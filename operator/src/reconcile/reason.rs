@@ -63,6 +63,9 @@ reasons! {
     WaitingForPods,
     /// `SlotsReady`: managing the slots failed.
     SlotError,
+    /// `SlotsReady` and a Warning Event: a slot the operator had created
+    /// vanished (failover, restore) and was recreated.
+    SlotLost,
     /// `Available`: applying the children failed.
     RolloutFailed,
     /// `Available`: `spec.replicas` is 0.
@@ -112,6 +115,7 @@ impl Reason {
             }
             ReplicaIdentityError | TableNotFound => (Warning, "AlterTable"),
             SlotError => (Warning, "ManageSlots"),
+            SlotLost => (Warning, "CreateSlot"),
             RolloutFailed => (Warning, "Apply"),
             UnlimitedWalRetention => (Warning, "CheckDatabase"),
             PublicationCreated => (Normal, "CreatePublication"),
