@@ -34,6 +34,9 @@ use prometheus_client::registry::Registry;
 /// reconcile that finds nothing to do to one waiting on a slow database.
 const BUCKETS: [f64; 8] = [0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0];
 
+/// The `reason` labels of the failures counter (`Error::metric_label`).
+pub const FAILURE_REASONS: [&str; 3] = ["kubernetes", "database", "waiting"];
+
 /// The `Content-Type` of [`Metrics::render`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -89,6 +92,12 @@ impl Default for Metrics {
         let mut registry = Registry::default();
         let reconciles = Counter::default();
         let failures = Family::<FailureLabels, Counter>::default();
+        // Every reason from 0, so that the first failure is an increase.
+        for reason in FAILURE_REASONS {
+            failures.get_or_create(&FailureLabels {
+                reason: reason.into(),
+            });
+        }
         let durations = Histogram::new(BUCKETS);
         // Counters get their `_total` suffix from the registry.
         registry.register(
@@ -207,8 +216,13 @@ impl Metrics {
         for gone in had.difference(&now) {
             self.remove_slot(&slot_labels(&r, gone));
         }
+        let mut lost_of = self.lost_of.lock().expect("lock");
+        let lost = lost_of.entry(r.clone()).or_default();
         for s in slots {
             let l = slot_labels(&r, &s.name);
+            // From 0, so that the first loss is an increase Prometheus sees.
+            self.slots_lost.get_or_create(&l);
+            lost.insert(s.name.clone());
             self.slot_active.get_or_create(&l).set(s.active.into());
             match s.retained_wal_bytes {
                 Some(b) => {
@@ -341,6 +355,15 @@ mod tests {
         assert_eq!(
             sample(
                 &text,
+                &format!("realtime_operator_slots_lost_total{}", l("s_0"))
+            )
+            .as_deref(),
+            Some("0"),
+            "a slot's loss counter starts at 0: {text}"
+        );
+        assert_eq!(
+            sample(
+                &text,
                 "realtime_operator_ready_replicas{namespace=\"ns\",realtimeserver=\"chat\"}"
             )
             .as_deref(),
@@ -379,6 +402,16 @@ mod tests {
             )
             .as_deref(),
             Some("1"),
+            "{text}"
+        );
+        // Every reason is there from 0: the first failure is an increase.
+        assert_eq!(
+            sample(
+                &text,
+                "realtime_operator_reconcile_failures_total{reason=\"kubernetes\"}"
+            )
+            .as_deref(),
+            Some("0"),
             "{text}"
         );
         let bucket = |le: &str| {

@@ -258,7 +258,8 @@ impl Error {
         move |source| Error::Database { what, source }
     }
 
-    /// The metrics label of this failure.
+    /// The metrics label of this failure (one of
+    /// [`crate::metrics::FAILURE_REASONS`]).
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kubernetes",
