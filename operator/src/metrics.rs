@@ -94,7 +94,7 @@ impl Default for Metrics {
         let failures = Family::<FailureLabels, Counter>::default();
         // Every reason from 0, so that the first failure is an increase.
         for reason in FAILURE_REASONS {
-            failures.get_or_create(&FailureLabels {
+            failures.get_or_create_owned(&FailureLabels {
                 reason: reason.into(),
             });
         }
@@ -221,7 +221,7 @@ impl Metrics {
         for s in slots {
             let l = slot_labels(&r, &s.name);
             // From 0, so that the first loss is an increase Prometheus sees.
-            self.slots_lost.get_or_create(&l);
+            self.slots_lost.get_or_create_owned(&l);
             lost.insert(s.name.clone());
             self.slot_active.get_or_create(&l).set(s.active.into());
             match s.retained_wal_bytes {
