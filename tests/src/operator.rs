@@ -73,6 +73,8 @@ pub struct OperatorEnv {
     pub pg: TempPostgres,
     pub client: Client,
     pub db: tokio_postgres::Client,
+    /// The metrics of the controller [`OperatorEnv::run_controller`] started.
+    pub metrics: Arc<Metrics>,
     controller: Option<(
         tokio::sync::oneshot::Sender<()>,
         tokio::task::JoinHandle<()>,
@@ -93,6 +95,7 @@ impl OperatorEnv {
             pg,
             client,
             db,
+            metrics: Arc::new(Metrics::default()),
             controller: None,
         };
         env.put_secret("db", "password", "unused-with-trust-auth")
@@ -124,7 +127,7 @@ impl OperatorEnv {
         let task = tokio::spawn(realtime_operator::run::controller(
             self.client.clone(),
             Self::settings(),
-            Arc::new(Metrics::default()),
+            self.metrics.clone(),
             async move {
                 let _ = rx.await;
             },
@@ -258,6 +261,40 @@ impl OperatorEnv {
                 .map(|r| r.get(0))
                 .collect(),
         )
+    }
+
+    /// The Events about `name`, oldest first, as `kubectl describe` lists
+    /// them: (type, reason, note, count), the count 1 unless a series.
+    pub async fn events(&self, name: &str) -> Vec<(String, String, String, i32)> {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), NS);
+        let mut list: Vec<Event> = events
+            .list(&ListParams::default())
+            .await
+            .expect("list events")
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .collect();
+        list.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+        list.into_iter()
+            .map(|e| {
+                (
+                    e.type_.unwrap_or_default(),
+                    e.reason.unwrap_or_default(),
+                    e.note.unwrap_or_default(),
+                    e.series.map_or(1, |s| s.count),
+                )
+            })
+            .collect()
+    }
+
+    /// The value of the sample `series` (name and labels) in the
+    /// controller's metrics.
+    pub fn metric(&self, series: &str) -> Option<String> {
+        self.metrics
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ').map(str::to_owned))
     }
 
     /// Reasons of the Events about `name`.

@@ -45,6 +45,17 @@ fn value_sets() -> Vec<(&'static str, Vec<&'static str>)> {
             vec!["--set", "metrics.serviceMonitor.enabled=true"],
         ),
         (
+            "monitoring",
+            vec![
+                "--set",
+                "metrics.podMonitor.enabled=true",
+                "--set",
+                "metrics.prometheusRule.enabled=true",
+                "--set",
+                "metrics.grafanaDashboard.enabled=true",
+            ],
+        ),
+        (
             "custom image",
             vec![
                 "--set",
@@ -247,7 +258,7 @@ fn service_monitor_and_network_policies_render_when_enabled() {
 
 #[test]
 fn a_custom_image_is_used_for_the_operator_and_its_servers() {
-    let (_, set) = value_sets().remove(3);
+    let (_, set) = value_sets().remove(4);
     let docs = render(&set);
     let c = container(&docs);
     assert_eq!(

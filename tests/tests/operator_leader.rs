@@ -279,6 +279,12 @@ async fn sigterm_releases_the_lease_so_a_standby_leads_at_once_and_exits_0() {
         "{}",
         first.log()
     );
+    // Its stderr is a pipe, not a terminal: plain text, no ANSI colours.
+    assert!(
+        !first.log().contains('\u{1b}'),
+        "escape codes in a log that is not a terminal:\n{}",
+        first.log()
+    );
     wait_log(&mut second, LEADING, AT_ONCE).await;
     eprintln!(
         "the standby led {:?} after the leader exited",

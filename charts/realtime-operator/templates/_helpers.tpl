@@ -60,10 +60,11 @@ The rules of every RealtimeServer namespace: exactly what the operator calls
 - apiGroups: [""]
   resources: [services]
   verbs: [list, watch, create, patch]
-# Applied with 2+ replicas where policy/v1 is served; deleted below 2.
+# Applied with 2+ replicas where policy/v1 is served; below 2, looked up
+# (once per operator process) and deleted if there is one.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
-  verbs: [create, patch, delete]
+  verbs: [get, create, patch, delete]
 # Readiness of the server pods; a slot is dropped only once its pod is gone.
 - apiGroups: [""]
   resources: [pods]

@@ -288,6 +288,8 @@ pub struct Slot {
     pub active: bool,
     pub active_pid: Option<i32>,
     pub retained_wal_bytes: Option<i64>,
+    /// WAL written since the position its consumer last confirmed.
+    pub confirmed_lag_bytes: Option<i64>,
     pub confirmed_flush_lsn: Option<String>,
 }
 
@@ -297,7 +299,8 @@ pub async fn slots(c: &Client) -> Result<Vec<Slot>, tokio_postgres::Error> {
         .query(
             "SELECT slot_name::text, active, active_pid, \
              pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, \
-             confirmed_flush_lsn::text \
+             confirmed_flush_lsn::text, \
+             pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint \
              FROM pg_replication_slots WHERE slot_type = 'logical' ORDER BY 1",
             &[],
         )
@@ -310,18 +313,43 @@ pub async fn slots(c: &Client) -> Result<Vec<Slot>, tokio_postgres::Error> {
             active_pid: r.get(2),
             retained_wal_bytes: r.get(3),
             confirmed_flush_lsn: r.get(4),
+            confirmed_lag_bytes: r.get(5),
         })
         .collect())
 }
 
-/// A durable `pgoutput` slot.
-pub async fn create_slot(c: &Client, name: &str) -> Result<(), tokio_postgres::Error> {
-    c.execute(
-        "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-        &[&name],
-    )
-    .await
-    .map(drop)
+/// `server_version_num`, e.g. 150004 for 15.4.
+pub async fn server_version_num(c: &Client) -> Result<i32, tokio_postgres::Error> {
+    let v: String = c.query_one("SHOW server_version_num", &[]).await?.get(0);
+    Ok(v.trim().parse().unwrap_or(0))
+}
+
+/// The first `server_version_num` whose slots can be failover slots.
+pub const FAILOVER_SLOTS_SINCE: i32 = 170000;
+
+/// The statement that creates a durable `pgoutput` slot named `$1` on a
+/// server of `version` (`server_version_num`): from PostgreSQL 17 on with
+/// `failover` true, so that a standby with `sync_replication_slots = on`
+/// keeps a copy and the slot survives a failover to it.
+pub fn create_slot_sql(version: i32) -> &'static str {
+    if version >= FAILOVER_SLOTS_SINCE {
+        // (slot_name, plugin, temporary, twophase, failover)
+        "SELECT pg_create_logical_replication_slot($1, 'pgoutput', false, false, true)"
+    } else {
+        "SELECT pg_create_logical_replication_slot($1, 'pgoutput')"
+    }
+}
+
+/// A durable `pgoutput` slot (a failover slot where the server has them:
+/// [`create_slot_sql`]).
+pub async fn create_slot(
+    c: &Client,
+    name: &str,
+    version: i32,
+) -> Result<(), tokio_postgres::Error> {
+    c.execute(create_slot_sql(version), &[&name])
+        .await
+        .map(drop)
 }
 
 pub async fn drop_slot(c: &Client, name: &str) -> Result<(), tokio_postgres::Error> {
@@ -353,6 +381,20 @@ pub async fn setup_authorization(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slots_are_failover_slots_from_postgresql_17_on() {
+        assert_eq!(
+            create_slot_sql(150004),
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')"
+        );
+        assert_eq!(create_slot_sql(169999), create_slot_sql(100000));
+        assert_eq!(
+            create_slot_sql(170000),
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput', false, false, true)"
+        );
+        assert_eq!(create_slot_sql(180001), create_slot_sql(170000));
+    }
 
     #[test]
     fn tables_are_quoted_part_by_part() {

@@ -111,6 +111,8 @@ async fn steps(
 
     let ready = rollout::rollout(obj, ctx, &children).await?.min(v.replicas);
     report.ready(ready, v.replicas);
+    ctx.metrics
+        .replicas(&ns, &obj.name_any(), ready, v.replicas);
     report.set(rollout::available(&obj.name_any(), ready, v.replicas));
 
     Ok(Action::requeue(if slots.waiting.is_empty() {
@@ -172,6 +174,7 @@ async fn fail(
         | PublicationUpdated
         | ReplicaIdentitySet
         | SlotCreated
+        | SlotLost
         | SlotDropped
         | PodDisruptionBudgetSkipped
         | CleanupSkipped

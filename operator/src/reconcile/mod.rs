@@ -24,6 +24,8 @@ pub mod conditions;
 pub mod connect;
 pub mod database;
 pub mod driver;
+pub mod events;
+pub mod finalizer;
 pub mod publication;
 pub mod reason;
 pub mod rollout;
@@ -37,12 +39,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::finalizer::{finalizer, Event as Finalizer};
+use kube::runtime::events::EventType;
 use kube::{Api, Client, Resource, ResourceExt};
 
+use self::events::{Fact, Recorder};
+use self::finalizer::Step;
 use self::reason::Reason;
-use crate::crd::{RealtimeServer, FINALIZER};
+use crate::crd::RealtimeServer;
 use crate::metrics::Metrics;
 
 /// The one field manager of everything the operator writes.
@@ -100,22 +103,31 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// Resources already told (by an Event) that their PDB is skipped.
     pdb_skip_told: Mutex<HashSet<String>>,
+    /// Resources (by uid) known to have no PodDisruptionBudget: a resource
+    /// of one replica is not asked to delete one at every reconcile.
+    no_pdb: Mutex<HashSet<String>>,
+    /// The slots each resource (by uid) had at its last slots step: what a
+    /// missing slot is checked against (status, possibly stale in the
+    /// object a reconcile got, only after a restart).
+    slots_seen: Mutex<HashMap<String, Vec<String>>>,
+    /// The last slot loss of each resource (by uid): what was said, and when.
+    slots_lost: Mutex<HashMap<String, (String, Instant)>>,
 }
 
 impl Context {
     pub fn new(client: Client, settings: Settings, metrics: Arc<Metrics>) -> Context {
-        let reporter = Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
+        let instance = std::env::var("POD_NAME").ok().filter(|n| !n.is_empty());
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: Recorder::new(client.clone(), FIELD_MANAGER, instance),
             client,
             settings,
             metrics,
             pdb_v1: tokio::sync::OnceCell::new(),
             failures: Mutex::new(HashMap::new()),
             pdb_skip_told: Mutex::new(HashSet::new()),
+            no_pdb: Mutex::new(HashSet::new()),
+            slots_seen: Mutex::new(HashMap::new()),
+            slots_lost: Mutex::new(HashMap::new()),
         }
     }
 
@@ -128,14 +140,13 @@ impl Context {
         });
         let reason = reason.as_str();
         tracing::info!(resource = %key(obj), reason, "{note}");
-        let ev = Event {
+        let fact = Fact {
             type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: action.into(),
-            secondary: None,
+            reason,
+            action,
+            note: &note,
         };
-        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+        if let Err(e) = self.recorder.publish(&fact, &obj.object_ref(&())).await {
             tracing::warn!(error = %e, reason, "publishing an Event failed");
         }
     }
@@ -156,10 +167,68 @@ impl Context {
             .await
     }
 
+    /// Whether `obj` is known to have no PodDisruptionBudget.
+    pub fn known_without_pdb(&self, obj: &RealtimeServer) -> bool {
+        self.no_pdb.lock().expect("lock").contains(&uid(obj))
+    }
+
+    /// Records whether `obj` has a PodDisruptionBudget.
+    pub fn set_has_pdb(&self, obj: &RealtimeServer, has: bool) {
+        let mut known = self.no_pdb.lock().expect("lock");
+        if has {
+            known.remove(&uid(obj));
+        } else {
+            known.insert(uid(obj));
+        }
+    }
+
+    /// The slots `obj` had at its last slots step in this process.
+    pub fn slots_seen(&self, obj: &RealtimeServer) -> Option<Vec<String>> {
+        self.slots_seen
+            .lock()
+            .expect("lock")
+            .get(&uid(obj))
+            .cloned()
+    }
+
+    /// Records the slots `obj` has now; `None`: it is gone.
+    pub fn set_slots_seen(&self, obj: &RealtimeServer, slots: Option<Vec<String>>) {
+        let mut seen = self.slots_seen.lock().expect("lock");
+        match slots {
+            Some(s) => seen.insert(uid(obj), s),
+            None => {
+                self.slots_lost.lock().expect("lock").remove(&uid(obj));
+                seen.remove(&uid(obj))
+            }
+        };
+    }
+
+    /// Records that `obj` lost slots, as `message` says.
+    pub fn set_slots_lost(&self, obj: &RealtimeServer, message: String) {
+        self.slots_lost
+            .lock()
+            .expect("lock")
+            .insert(uid(obj), (message, Instant::now()));
+    }
+
+    /// What was said of `obj`'s last slot loss in this process, and how long ago.
+    pub fn slots_lost(&self, obj: &RealtimeServer) -> Option<(String, Duration)> {
+        self.slots_lost
+            .lock()
+            .expect("lock")
+            .get(&uid(obj))
+            .map(|(m, at)| (m.clone(), at.elapsed()))
+    }
+
     /// True the first time it is asked for `obj` (per operator process).
     pub fn first_pdb_skip(&self, obj: &RealtimeServer) -> bool {
         self.pdb_skip_told.lock().expect("lock").insert(key(obj))
     }
+}
+
+/// The uid, or `namespace/name` for an object not from the API server.
+fn uid(obj: &RealtimeServer) -> String {
+    obj.uid().unwrap_or_else(|| key(obj))
 }
 
 /// `namespace/name`.
@@ -181,8 +250,6 @@ pub enum Error {
     },
     #[error("waiting: {0}")]
     Waiting(String),
-    #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
 
 impl Error {
@@ -191,39 +258,40 @@ impl Error {
         move |source| Error::Database { what, source }
     }
 
-    /// The metrics label of this failure.
+    /// The metrics label of this failure (one of
+    /// [`crate::metrics::FAILURE_REASONS`]).
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kubernetes",
             Error::Database { .. } => "database",
             Error::Waiting(_) => "waiting",
-            Error::Finalizer(e) => match e.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(e)
-                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.metric_label(),
-                _ => "finalizer",
-            },
         }
     }
 }
 
-/// The controller's reconcile: the finalizer around [`driver::apply`] and
-/// [`cleanup::cleanup`].
+/// The controller's reconcile: the [`finalizer`] around [`driver::apply`]
+/// and [`cleanup::cleanup`].
 pub async fn reconcile(obj: Arc<RealtimeServer>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let ns = obj.namespace().unwrap_or_else(|| "default".into());
     let api: Api<RealtimeServer> = Api::namespaced(ctx.client.clone(), &ns);
     let k = key(&obj);
-    let result = finalizer(&api, FINALIZER, obj, |event| async {
-        match event {
-            Finalizer::Apply(obj) => driver::apply(obj, ctx.clone()).await,
-            Finalizer::Cleanup(obj) => cleanup::cleanup(obj, ctx.clone()).await,
+    let (name, deleting) = (obj.name_any(), obj.metadata.deletion_timestamp.is_some());
+    let gone = obj.clone();
+    let result = finalizer::guarded(&api, obj, |step| async {
+        match step {
+            Step::Apply(obj) => driver::apply(obj, ctx.clone()).await,
+            Step::Cleanup(obj) => cleanup::cleanup(obj, ctx.clone()).await,
         }
     })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    .await;
     ctx.metrics.reconciled(started.elapsed());
     if result.is_ok() {
         ctx.failures.lock().expect("lock").remove(&k);
+        if deleting {
+            ctx.metrics.forget(&ns, &name);
+            ctx.set_slots_seen(&gone, None);
+        }
     }
     result
 }
@@ -240,18 +308,33 @@ pub fn error_policy(obj: Arc<RealtimeServer>, err: &Error, ctx: Arc<Context>) ->
     // Waiting (slots in use, a database gone during deletion) is bounded by
     // its own deadline: look again soon rather than backing off for minutes.
     let delay = match err {
-        Error::Finalizer(e)
-            if matches!(
-                e.as_ref(),
-                kube::runtime::finalizer::Error::CleanupFailed(Error::Waiting(_))
-            ) =>
-        {
-            backoff(n).min(WAITING_RETRY)
-        }
+        Error::Waiting(_) => backoff(n).min(WAITING_RETRY),
         _ => backoff(n),
     };
-    tracing::warn!(resource = %key(&obj), error = %err, retry_in = ?delay, "reconcile failed");
+    tracing::warn!(
+        resource = %key(&obj),
+        error = %error_chain(err),
+        retry_in = ?delay,
+        "reconcile failed"
+    );
     Action::requeue(delay)
+}
+
+/// `err` and every error behind it, `: `-separated, leaving out a cause
+/// whose text is already said (`database: creating slot x: db error: ERROR:
+/// relation "x" does not exist`, not `db error` alone).
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let more = e.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = e.source();
+    }
+    text
 }
 
 /// The delay after `n` consecutive failures.
@@ -264,6 +347,21 @@ pub fn backoff(n: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0}")]
+    struct Text(String, #[source] Option<Box<Text>>);
+
+    #[test]
+    fn the_error_chain_says_every_cause_once() {
+        let inner = Text("relation \"nope\" does not exist".into(), None);
+        let middle = Text("db error".into(), Some(Box::new(inner)));
+        let outer = Text("creating slot x: db error".into(), Some(Box::new(middle)));
+        assert_eq!(
+            error_chain(&outer),
+            "creating slot x: db error: relation \"nope\" does not exist"
+        );
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {

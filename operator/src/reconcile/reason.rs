@@ -65,6 +65,9 @@ reasons! {
     WaitingForPods,
     /// `SlotsReady`: managing the slots failed.
     SlotError,
+    /// `SlotsReady` and a Warning Event: a slot the operator had created
+    /// vanished (failover, restore) and was recreated.
+    SlotLost,
     /// `Available`: applying the children failed.
     RolloutFailed,
     /// `Available`: `spec.replicas` is 0.
@@ -104,6 +107,19 @@ impl Reason {
         use Reason::*;
         Some(match self {
             InvalidSpec => (Warning, "Validate"),
+            // A step that failed: told in its condition and in a Warning
+            // Event (once per distinct message).
+            SecretNotFound => (Warning, "ReadSecret"),
+            AuthenticationFailed | DatabaseNotFound | ConnectionFailed => (Warning, "Connect"),
+            WalLevelNotLogical => (Warning, "CheckDatabase"),
+            PublicationError | PublicationConflict | PublicationNotOwned => {
+                (Warning, "ManagePublication")
+            }
+            ReplicaIdentityError | TableNotFound => (Warning, "AlterTable"),
+            AuthorizationSetupError => (Warning, "SetupAuthorization"),
+            SlotError => (Warning, "ManageSlots"),
+            SlotLost => (Warning, "CreateSlot"),
+            RolloutFailed => (Warning, "Apply"),
             UnlimitedWalRetention => (Warning, "CheckDatabase"),
             PublicationCreated => (Normal, "CreatePublication"),
             PublicationAdopted => (Normal, "AdoptPublication"),
@@ -115,25 +131,7 @@ impl Reason {
             CleanupSkipped => (Normal, "Cleanup"),
             SlotsLeftBehind => (Warning, "Cleanup"),
             PublicationDropped => (Normal, "DropPublication"),
-            Blocked
-            | SecretNotFound
-            | AuthenticationFailed
-            | DatabaseNotFound
-            | ConnectionFailed
-            | WalLevelNotLogical
-            | Connected
-            | Ready
-            | PublicationError
-            | PublicationConflict
-            | PublicationNotOwned
-            | ReplicaIdentityError
-            | TableNotFound
-            | AuthorizationSetupError
-            | WaitingForPods
-            | SlotError
-            | RolloutFailed
-            | ScaledToZero
-            | AllReplicasReady
+            Blocked | Connected | Ready | WaitingForPods | ScaledToZero | AllReplicasReady
             | ReplicasNotReady => return None,
         })
     }

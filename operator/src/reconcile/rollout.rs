@@ -61,7 +61,7 @@ async fn apply_all(obj: &RealtimeServer, ctx: &Context, children: &Children) -> 
 }
 
 /// Applies the PodDisruptionBudget when it is wanted and the cluster serves
-/// `policy/v1`, and deletes one no longer wanted; says once, in an Event, why
+/// `policy/v1`, and deletes one no longer wanted (looking first, once); says once, in an Event, why
 /// there is none when the cluster cannot have one.
 async fn pod_disruption_budget(
     obj: &RealtimeServer,
@@ -72,6 +72,7 @@ async fn pod_disruption_budget(
     match (wanted, served) {
         (Some(pdb), true) => {
             apply::apply(&ctx.client, pdb).await?;
+            ctx.set_has_pdb(obj, true);
         }
         (Some(_), false) => {
             if ctx.first_pdb_skip(obj) {
@@ -85,14 +86,21 @@ async fn pod_disruption_budget(
                 .await;
             }
         }
+        // Looked up once (per operator process), not deleted blindly at
+        // every reconcile of a one-replica resource.
+        (None, true) if ctx.known_without_pdb(obj) => {}
         (None, true) => {
             let api: Api<PodDisruptionBudget> =
                 Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-            match api.delete(&obj.name_any(), &DeleteParams::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(e.into()),
+            let name = obj.name_any();
+            if api.get_opt(&name).await?.is_some() {
+                match api.delete(&name, &DeleteParams::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
+            ctx.set_has_pdb(obj, false);
         }
         (None, false) => {}
     }
