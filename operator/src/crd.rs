@@ -24,6 +24,13 @@ pub const FINALIZER: &str = "realtime.dev/cleanup";
     namespaced,
     shortname = "rts",
     status = "RealtimeServerStatus",
+    // `kubectl scale rts` and a HorizontalPodAutoscaler: the operator rolls the
+    // replica count out to the StatefulSet and its slots.
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Available\")].status"}"#,
     printcolumn = r#"{"name":"Replicas","type":"string","jsonPath":".status.replicasSummary"}"#,
     printcolumn = r#"{"name":"Publication","type":"string","jsonPath":".status.publication"}"#,
@@ -31,6 +38,7 @@ pub const FINALIZER: &str = "realtime.dev/cleanup";
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = integer_formats)]
 pub struct RealtimeServerSpec {
     /// The PostgreSQL database to stream from.
     pub database: DatabaseSpec,
@@ -39,12 +47,14 @@ pub struct RealtimeServerSpec {
     pub publication: PublicationSpec,
     /// Server pods; each streams from its own replication slot.
     #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = MAX_REPLICAS))]
     pub replicas: i32,
     /// The server image; defaults to the operator's configured image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// Always, IfNotPresent or Never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = PULL_POLICIES))]
     pub image_pull_policy: Option<String>,
     /// Client authentication.
     #[serde(default)]
@@ -56,6 +66,7 @@ pub struct RealtimeServerSpec {
         rename = "maxReplicationLagMB",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(range(max = MAX_REPLICATION_LAG_MB))]
     pub max_replication_lag_mb: Option<u64>,
     /// What happens to the publication this resource created when it is deleted.
     /// Replication slots are always dropped.
@@ -79,18 +90,42 @@ fn default_replicas() -> i32 {
     1
 }
 
+/// The largest `spec.replicas`: slot names leave room for five ordinal digits.
+pub const MAX_REPLICAS: i32 = 99_999;
+/// The largest `spec.maxReplicationLagMB`: 2^43 - 1 MB is 2^63 bytes less one
+/// MB, so the limit in bytes fits PostgreSQL's bigint (and the schema's int64).
+pub const MAX_REPLICATION_LAG_MB: u64 = (1 << 43) - 1;
+/// The image pull policies Kubernetes knows.
+pub const PULL_POLICIES: [&str; 3] = ["Always", "IfNotPresent", "Never"];
+/// The Service types the operator builds.
+pub const SERVICE_TYPES: [&str; 3] = ["ClusterIP", "NodePort", "LoadBalancer"];
+/// PostgreSQL's longest identifier (NAMEDATALEN - 1), in bytes.
+pub const MAX_IDENTIFIER: u32 = 63;
+
 /// Where and how to connect to PostgreSQL. The user needs the REPLICATION
 /// attribute and the right to create publications on the listed tables.
+///
+/// `host`, `port` and `name` say which database holds this resource's slots
+/// and publication: they are immutable (a change would leave the slots behind,
+/// retaining WAL, in the database that was left). Delete and recreate the
+/// resource to move it.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseSpec {
+    #[schemars(length(min = 1), extend("x-kubernetes-validations" = [immutable("spec.database.host")]))]
     pub host: String,
     #[serde(default = "default_db_port")]
+    #[schemars(
+        extend("x-kubernetes-validations" = [immutable("spec.database.port")]),
+        range(min = 1, max = 65535)
+    )]
     pub port: u16,
     /// The database name.
     #[serde(default = "default_db_name")]
+    #[schemars(length(min = 1), extend("x-kubernetes-validations" = [immutable("spec.database.name")]))]
     pub name: String,
     #[serde(default = "default_db_user")]
+    #[schemars(length(min = 1))]
     pub user: String,
     /// The password, from a key of a Secret in the resource's namespace.
     pub password_secret_ref: SecretKeyRef,
@@ -113,7 +148,9 @@ fn default_db_user() -> String {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
+    #[schemars(length(min = 1))]
     pub name: String,
+    #[schemars(length(min = 1))]
     pub key: String,
 }
 
@@ -142,9 +179,25 @@ impl SslMode {
 /// The publication streamed by the servers.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.allTables || size(self.tables) > 0",
+        "message": "spec.publication.tables is empty: list the tables to stream as schema.table, or set allTables: true",
+    },
+    {
+        "rule": "!self.allTables || size(self.tables) == 0",
+        "message": "spec.publication: set either allTables or tables, not both",
+    },
+    {
+        "rule": "has(self.name) == has(oldSelf.name) && (!has(self.name) || self.name == oldSelf.name)",
+        "messageExpression": "'spec.publication.name is immutable (it was ' + (has(oldSelf.name) ? oldSelf.name : 'not set') + '): delete and recreate the resource to stream another publication'",
+    },
+]))]
 pub struct PublicationSpec {
     /// Publication name; defaults to `realtime_<namespace>_<name>` (see status).
+    /// Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = MAX_IDENTIFIER))]
     pub name: Option<String>,
     /// Publish every table of the database (`FOR ALL TABLES`).
     #[serde(default)]
@@ -164,6 +217,10 @@ pub struct PublicationSpec {
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!self.secureChannels || has(self.jwtSecretRef)",
+    "message": "spec.auth.secureChannels is true (the default) but spec.auth.jwtSecretRef is not set: name the Secret key holding the JWT secret, or set secureChannels: false",
+}]))]
 pub struct AuthSpec {
     /// Require a JWT to join channels. Needs `jwtSecretRef`.
     #[serde(default = "default_true")]
@@ -200,9 +257,11 @@ pub enum ReclaimPolicy {
 pub struct ServiceSpec {
     /// ClusterIP, NodePort or LoadBalancer.
     #[serde(default = "default_service_type", rename = "type")]
+    #[schemars(extend("enum" = SERVICE_TYPES))]
     pub type_: String,
     /// The Service's port (the pods listen on 4000).
     #[serde(default = "default_service_port")]
+    #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
 }
 
@@ -232,16 +291,27 @@ pub struct RealtimeServerStatus {
     /// DatabaseReady, PublicationReady, SlotsReady, Available.
     #[serde(default)]
     pub conditions: Vec<Condition>,
+    /// The replicas the StatefulSet was given (the scale subresource's
+    /// `status.replicas`).
     #[serde(default)]
     pub replicas: i32,
     #[serde(default)]
     pub ready_replicas: i32,
+    /// The label selector of the pods, for the scale subresource (an HPA
+    /// reads the pods' metrics through it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
     /// `ready/desired`, for `kubectl get`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas_summary: Option<String>,
     /// The WebSocket endpoint inside the cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// The database (`host:port/name`) that holds this resource's slots and
+    /// publication, recorded once connected: the operator refuses a spec that
+    /// points elsewhere (the CEL rules refuse it at admission where enforced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
     /// The publication this resource streams.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publication: Option<String>,
@@ -284,6 +354,35 @@ pub struct SlotStatus {
     pub retained_wal_bytes: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confirmed_flush_lsn: Option<String>,
+}
+
+/// A CEL transition rule that keeps `field` as it was created.
+fn immutable(field: &str) -> serde_json::Value {
+    serde_json::json!({
+        "rule": "self == oldSelf",
+        "message": format!(
+            "{field} is immutable: the slots and publication live in the database first named; \
+             delete and recreate the resource to move it"
+        ),
+    })
+}
+
+/// Only the integer formats Kubernetes knows (int32, int64): an unsigned Rust
+/// type gives `uint16`/`uint64`, which `kubectl apply` warns about on 1.28+.
+/// The unsigned type's lower bound stays as `minimum: 0`.
+fn integer_formats(schema: &mut schemars::Schema) {
+    if let Some(obj) = schema.as_object_mut() {
+        let unsigned = match obj.get("format").and_then(|f| f.as_str()) {
+            Some("uint8" | "uint16") => Some("int32"),
+            Some("uint32" | "uint64" | "uint") => Some("int64"),
+            _ => None,
+        };
+        if let Some(format) = unsigned {
+            obj.insert("format".into(), format.into());
+            obj.entry("minimum").or_insert(0.into());
+        }
+    }
+    schemars::transform::transform_subschemas(&mut integer_formats, schema);
 }
 
 /// The CRD as YAML, as committed under `crds/`.

@@ -2,16 +2,19 @@
 //! [`Validated`] values the later steps use (resolved defaults, parsed table
 //! names, derived database names). Every problem is reported at once, each in a
 //! sentence that names the field and says what is expected.
+//!
+//! The CRD's schema bounds and CEL rules (see [`crate::crd`]) refuse most of
+//! these problems at admission, on API servers that enforce CEL (1.25+); this
+//! step is the fallback for those that do not, and for what a schema cannot
+//! see (the operator's default image, byte lengths of names).
 
 use super::driver::Failure;
 use super::reason::Reason;
-use crate::crd::RealtimeServerSpec;
+use crate::crd::{
+    RealtimeServerSpec, RealtimeServerStatus, MAX_REPLICAS, MAX_REPLICATION_LAG_MB, PULL_POLICIES,
+    SERVICE_TYPES,
+};
 use crate::names;
-
-/// The largest replica count: slot names leave room for five ordinal digits.
-pub const MAX_REPLICAS: i32 = 99_999;
-const SERVICE_TYPES: &[&str] = &["ClusterIP", "NodePort", "LoadBalancer"];
-const PULL_POLICIES: &[&str] = &["Always", "IfNotPresent", "Never"];
 
 /// A table as `schema.table`, unquoted; SQL quotes it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -95,6 +98,14 @@ pub fn validate(
         errors.push(format!(
             "spec.replicas={}: expected 0 to {MAX_REPLICAS}",
             spec.replicas
+        ));
+    }
+    if let Some(mb) = spec
+        .max_replication_lag_mb
+        .filter(|mb| *mb > MAX_REPLICATION_LAG_MB)
+    {
+        errors.push(format!(
+            "spec.maxReplicationLagMB={mb}: expected 0 to {MAX_REPLICATION_LAG_MB}"
         ));
     }
     if spec.database.host.trim().is_empty() {
@@ -218,6 +229,59 @@ pub fn validate(
     })
 }
 
+/// `host:port/name`: the database `spec` points at, as `status.database`
+/// records it.
+pub fn database_identity(spec: &RealtimeServerSpec) -> String {
+    let db = &spec.database;
+    format!("{}:{}/{}", db.host, db.port, db.name)
+}
+
+/// Refuses a spec that points a resource that already created slots or a
+/// publication at another database or publication: those would be left
+/// behind (slots retaining WAL until the disk fills). The CRD's CEL rules
+/// refuse such an update at admission where the API server enforces them;
+/// this is the fallback, reading what the status recorded.
+pub fn unchanged_identity(
+    status: Option<&RealtimeServerStatus>,
+    spec: &RealtimeServerSpec,
+    v: &Validated,
+) -> Result<(), SpecError> {
+    let Some(status) = status else {
+        return Ok(());
+    };
+    let created = !status.slots.is_empty() || status.publication_owned;
+    let mut problems = Vec::new();
+    let now = database_identity(spec);
+    if let Some(was) = status
+        .database
+        .as_ref()
+        .filter(|was| created && **was != now)
+    {
+        problems.push(format!(
+            "spec.database points at {now} but this resource's slots and publication are in \
+             {was}: spec.database.host, port and name are immutable; set them back, or delete \
+             and recreate the resource to move it"
+        ));
+    }
+    if let Some(was) = status
+        .publication
+        .as_ref()
+        .filter(|was| status.publication_owned && **was != v.publication)
+    {
+        problems.push(format!(
+            "spec.publication.name={:?} but this resource manages publication {was}: \
+             spec.publication.name is immutable; set it back, or delete and recreate the \
+             resource to stream another publication",
+            v.publication
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(SpecError { problems })
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -281,6 +345,47 @@ pub(crate) mod tests {
             format!("invalid spec: {}", e.problems.join("; ")),
             "the message a user sees names every problem"
         );
+    }
+
+    #[test]
+    fn the_database_and_publication_stay_once_something_was_created() {
+        let s = spec();
+        let v = validate("default", "chat", &s, None).unwrap();
+        let mut status = RealtimeServerStatus {
+            database: Some("db.example:5432/postgres".into()),
+            publication: Some("realtime_default_chat".into()),
+            ..Default::default()
+        };
+        assert_eq!(unchanged_identity(Some(&status), &s, &v), Ok(()));
+        let mut moved = spec();
+        moved.database.host = "db2".into();
+        moved.publication.name = Some("other".into());
+        let mv = validate("default", "chat", &moved, None).unwrap();
+        // Nothing created yet: the resource may still point elsewhere.
+        assert_eq!(unchanged_identity(Some(&status), &moved, &mv), Ok(()));
+        status.slots.push(SlotStatus {
+            name: "rts_default_chat_0".into(),
+            active: false,
+            retained_wal_bytes: None,
+            confirmed_flush_lsn: None,
+        });
+        let e = unchanged_identity(Some(&status), &moved, &mv).unwrap_err();
+        assert_eq!(e.problems.len(), 1, "{e:?}");
+        assert!(
+            e.problems[0].starts_with(
+                "spec.database points at db2:5432/postgres but this resource's slots and \
+                 publication are in db.example:5432/postgres"
+            ),
+            "{e:?}"
+        );
+        status.publication_owned = true;
+        let e = unchanged_identity(Some(&status), &moved, &mv).unwrap_err();
+        assert_eq!(e.problems.len(), 2, "{e:?}");
+        assert!(
+            e.problems[1].contains("manages publication realtime_default_chat"),
+            "{e:?}"
+        );
+        assert_eq!(unchanged_identity(None, &moved, &mv), Ok(()));
     }
 
     #[test]
