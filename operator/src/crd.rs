@@ -5,7 +5,10 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{
+    Affinity, EnvVar, LocalObjectReference, PodSecurityContext, ResourceRequirements,
+    SecurityContext, Toleration, TopologySpreadConstraint,
+};
 use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -84,6 +87,81 @@ pub struct RealtimeServerSpec {
     pub tolerations: Option<Vec<Toleration>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
+    /// Additions to the server pods, merged onto what the operator builds
+    /// (see the operator README for what may not be overridden).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_template: Option<PodTemplateOverlay>,
+}
+
+/// The labels the operator puts on every pod: they select the pods (the
+/// StatefulSet, the Services, the PodDisruptionBudget, the scale subresource).
+pub const OPERATOR_LABELS: [&str; 3] = [
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/managed-by",
+];
+/// The pod annotation the operator owns: a change of it rolls the pods.
+pub const CONFIG_HASH_ANNOTATION: &str = "realtime.dev/config-hash";
+
+/// What a user adds to the server pods, merged onto what the operator builds,
+/// as Stackable's `podOverrides` and CloudNativePG's pod settings do. What the
+/// operator sets for the server's contract cannot be overridden: its labels,
+/// its configuration-hash annotation and the environment variables it writes
+/// are refused (the rules below at admission, the operator's validation as
+/// the fallback).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodTemplateOverlay {
+    /// Labels and annotations added to the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<PodOverlayMetadata>,
+    /// Environment variables added to the server container after the
+    /// operator's (any server setting the operator does not write, such as
+    /// `MAX_CONNECTIONS` or `RUST_LOG`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Vec<EnvVar>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub termination_grace_period_seconds: Option<i64>,
+    /// The pod's security context: the fields set here replace the operator's
+    /// (non-root user 65532, RuntimeDefault seccomp); the others stay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<PodSecurityContext>,
+    /// The server container's security context, merged the same way over the
+    /// operator's (read-only root filesystem, no privilege escalation, every
+    /// capability dropped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_security_context: Option<SecurityContext>,
+}
+
+/// Labels and annotations added to the pods.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodOverlayMetadata {
+    /// Added to the pods' labels; the operator's `app.kubernetes.io/name`,
+    /// `instance` and `managed-by` cannot be set here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "!('app.kubernetes.io/name' in self || 'app.kubernetes.io/instance' in self || 'app.kubernetes.io/managed-by' in self)",
+        "message": "spec.podTemplate.metadata.labels: app.kubernetes.io/name, app.kubernetes.io/instance and app.kubernetes.io/managed-by are set by the operator (they select the pods)",
+    }]))]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Added to the pods' annotations; the operator's
+    /// `realtime.dev/config-hash` cannot be set here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "!('realtime.dev/config-hash' in self)",
+        "message": "spec.podTemplate.metadata.annotations: realtime.dev/config-hash is set by the operator (it rolls the pods when the configuration changes)",
+    }]))]
+    pub annotations: Option<BTreeMap<String, String>>,
 }
 
 fn default_replicas() -> i32 {
@@ -410,6 +488,12 @@ mod tests {
         let obj: RealtimeServer = serde_yaml::from_str(sample).expect("the sample parses");
         assert_eq!(obj.spec.replicas, 2);
         assert_eq!(obj.spec.max_replication_lag_mb, Some(1024));
+        let overlay = obj
+            .spec
+            .pod_template
+            .as_ref()
+            .expect("the sample has a podTemplate");
+        assert_eq!(overlay.termination_grace_period_seconds, Some(60));
         let v = crate::reconcile::validate::validate("default", "chat", &obj.spec, Some("img"));
         assert!(v.is_ok(), "{v:?}");
     }

@@ -243,3 +243,41 @@ fn numbers_have_the_bounds_the_operator_validates() {
         assert_eq!(p.len(), 1, "{pointer}={value}: {p:?}");
     }
 }
+
+#[test]
+fn the_pod_template_cannot_set_the_operators_labels_or_annotation() {
+    let fine = with(
+        valid(),
+        "/podTemplate",
+        json!({"metadata": {"labels": {"team": "chat"}, "annotations": {"a": "b"}}}),
+    );
+    assert_eq!(refused(&fine, None), Vec::<String>::new());
+    assert_eq!(operator_problems(&fine), Vec::<String>::new());
+    for label in [
+        "app.kubernetes.io/name",
+        "app.kubernetes.io/instance",
+        "app.kubernetes.io/managed-by",
+    ] {
+        let spec = with(
+            valid(),
+            "/podTemplate",
+            json!({"metadata": {"labels": {label: "x"}}}),
+        );
+        let r = refused(&spec, None);
+        assert_eq!(r.len(), 1, "{label}: {r:?}");
+        assert!(
+            r[0].contains("spec.podTemplate.metadata.labels: app.kubernetes.io/name"),
+            "{r:?}"
+        );
+        assert_eq!(operator_problems(&spec).len(), 1, "{label}");
+    }
+    let hash = with(
+        valid(),
+        "/podTemplate",
+        json!({"metadata": {"annotations": {"realtime.dev/config-hash": "x"}}}),
+    );
+    let r = refused(&hash, None);
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert!(r[0].contains("realtime.dev/config-hash is set by the operator"));
+    assert_eq!(operator_problems(&hash).len(), 1);
+}

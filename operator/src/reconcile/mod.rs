@@ -24,6 +24,7 @@ pub mod conditions;
 pub mod connect;
 pub mod database;
 pub mod driver;
+pub mod governing;
 pub mod publication;
 pub mod reason;
 pub mod rollout;

@@ -8,11 +8,12 @@
 //! step is the fallback for those that do not, and for what a schema cannot
 //! see (the operator's default image, byte lengths of names).
 
+use super::build::OPERATOR_ENV;
 use super::driver::Failure;
 use super::reason::Reason;
 use crate::crd::{
-    RealtimeServerSpec, RealtimeServerStatus, MAX_REPLICAS, MAX_REPLICATION_LAG_MB, PULL_POLICIES,
-    SERVICE_TYPES,
+    PodTemplateOverlay, RealtimeServerSpec, RealtimeServerStatus, CONFIG_HASH_ANNOTATION,
+    MAX_REPLICAS, MAX_REPLICATION_LAG_MB, OPERATOR_LABELS, PULL_POLICIES, SERVICE_TYPES,
 };
 use crate::names;
 
@@ -204,6 +205,9 @@ pub fn validate(
             ));
         }
     }
+    if let Some(overlay) = &spec.pod_template {
+        pod_template(overlay, &mut errors);
+    }
     let image = spec
         .image
         .clone()
@@ -227,6 +231,48 @@ pub fn validate(
         replicas: spec.replicas,
         image,
     })
+}
+
+/// What `spec.podTemplate` may not touch: the operator's labels, its
+/// configuration-hash annotation and the environment variables it writes.
+fn pod_template(overlay: &PodTemplateOverlay, errors: &mut Vec<String>) {
+    if let Some(m) = &overlay.metadata {
+        let labels: Vec<&str> = OPERATOR_LABELS
+            .into_iter()
+            .filter(|l| m.labels.as_ref().is_some_and(|m| m.contains_key(*l)))
+            .collect();
+        if !labels.is_empty() {
+            errors.push(format!(
+                "spec.podTemplate.metadata.labels sets {labels:?}: the operator sets these \
+                 labels (they select the pods); remove them"
+            ));
+        }
+        if m.annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(CONFIG_HASH_ANNOTATION))
+        {
+            errors.push(format!(
+                "spec.podTemplate.metadata.annotations sets {CONFIG_HASH_ANNOTATION:?}: the \
+                 operator sets it (it rolls the pods when the configuration changes); remove it"
+            ));
+        }
+    }
+    for e in overlay.env.iter().flatten() {
+        if OPERATOR_ENV.contains(&e.name.as_str()) {
+            errors.push(format!(
+                "spec.podTemplate.env sets {}: the operator writes it from the spec (see \
+                 the operator README); set the spec field instead",
+                e.name
+            ));
+        } else if e.name.is_empty() {
+            errors.push("spec.podTemplate.env: an entry has no name".into());
+        }
+    }
+    if let Some(t) = overlay.termination_grace_period_seconds.filter(|t| *t < 0) {
+        errors.push(format!(
+            "spec.podTemplate.terminationGracePeriodSeconds={t}: expected 0 or more"
+        ));
+    }
 }
 
 /// `host:port/name`: the database `spec` points at, as `status.database`
@@ -386,6 +432,39 @@ pub(crate) mod tests {
             "{e:?}"
         );
         assert_eq!(unchanged_identity(None, &moved, &mv), Ok(()));
+    }
+
+    #[test]
+    fn the_pod_template_cannot_take_what_the_operator_owns() {
+        let mut s = spec();
+        s.pod_template = Some(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {
+                    "labels": {"app.kubernetes.io/instance": "other", "team": "chat"},
+                    "annotations": {"realtime.dev/config-hash": "x"},
+                },
+                "env": [
+                    {"name": "SLOT_NAME", "value": "mine"},
+                    {"name": "TEMPORARY_SLOT", "value": "true"},
+                    {"name": "MAX_CONNECTIONS", "value": "10"},
+                ],
+                "terminationGracePeriodSeconds": -1,
+            }))
+            .unwrap(),
+        );
+        let e = validate("default", "chat", &s, None).unwrap_err().problems;
+        assert_eq!(e.len(), 5, "{e:?}");
+        assert!(e[0].contains("[\"app.kubernetes.io/instance\"]"), "{e:?}");
+        assert!(e[1].contains("realtime.dev/config-hash"), "{e:?}");
+        assert!(
+            e[2].starts_with("spec.podTemplate.env sets SLOT_NAME"),
+            "{e:?}"
+        );
+        assert!(
+            e[3].starts_with("spec.podTemplate.env sets TEMPORARY_SLOT"),
+            "{e:?}"
+        );
+        assert!(e[4].contains("terminationGracePeriodSeconds=-1"), "{e:?}");
     }
 
     #[test]
