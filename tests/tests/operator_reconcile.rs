@@ -692,3 +692,49 @@ async fn the_database_of_a_resource_cannot_be_changed() {
     }
     assert_eq!(env.slots().await, vec!["rts_default_chat_0"]);
 }
+
+/// The CRD's bounds are OpenAPI validation, which every API server enforces
+/// (1.20 too): a negative replica count or a port out of range never reaches
+/// the operator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_server_refuses_numbers_out_of_bounds() {
+    let env = OperatorEnv::start().await;
+    let mut bad = spec(&["public.messages"]);
+    bad["database"]["port"] = json!(5432);
+    bad["replicas"] = json!(-1);
+    bad["service"] = json!({"port": 70000});
+    let obj: realtime_operator::crd::RealtimeServer = serde_json::from_value(json!({
+        "apiVersion": "realtime.dev/v1alpha1",
+        "kind": "RealtimeServer",
+        "metadata": {"name": "bad", "namespace": NS},
+        "spec": bad,
+    }))
+    .unwrap();
+    match env.api().create(&Default::default(), &obj).await {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!(e.code, 422, "{e:?}");
+            assert!(e.message.contains("spec.replicas"), "{e:?}");
+            assert!(e.message.contains("spec.service.port"), "{e:?}");
+        }
+        other => panic!("replicas -1 and port 70000 were not refused: {other:?}"),
+    }
+
+    let mut good = spec(&["public.messages"]);
+    good["database"]["port"] = json!(5432);
+    env.create("chat", good).await;
+    let patched = env
+        .api()
+        .patch(
+            "chat",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"database": {"port": 65536}}})),
+        )
+        .await;
+    match patched {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!(e.code, 422, "{e:?}");
+            assert!(e.message.contains("spec.database.port"), "{e:?}");
+        }
+        other => panic!("port 65536 was not refused: {other:?}"),
+    }
+}
