@@ -17,6 +17,11 @@ use crate::crd::{
 };
 use crate::names;
 
+/// The longest resource name: its StatefulSet's pods are labelled
+/// `controller-revision-hash=<name>-<10 characters>`, a label value of at
+/// most 63 characters.
+pub const MAX_NAME: usize = 52;
+
 /// A table as `schema.table`, unquoted; SQL quotes it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct QualifiedTable {
@@ -95,6 +100,14 @@ pub fn validate(
 ) -> Result<Validated, SpecError> {
     let mut errors = Vec::new();
 
+    if name.len() > MAX_NAME {
+        errors.push(format!(
+            "metadata.name {name:?} has {} characters: at most {MAX_NAME} (the StatefulSet's \
+             pods carry the label controller-revision-hash=<name>-<10 characters>, at most 63, \
+             and the headless Service is <name>-headless); recreate it with a shorter name",
+            name.len()
+        ));
+    }
     if !(0..=MAX_REPLICAS).contains(&spec.replicas) {
         errors.push(format!(
             "spec.replicas={}: expected 0 to {MAX_REPLICAS}",
@@ -465,6 +478,18 @@ pub(crate) mod tests {
             "{e:?}"
         );
         assert!(e[4].contains("terminationGracePeriodSeconds=-1"), "{e:?}");
+    }
+
+    #[test]
+    fn a_name_too_long_for_the_statefulsets_pods_is_refused() {
+        let long = "a".repeat(MAX_NAME);
+        assert!(validate("default", &long, &spec(), None).is_ok());
+        let longer = "a".repeat(MAX_NAME + 1);
+        let e = validate("default", &longer, &spec(), None)
+            .unwrap_err()
+            .problems;
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].contains("has 53 characters: at most 52"), "{e:?}");
     }
 
     #[test]
