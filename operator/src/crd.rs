@@ -88,7 +88,7 @@ pub struct RealtimeServerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
     /// Additions to the server pods, merged onto what the operator builds
-    /// (see the operator README for what may not be overridden).
+    /// (the README's "Pod template overlay" says what may not be overridden).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_template: Option<PodTemplateOverlay>,
 }
