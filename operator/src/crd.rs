@@ -5,7 +5,10 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{
+    Affinity, EnvVar, LocalObjectReference, PodSecurityContext, ResourceRequirements,
+    SecurityContext, Toleration, TopologySpreadConstraint,
+};
 use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -24,6 +27,13 @@ pub const FINALIZER: &str = "realtime.dev/cleanup";
     namespaced,
     shortname = "rts",
     status = "RealtimeServerStatus",
+    // `kubectl scale rts` and a HorizontalPodAutoscaler: the operator rolls the
+    // replica count out to the StatefulSet and its slots.
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Available\")].status"}"#,
     printcolumn = r#"{"name":"Replicas","type":"string","jsonPath":".status.replicasSummary"}"#,
     printcolumn = r#"{"name":"Publication","type":"string","jsonPath":".status.publication"}"#,
@@ -31,6 +41,7 @@ pub const FINALIZER: &str = "realtime.dev/cleanup";
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = integer_formats)]
 pub struct RealtimeServerSpec {
     /// The PostgreSQL database to stream from.
     pub database: DatabaseSpec,
@@ -39,12 +50,14 @@ pub struct RealtimeServerSpec {
     pub publication: PublicationSpec,
     /// Server pods; each streams from its own replication slot.
     #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = MAX_REPLICAS))]
     pub replicas: i32,
     /// The server image; defaults to the operator's configured image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// Always, IfNotPresent or Never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = PULL_POLICIES))]
     pub image_pull_policy: Option<String>,
     /// Client authentication.
     #[serde(default)]
@@ -56,6 +69,7 @@ pub struct RealtimeServerSpec {
         rename = "maxReplicationLagMB",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(range(max = MAX_REPLICATION_LAG_MB))]
     pub max_replication_lag_mb: Option<u64>,
     /// What happens to the publication this resource created when it is deleted.
     /// Replication slots are always dropped.
@@ -73,24 +87,123 @@ pub struct RealtimeServerSpec {
     pub tolerations: Option<Vec<Toleration>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
+    /// Additions to the server pods, merged onto what the operator builds
+    /// (the README's "Pod template overlay" says what may not be overridden).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_template: Option<PodTemplateOverlay>,
+}
+
+/// The labels the operator puts on every pod: they select the pods (the
+/// StatefulSet, the Services, the PodDisruptionBudget, the scale subresource).
+pub const OPERATOR_LABELS: [&str; 3] = [
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/managed-by",
+];
+/// The pod annotation the operator owns: a change of it rolls the pods.
+pub const CONFIG_HASH_ANNOTATION: &str = "realtime.dev/config-hash";
+
+/// What a user adds to the server pods, merged onto what the operator builds,
+/// as Stackable's `podOverrides` and CloudNativePG's pod settings do. What the
+/// operator sets for the server's contract cannot be overridden: its labels,
+/// its configuration-hash annotation and the environment variables it writes
+/// are refused (the rules below at admission, the operator's validation as
+/// the fallback).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodTemplateOverlay {
+    /// Labels and annotations added to the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<PodOverlayMetadata>,
+    /// Environment variables added to the server container after the
+    /// operator's (any server setting the operator does not write, such as
+    /// `MAX_CONNECTIONS` or `RUST_LOG`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Vec<EnvVar>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub termination_grace_period_seconds: Option<i64>,
+    /// The pod's security context: the fields set here replace the operator's
+    /// (non-root user 65532, RuntimeDefault seccomp); the others stay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<PodSecurityContext>,
+    /// The server container's security context, merged the same way over the
+    /// operator's (read-only root filesystem, no privilege escalation, every
+    /// capability dropped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_security_context: Option<SecurityContext>,
+}
+
+/// Labels and annotations added to the pods.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodOverlayMetadata {
+    /// Added to the pods' labels; the operator's `app.kubernetes.io/name`,
+    /// `instance` and `managed-by` cannot be set here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "!('app.kubernetes.io/name' in self || 'app.kubernetes.io/instance' in self || 'app.kubernetes.io/managed-by' in self)",
+        "message": "spec.podTemplate.metadata.labels: app.kubernetes.io/name, app.kubernetes.io/instance and app.kubernetes.io/managed-by are set by the operator (they select the pods)",
+    }]))]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Added to the pods' annotations; the operator's
+    /// `realtime.dev/config-hash` cannot be set here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "!('realtime.dev/config-hash' in self)",
+        "message": "spec.podTemplate.metadata.annotations: realtime.dev/config-hash is set by the operator (it rolls the pods when the configuration changes)",
+    }]))]
+    pub annotations: Option<BTreeMap<String, String>>,
 }
 
 fn default_replicas() -> i32 {
     1
 }
 
+/// The largest `spec.replicas`: slot names leave room for five ordinal digits.
+pub const MAX_REPLICAS: i32 = 99_999;
+/// The largest `spec.maxReplicationLagMB`: 2^43 - 1 MB is 2^63 bytes less one
+/// MB, so the limit in bytes fits PostgreSQL's bigint (and the schema's int64).
+pub const MAX_REPLICATION_LAG_MB: u64 = (1 << 43) - 1;
+/// The image pull policies Kubernetes knows.
+pub const PULL_POLICIES: [&str; 3] = ["Always", "IfNotPresent", "Never"];
+/// The Service types the operator builds.
+pub const SERVICE_TYPES: [&str; 3] = ["ClusterIP", "NodePort", "LoadBalancer"];
+/// PostgreSQL's longest identifier (NAMEDATALEN - 1), in bytes.
+pub const MAX_IDENTIFIER: u32 = 63;
+
 /// Where and how to connect to PostgreSQL. The user needs the REPLICATION
 /// attribute and the right to create publications on the listed tables.
+///
+/// `host`, `port` and `name` say which database holds this resource's slots
+/// and publication: they are immutable (a change would leave the slots behind,
+/// retaining WAL, in the database that was left). Delete and recreate the
+/// resource to move it.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseSpec {
+    #[schemars(length(min = 1), extend("x-kubernetes-validations" = [immutable("spec.database.host")]))]
     pub host: String,
     #[serde(default = "default_db_port")]
+    #[schemars(
+        extend("x-kubernetes-validations" = [immutable("spec.database.port")]),
+        range(min = 1, max = 65535)
+    )]
     pub port: u16,
     /// The database name.
     #[serde(default = "default_db_name")]
+    #[schemars(length(min = 1), extend("x-kubernetes-validations" = [immutable("spec.database.name")]))]
     pub name: String,
     #[serde(default = "default_db_user")]
+    #[schemars(length(min = 1))]
     pub user: String,
     /// The password, from a key of a Secret in the resource's namespace.
     pub password_secret_ref: SecretKeyRef,
@@ -113,7 +226,9 @@ fn default_db_user() -> String {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
+    #[schemars(length(min = 1))]
     pub name: String,
+    #[schemars(length(min = 1))]
     pub key: String,
 }
 
@@ -142,9 +257,25 @@ impl SslMode {
 /// The publication streamed by the servers.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.allTables || size(self.tables) > 0",
+        "message": "spec.publication.tables is empty: list the tables to stream as schema.table, or set allTables: true",
+    },
+    {
+        "rule": "!self.allTables || size(self.tables) == 0",
+        "message": "spec.publication: set either allTables or tables, not both",
+    },
+    {
+        "rule": "has(self.name) == has(oldSelf.name) && (!has(self.name) || self.name == oldSelf.name)",
+        "messageExpression": "'spec.publication.name is immutable (it was ' + (has(oldSelf.name) ? oldSelf.name : 'not set') + '): delete and recreate the resource to stream another publication'",
+    },
+]))]
 pub struct PublicationSpec {
     /// Publication name; defaults to `realtime_<namespace>_<name>` (see status).
+    /// Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = MAX_IDENTIFIER))]
     pub name: Option<String>,
     /// Publish every table of the database (`FOR ALL TABLES`).
     #[serde(default)]
@@ -164,6 +295,10 @@ pub struct PublicationSpec {
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!self.secureChannels || has(self.jwtSecretRef)",
+    "message": "spec.auth.secureChannels is true (the default) but spec.auth.jwtSecretRef is not set: name the Secret key holding the JWT secret, or set secureChannels: false",
+}]))]
 pub struct AuthSpec {
     /// Require a JWT to join channels. Needs `jwtSecretRef`.
     #[serde(default = "default_true")]
@@ -209,9 +344,11 @@ pub enum ReclaimPolicy {
 pub struct ServiceSpec {
     /// ClusterIP, NodePort or LoadBalancer.
     #[serde(default = "default_service_type", rename = "type")]
+    #[schemars(extend("enum" = SERVICE_TYPES))]
     pub type_: String,
     /// The Service's port (the pods listen on 4000).
     #[serde(default = "default_service_port")]
+    #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
 }
 
@@ -241,16 +378,27 @@ pub struct RealtimeServerStatus {
     /// DatabaseReady, PublicationReady, SlotsReady, Available.
     #[serde(default)]
     pub conditions: Vec<Condition>,
+    /// The replicas the StatefulSet was given (the scale subresource's
+    /// `status.replicas`).
     #[serde(default)]
     pub replicas: i32,
     #[serde(default)]
     pub ready_replicas: i32,
+    /// The label selector of the pods, for the scale subresource (an HPA
+    /// reads the pods' metrics through it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
     /// `ready/desired`, for `kubectl get`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas_summary: Option<String>,
     /// The WebSocket endpoint inside the cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// The database (`host:port/name`) that holds this resource's slots and
+    /// publication, recorded once connected: the operator refuses a spec that
+    /// points elsewhere (the CEL rules refuse it at admission where enforced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
     /// The publication this resource streams.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publication: Option<String>,
@@ -295,6 +443,35 @@ pub struct SlotStatus {
     pub confirmed_flush_lsn: Option<String>,
 }
 
+/// A CEL transition rule that keeps `field` as it was created.
+fn immutable(field: &str) -> serde_json::Value {
+    serde_json::json!({
+        "rule": "self == oldSelf",
+        "message": format!(
+            "{field} is immutable: the slots and publication live in the database first named; \
+             delete and recreate the resource to move it"
+        ),
+    })
+}
+
+/// Only the integer formats Kubernetes knows (int32, int64): an unsigned Rust
+/// type gives `uint16`/`uint64`, which `kubectl apply` warns about on 1.28+.
+/// The unsigned type's lower bound stays as `minimum: 0`.
+fn integer_formats(schema: &mut schemars::Schema) {
+    if let Some(obj) = schema.as_object_mut() {
+        let unsigned = match obj.get("format").and_then(|f| f.as_str()) {
+            Some("uint8" | "uint16") => Some("int32"),
+            Some("uint32" | "uint64" | "uint") => Some("int64"),
+            _ => None,
+        };
+        if let Some(format) = unsigned {
+            obj.insert("format".into(), format.into());
+            obj.entry("minimum").or_insert(0.into());
+        }
+    }
+    schemars::transform::transform_subschemas(&mut integer_formats, schema);
+}
+
 /// The CRD as YAML, as committed under `crds/`.
 pub fn crd_yaml() -> String {
     serde_yaml::to_string(&RealtimeServer::crd()).expect("the CRD serializes")
@@ -320,6 +497,12 @@ mod tests {
         let obj: RealtimeServer = serde_yaml::from_str(sample).expect("the sample parses");
         assert_eq!(obj.spec.replicas, 2);
         assert_eq!(obj.spec.max_replication_lag_mb, Some(1024));
+        let overlay = obj
+            .spec
+            .pod_template
+            .as_ref()
+            .expect("the sample has a podTemplate");
+        assert_eq!(overlay.termination_grace_period_seconds, Some(60));
         let v = crate::reconcile::validate::validate("default", "chat", &obj.spec, Some("img"));
         assert!(v.is_ok(), "{v:?}");
     }

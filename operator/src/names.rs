@@ -98,6 +98,24 @@ pub fn selector(name: &str) -> String {
     format!("{INSTANCE_LABEL}={name}")
 }
 
+/// The suffix of the headless Service's name.
+pub const HEADLESS_SUFFIX: &str = "-headless";
+
+/// The StatefulSet's governing (headless) Service of resource `name`.
+pub fn headless_service(name: &str) -> String {
+    format!("{name}{HEADLESS_SUFFIX}")
+}
+
+/// The StatefulSet's pod selector as a label selector string (every label of
+/// [`labels`]): the scale subresource's `status.selector`.
+pub fn pod_selector(name: &str) -> String {
+    labels(name)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The mark the operator puts on a publication it manages (its comment).
 pub fn ownership_mark(namespace: &str, name: &str) -> String {
     format!("managed by realtime-operator for RealtimeServer {namespace}/{name}")

@@ -160,6 +160,11 @@ pub async fn apply_all(
             ),
             Scope::Cluster => Api::all_with(client.clone(), &resource),
         };
+        let doc = if types.kind == "CustomResourceDefinition" {
+            &crate::operator::crd_for_server(client, doc.clone()).await
+        } else {
+            doc
+        };
         api.patch(
             &name,
             &PatchParams::apply("realtime-test").force(),

@@ -27,11 +27,42 @@ pub const NS: &str = "default";
 /// The image the tests' operator defaults to (nothing pulls it: no kubelet).
 pub const IMAGE: &str = "realtime-server:test";
 
+/// `crd` as the API server behind `client` takes it by server-side apply:
+/// before Kubernetes 1.23 the schema has no `x-kubernetes-validations` field
+/// (the CEL rules; a create drops it, a server-side apply refuses it), so it
+/// is taken out there. Newer servers get the CRD as `crds/` has it.
+pub async fn crd_for_server(client: &Client, mut crd: Value) -> Value {
+    let version = client
+        .apiserver_version()
+        .await
+        .expect("ask the API server its version");
+    let minor: u32 = version
+        .minor
+        .trim_end_matches('+')
+        .parse()
+        .unwrap_or_else(|_| panic!("API server minor version {:?}", version.minor));
+    if version.major == "1" && minor < 23 {
+        strip_cel_rules(&mut crd);
+    }
+    crd
+}
+
+fn strip_cel_rules(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            map.remove("x-kubernetes-validations");
+            map.values_mut().for_each(strip_cel_rules);
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_cel_rules),
+        _ => {}
+    }
+}
+
 /// Installs the CRD and waits until it is established.
 pub async fn install_crd(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = RealtimeServer::crd();
-    let name = crd.metadata.name.clone().unwrap();
+    let crd = crd_for_server(client, serde_json::to_value(RealtimeServer::crd()).unwrap()).await;
+    let name = crd["metadata"]["name"].as_str().unwrap().to_owned();
     crds.patch(
         &name,
         &PatchParams::apply("realtime-test").force(),

@@ -441,7 +441,12 @@ fn the_readme_documents_every_chart_value_and_every_resource_field() {
     leaves(
         "spec",
         spec,
-        &["spec.resources", "spec.affinity"],
+        &[
+            "spec.resources",
+            "spec.affinity",
+            "spec.podTemplate.securityContext",
+            "spec.podTemplate.containerSecurityContext",
+        ],
         &mut fields,
     );
     let table = readme_table(&readme, "### RealtimeServer reference");

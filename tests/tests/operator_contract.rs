@@ -60,6 +60,8 @@ fn the_pod_environment_parses_with_the_servers_config_parser() {
         "replicas": 3,
         "auth": {"secureChannels": true, "jwtSecretRef": {"name": "jwt", "key": "secret"}},
         "maxReplicationLagMB": 512,
+        // A server setting the spec has no field for, through the overlay.
+        "podTemplate": {"env": [{"name": "MAX_CONNECTIONS", "value": "1234"}]},
     }));
     let env = pod_env(&obj, "chat-1");
     let config = Config::from_vars(&env).unwrap_or_else(|e| panic!("{e}\nenv: {env:?}"));
@@ -72,6 +74,7 @@ fn the_pod_environment_parses_with_the_servers_config_parser() {
     assert_eq!(config.db.ssl, DbSsl::VerifyFull);
     assert_eq!(config.publications, vec!["app_changes".to_string()]);
     assert_eq!(config.max_replication_lag_mb, Some(512));
+    assert_eq!(config.max_connections, 1234);
     assert!(config.secure_channels);
     assert_eq!(config.jwt_secret.unwrap().expose(), "jwt-key");
     match config.slot {

@@ -8,7 +8,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::DeleteParams;
+use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::Api;
 use realtime_tests::operator::{wait_for, OperatorEnv, NS};
 use serde_json::json;
@@ -52,6 +52,13 @@ async fn a_realtimeserver_is_rolled_out_followed_scaled_and_cleaned_up() {
     s["replicas"] = json!(2);
     s["reclaimPolicy"] = json!("Delete");
     s["publication"]["replicaIdentityFull"] = json!(["public.messages"]);
+    s["podTemplate"] = json!({
+        "metadata": {"labels": {"team": "chat"}, "annotations": {"example.com/owner": "chat"}},
+        "env": [{"name": "MAX_CONNECTIONS", "value": "5000"}],
+        "serviceAccountName": "realtime",
+        "terminationGracePeriodSeconds": 45,
+        "securityContext": {"fsGroup": 2000},
+    });
     env.create("chat", s).await;
 
     for t in ["DatabaseReady", "PublicationReady", "SlotsReady"] {
@@ -99,14 +106,58 @@ async fn a_realtimeserver_is_rolled_out_followed_scaled_and_cleaned_up() {
     let sts: Api<StatefulSet> = Api::namespaced(env.client.clone(), NS);
     let sts = sts.get("chat").await.expect("the StatefulSet exists");
     assert_eq!(sts.spec.as_ref().unwrap().replicas, Some(2));
+    // spec.podTemplate is merged onto the operator's pods.
+    let template = &sts.spec.as_ref().unwrap().template;
+    let meta = template.metadata.as_ref().unwrap();
+    assert_eq!(meta.labels.as_ref().unwrap()["team"], "chat");
+    assert_eq!(
+        meta.labels.as_ref().unwrap()["app.kubernetes.io/instance"],
+        "chat"
+    );
+    assert_eq!(
+        meta.annotations.as_ref().unwrap()["example.com/owner"],
+        "chat"
+    );
+    assert!(meta
+        .annotations
+        .as_ref()
+        .unwrap()
+        .contains_key("realtime.dev/config-hash"));
+    let pod = template.spec.as_ref().unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some("realtime"));
+    assert_eq!(pod.termination_grace_period_seconds, Some(45));
+    let psc = pod.security_context.as_ref().unwrap();
+    assert_eq!(
+        (psc.fs_group, psc.run_as_non_root),
+        (Some(2000), Some(true))
+    );
+    let vars = pod.containers[0].env.as_ref().unwrap();
+    assert_eq!(vars.last().unwrap().name, "MAX_CONNECTIONS");
+    assert!(vars.iter().any(|e| e.name == "SLOT_NAME"));
     let owner = &sts.metadata.owner_references.as_ref().unwrap()[0];
     assert_eq!(
         (owner.kind.as_str(), owner.name.as_str()),
         ("RealtimeServer", "chat")
     );
-    let svc: Api<Service> = Api::namespaced(env.client.clone(), NS);
-    let svc = svc.get("chat").await.expect("the Service exists");
+    let services: Api<Service> = Api::namespaced(env.client.clone(), NS);
+    let svc = services.get("chat").await.expect("the Service exists");
     assert_eq!(svc.spec.unwrap().ports.unwrap()[0].port, 4000);
+    // The StatefulSet is governed by a headless Service of its own.
+    assert_eq!(
+        sts.spec.as_ref().unwrap().service_name.as_deref(),
+        Some("chat-headless")
+    );
+    let headless = services
+        .get("chat-headless")
+        .await
+        .expect("the headless Service exists");
+    assert_eq!(
+        headless.metadata.owner_references.as_ref().unwrap()[0].name,
+        "chat"
+    );
+    let hs = headless.spec.unwrap();
+    assert_eq!(hs.cluster_ip.as_deref(), Some("None"));
+    assert_eq!(hs.publish_not_ready_addresses, Some(true));
 
     // The status.
     let obj = env.api().get("chat").await.unwrap();
@@ -175,8 +226,30 @@ async fn a_realtimeserver_is_rolled_out_followed_scaled_and_cleaned_up() {
     })
     .await;
 
-    // Scale 2 -> 1: the slot of replica 1 is dropped (its pod never existed here).
-    env.patch_spec("chat", json!({"replicas": 1})).await;
+    // The scale subresource (kubectl scale, an HPA) reads the status.
+    let scale = env.api().get_scale("chat").await.expect("GET .../scale");
+    assert_eq!(scale.spec.unwrap().replicas, Some(2));
+    let scale_status = scale.status.unwrap();
+    assert_eq!(scale_status.replicas, 2);
+    assert_eq!(
+        scale_status.selector.as_deref(),
+        Some(
+            "app.kubernetes.io/instance=chat,app.kubernetes.io/managed-by=realtime-operator,\
+             app.kubernetes.io/name=realtime-server"
+        )
+    );
+
+    // Scale 2 -> 1 through the scale subresource, as `kubectl scale rts chat
+    // --replicas=1` does: the slot of replica 1 is dropped (its pod never
+    // existed here) and the StatefulSet follows.
+    env.api()
+        .patch_scale(
+            "chat",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 1}})),
+        )
+        .await
+        .expect("PATCH .../scale");
     wait_for("slot 1 to be dropped", WAIT, || async {
         (env.slots().await == vec!["rts_default_chat_0"]).then_some(())
     })
@@ -186,6 +259,17 @@ async fn a_realtimeserver_is_rolled_out_followed_scaled_and_cleaned_up() {
         (sts.get("chat").await.ok()?.spec?.replicas == Some(1)).then_some(())
     })
     .await;
+    let obj = wait_for(
+        "the status to describe the new generation",
+        WAIT,
+        || async {
+            let obj = env.api().get("chat").await.ok()?;
+            (obj.status.as_ref()?.observed_generation == obj.metadata.generation).then_some(obj)
+        },
+    )
+    .await;
+    assert_eq!(obj.spec.replicas, 1);
+    assert_eq!(obj.status.unwrap().replicas, 1);
 
     // Delete: slots and (reclaimPolicy Delete) the publication go, the finalizer is released.
     env.api()
@@ -485,4 +569,172 @@ async fn a_resource_that_never_reached_its_database_is_deleted_at_once() {
         },
     )
     .await;
+}
+
+/// Operators before the headless Service governed the StatefulSet by the
+/// clients' Service; `serviceName` is immutable, so such a StatefulSet is
+/// deleted with its pods orphaned and created again. The test plays the
+/// garbage collector (no controller-manager here), which releases the
+/// orphan finalizer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statefulset_governed_by_the_clients_service_is_replaced() {
+    let mut env = env_with_tables().await;
+    let sts: Api<StatefulSet> = Api::namespaced(env.client.clone(), NS);
+    let labels = json!({
+        "app.kubernetes.io/name": "realtime-server",
+        "app.kubernetes.io/instance": "chat",
+        "app.kubernetes.io/managed-by": "realtime-operator",
+    });
+    let old = serde_json::from_value(json!({
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": "chat", "namespace": NS, "labels": labels},
+        "spec": {
+            "serviceName": "chat",
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "realtime-server", "image": "old"}]},
+            },
+        },
+    }))
+    .unwrap();
+    sts.create(&Default::default(), &old)
+        .await
+        .expect("the old StatefulSet");
+
+    env.run_controller();
+    env.create("chat", with_port(spec(&["public.messages"]), &env))
+        .await;
+    let deleting = wait_for("the old StatefulSet to be deleted", WAIT, || async {
+        let s = sts.get("chat").await.ok()?;
+        s.metadata.deletion_timestamp.is_some().then_some(s)
+    })
+    .await;
+    assert_eq!(
+        deleting.metadata.finalizers.as_deref(),
+        Some(&["orphan".to_string()][..]),
+        "deleted with its pods orphaned"
+    );
+    // The garbage collector's part: the pods are released, the finalizer goes.
+    sts.patch(
+        "chat",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .expect("remove the orphan finalizer");
+    let new = wait_for(
+        "the StatefulSet governed by the headless Service",
+        WAIT,
+        || async {
+            let s = sts.get("chat").await.ok()?;
+            (s.spec.as_ref()?.service_name.as_deref() == Some("chat-headless")).then_some(s)
+        },
+    )
+    .await;
+    assert_eq!(
+        new.metadata.owner_references.as_ref().unwrap()[0].kind,
+        "RealtimeServer"
+    );
+}
+
+/// The database a resource's slots live in cannot change: where the API
+/// server enforces the CRD's CEL rules (1.25+) it refuses the update; where
+/// it does not, the operator refuses the spec with InvalidSpec and leaves the
+/// slots where they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_of_a_resource_cannot_be_changed() {
+    let mut env = env_with_tables().await;
+    env.run_controller();
+    env.create("chat", with_port(spec(&["public.messages"]), &env))
+        .await;
+    env.wait_condition("chat", "SlotsReady", "True", "Ready")
+        .await;
+    let obj = env.api().get("chat").await.unwrap();
+    let recorded = format!("127.0.0.1:{}/postgres", env.pg.port());
+    assert_eq!(
+        obj.status.unwrap().database.as_deref(),
+        Some(recorded.as_str())
+    );
+
+    let patched = env
+        .api()
+        .patch(
+            "chat",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"database": {"host": "db.elsewhere"}}})),
+        )
+        .await;
+    match patched {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!(e.code, 422, "{e:?}");
+            assert!(
+                e.message.contains("spec.database.host is immutable"),
+                "{e:?}"
+            );
+        }
+        Err(e) => panic!("patching the host: {e}"),
+        Ok(_) => {
+            let c = env
+                .wait_condition("chat", "DatabaseReady", "False", "InvalidSpec")
+                .await;
+            assert!(
+                c.message.contains(&format!(
+                    "spec.database points at db.elsewhere:{}/postgres but this resource's \
+                     slots and publication are in {recorded}",
+                    env.pg.port()
+                )),
+                "{c:?}"
+            );
+        }
+    }
+    assert_eq!(env.slots().await, vec!["rts_default_chat_0"]);
+}
+
+/// The CRD's bounds are OpenAPI validation, which every API server enforces
+/// (1.20 too): a negative replica count or a port out of range never reaches
+/// the operator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_server_refuses_numbers_out_of_bounds() {
+    let env = OperatorEnv::start().await;
+    let mut bad = spec(&["public.messages"]);
+    bad["database"]["port"] = json!(5432);
+    bad["replicas"] = json!(-1);
+    bad["service"] = json!({"port": 70000});
+    let obj: realtime_operator::crd::RealtimeServer = serde_json::from_value(json!({
+        "apiVersion": "realtime.dev/v1alpha1",
+        "kind": "RealtimeServer",
+        "metadata": {"name": "bad", "namespace": NS},
+        "spec": bad,
+    }))
+    .unwrap();
+    match env.api().create(&Default::default(), &obj).await {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!(e.code, 422, "{e:?}");
+            assert!(e.message.contains("spec.replicas"), "{e:?}");
+            assert!(e.message.contains("spec.service.port"), "{e:?}");
+        }
+        other => panic!("replicas -1 and port 70000 were not refused: {other:?}"),
+    }
+
+    let mut good = spec(&["public.messages"]);
+    good["database"]["port"] = json!(5432);
+    env.create("chat", good).await;
+    let patched = env
+        .api()
+        .patch(
+            "chat",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"database": {"port": 65536}}})),
+        )
+        .await;
+    match patched {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!(e.code, 422, "{e:?}");
+            assert!(e.message.contains("spec.database.port"), "{e:?}");
+        }
+        other => panic!("port 65536 was not refused: {other:?}"),
+    }
 }

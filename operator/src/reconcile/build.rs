@@ -20,13 +20,35 @@ use kube::{Resource, ResourceExt};
 use realtime_contract::config::var;
 
 use super::validate::Validated;
-use crate::crd::{RealtimeServer, SecretKeyRef};
+use crate::crd::{PodTemplateOverlay, RealtimeServer, SecretKeyRef};
 use crate::names;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 /// The port the server listens on inside the pod.
 pub const SERVER_PORT: i32 = 4000;
-/// The pod template annotation that changes whenever the configuration does.
-pub const CONFIG_HASH_ANNOTATION: &str = "realtime.dev/config-hash";
+pub use crate::crd::CONFIG_HASH_ANNOTATION;
+/// Every environment variable the operator may write (see [`server_env`]),
+/// and `TEMPORARY_SLOT` (a temporary slot would break the one-durable-slot-
+/// per-replica contract): `spec.podTemplate.env` cannot set them.
+pub const OPERATOR_ENV: &[&str] = &[
+    var::PORT,
+    var::BIND_ADDRESS,
+    var::DB_HOST,
+    var::DB_PORT,
+    var::DB_NAME,
+    var::DB_USER,
+    var::DB_PASSWORD,
+    var::DB_SSL,
+    var::PUBLICATIONS,
+    var::SLOT_NAME,
+    var::POD_NAME,
+    var::SECURE_CHANNELS,
+    var::CLUSTER_NAME,
+    var::MAX_REPLICATION_LAG_MB,
+    var::JWT_SECRET,
+    var::TEMPORARY_SLOT,
+];
 /// Non-root user of the server container (the distroless "nonroot" user).
 const RUN_AS_USER: i64 = 65532;
 
@@ -56,7 +78,10 @@ fn env_secret(name: &str, r: &SecretKeyRef) -> EnvVar {
 /// The children of a resource, as the rollout applies them.
 pub struct Children {
     pub statefulset: StatefulSet,
+    /// The clients' Service.
     pub service: Service,
+    /// The StatefulSet's governing Service: stable DNS names of the pods.
+    pub headless_service: Service,
     /// With more than one replica: keep all but one up during disruptions.
     pub pod_disruption_budget: Option<PodDisruptionBudget>,
 }
@@ -72,6 +97,7 @@ pub fn children(
     Children {
         statefulset: statefulset(obj, v, &hash),
         service: service(obj),
+        headless_service: headless_service(obj),
         pod_disruption_budget: (v.replicas > 1).then(|| pod_disruption_budget(obj)),
     }
 }
@@ -167,8 +193,90 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
-/// The server pods: one per slot ordinal.
+/// The server pods: one per slot ordinal, with `spec.podTemplate` merged on.
 pub fn statefulset(obj: &RealtimeServer, v: &Validated, config_hash: &str) -> StatefulSet {
+    let mut sts = base_statefulset(obj, v, config_hash);
+    if let (Some(overlay), Some(spec)) = (&obj.spec.pod_template, sts.spec.as_mut()) {
+        merge_overlay(&mut spec.template, overlay);
+    }
+    sts
+}
+
+/// Merges `overlay` onto the pod template the operator built. Labels,
+/// annotations and env are added (validation refused any that the operator
+/// owns); the pod settings the operator leaves unset are set; the security
+/// contexts are merged field by field, the overlay's fields winning.
+pub fn merge_overlay(template: &mut PodTemplateSpec, overlay: &PodTemplateOverlay) {
+    if let Some(m) = &overlay.metadata {
+        let meta = template.metadata.get_or_insert_with(Default::default);
+        for (mine, theirs) in [
+            (&mut meta.labels, &m.labels),
+            (&mut meta.annotations, &m.annotations),
+        ] {
+            if let Some(theirs) = theirs {
+                let mine = mine.get_or_insert_with(Default::default);
+                for (k, v) in theirs {
+                    mine.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+            }
+        }
+    }
+    let Some(pod) = template.spec.as_mut() else {
+        return;
+    };
+    if let Some(env) = &overlay.env {
+        let container = &mut pod.containers[0];
+        container
+            .env
+            .get_or_insert_with(Vec::new)
+            .extend(env.iter().cloned());
+    }
+    if let Some(c) = &overlay.container_security_context {
+        let container = &mut pod.containers[0];
+        container.security_context = Some(merged(&container.security_context, c));
+    }
+    if let Some(p) = &overlay.security_context {
+        pod.security_context = Some(merged(&pod.security_context, p));
+    }
+    if overlay.image_pull_secrets.is_some() {
+        pod.image_pull_secrets = overlay.image_pull_secrets.clone();
+    }
+    if overlay.service_account_name.is_some() {
+        pod.service_account_name = overlay.service_account_name.clone();
+    }
+    if overlay.priority_class_name.is_some() {
+        pod.priority_class_name = overlay.priority_class_name.clone();
+    }
+    if overlay.topology_spread_constraints.is_some() {
+        pod.topology_spread_constraints = overlay.topology_spread_constraints.clone();
+    }
+    if overlay.termination_grace_period_seconds.is_some() {
+        pod.termination_grace_period_seconds = overlay.termination_grace_period_seconds;
+    }
+}
+
+/// `base` with every field that `over` sets replaced by `over`'s (objects
+/// merged key by key, recursively; lists and values replaced).
+fn merged<T: Serialize + DeserializeOwned>(base: &Option<T>, over: &T) -> T {
+    fn merge(base: &mut serde_json::Value, over: serde_json::Value) {
+        match (base, over) {
+            (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
+                for (k, v) in o {
+                    merge(b.entry(k).or_insert(serde_json::Value::Null), v);
+                }
+            }
+            (b, o) => *b = o,
+        }
+    }
+    let mut value = serde_json::to_value(base).expect("a security context serializes");
+    merge(
+        &mut value,
+        serde_json::to_value(over).expect("a security context serializes"),
+    );
+    serde_json::from_value(value).expect("a merge of two security contexts is one")
+}
+
+fn base_statefulset(obj: &RealtimeServer, v: &Validated, config_hash: &str) -> StatefulSet {
     let spec = &obj.spec;
     let name = obj.name_any();
     let labels = names::labels(&name);
@@ -209,7 +317,7 @@ pub fn statefulset(obj: &RealtimeServer, v: &Validated, config_hash: &str) -> St
         metadata: meta(obj),
         spec: Some(StatefulSetSpec {
             replicas: Some(v.replicas),
-            service_name: Some(name.clone()),
+            service_name: Some(names::headless_service(&name)),
             pod_management_policy: Some("Parallel".into()),
             selector: LabelSelector {
                 match_labels: Some(labels.clone()),
@@ -264,6 +372,33 @@ pub fn service(obj: &RealtimeServer) -> Service {
             ports: Some(vec![ServicePort {
                 name: Some("http".into()),
                 port: obj.spec.service.port,
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The StatefulSet's governing Service: headless (`clusterIP: None`), so each
+/// pod gets a stable DNS name (`<pod>.<name>-headless.<namespace>.svc`), with
+/// not-ready pods published too, so that replicas find each other while
+/// they start. Clients use [`service`].
+pub fn headless_service(obj: &RealtimeServer) -> Service {
+    Service {
+        metadata: ObjectMeta {
+            name: Some(names::headless_service(&obj.name_any())),
+            ..meta(obj)
+        },
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            publish_not_ready_addresses: Some(true),
+            selector: Some(names::labels(&obj.name_any())),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: SERVER_PORT,
                 target_port: Some(IntOrString::String("http".into())),
                 protocol: Some("TCP".into()),
                 ..Default::default()
@@ -418,6 +553,159 @@ mod tests {
             names::labels("chat")
         );
         assert_eq!(pdb.metadata.owner_references.unwrap()[0].name, "chat");
+    }
+
+    #[test]
+    fn the_statefulset_is_governed_by_a_headless_service() {
+        let o = obj();
+        let v = validate("default", "chat", &o.spec, None).unwrap();
+        let c = children(&o, &v, &BTreeMap::new());
+        let h = &c.headless_service;
+        assert_eq!(h.metadata.name.as_deref(), Some("chat-headless"));
+        assert_eq!(
+            c.statefulset.spec.as_ref().unwrap().service_name.as_deref(),
+            Some("chat-headless")
+        );
+        let spec = h.spec.as_ref().unwrap();
+        assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+        assert_eq!(spec.publish_not_ready_addresses, Some(true));
+        assert_eq!(spec.selector.as_ref(), Some(&names::labels("chat")));
+        assert_eq!(
+            h.metadata.owner_references.as_ref().unwrap()[0].name,
+            "chat"
+        );
+        // The clients' Service stays as it was.
+        let s = c.service.spec.as_ref().unwrap();
+        assert_eq!(c.service.metadata.name.as_deref(), Some("chat"));
+        assert_eq!(s.cluster_ip, None);
+        assert_eq!(s.type_.as_deref(), Some("ClusterIP"));
+    }
+
+    fn overlaid() -> RealtimeServer {
+        let mut o = obj();
+        o.spec.pod_template = Some(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {
+                    "labels": {"team": "chat"},
+                    "annotations": {"prometheus.io/scrape": "true"},
+                },
+                "env": [
+                    {"name": "MAX_CONNECTIONS", "value": "5000"},
+                    {"name": "RUST_LOG", "value": "debug"},
+                ],
+                "imagePullSecrets": [{"name": "registry"}],
+                "serviceAccountName": "realtime",
+                "priorityClassName": "high",
+                "topologySpreadConstraints": [{
+                    "maxSkew": 1,
+                    "topologyKey": "topology.kubernetes.io/zone",
+                    "whenUnsatisfiable": "ScheduleAnyway",
+                    "labelSelector": {"matchLabels": {"app.kubernetes.io/instance": "chat"}},
+                }],
+                "terminationGracePeriodSeconds": 45,
+                "securityContext": {"fsGroup": 2000, "runAsUser": 1000},
+                "containerSecurityContext": {"readOnlyRootFilesystem": false},
+            }))
+            .unwrap(),
+        );
+        o
+    }
+
+    #[test]
+    fn the_pod_template_overlay_is_merged_onto_the_operators_pods() {
+        let o = overlaid();
+        let v = validate("default", "chat", &o.spec, None).unwrap();
+        let sts = statefulset(&o, &v, "h");
+        let template = &sts.spec.as_ref().unwrap().template;
+        let meta = template.metadata.as_ref().unwrap();
+        let labels = meta.labels.as_ref().unwrap();
+        assert_eq!(labels["team"], "chat");
+        for (k, v) in names::labels("chat") {
+            assert_eq!(labels[&k], v, "the operator's label {k} stays");
+        }
+        let annotations = meta.annotations.as_ref().unwrap();
+        assert_eq!(annotations["prometheus.io/scrape"], "true");
+        assert_eq!(annotations[CONFIG_HASH_ANNOTATION], "h");
+        // The selector is the operator's alone.
+        assert_eq!(
+            sts.spec.as_ref().unwrap().selector.match_labels,
+            Some(names::labels("chat"))
+        );
+
+        let pod = template.spec.as_ref().unwrap();
+        assert_eq!(pod.image_pull_secrets.as_ref().unwrap()[0].name, "registry");
+        assert_eq!(pod.service_account_name.as_deref(), Some("realtime"));
+        assert_eq!(pod.priority_class_name.as_deref(), Some("high"));
+        assert_eq!(pod.termination_grace_period_seconds, Some(45));
+        assert_eq!(
+            pod.topology_spread_constraints.as_ref().unwrap()[0].topology_key,
+            "topology.kubernetes.io/zone"
+        );
+        // Security contexts: the overlay's fields win, the others stay.
+        let psc = pod.security_context.as_ref().unwrap();
+        assert_eq!(psc.run_as_user, Some(1000));
+        assert_eq!(psc.fs_group, Some(2000));
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(
+            psc.seccomp_profile.as_ref().unwrap().type_,
+            "RuntimeDefault"
+        );
+        let csc = pod.containers[0].security_context.as_ref().unwrap();
+        assert_eq!(csc.read_only_root_filesystem, Some(false));
+        assert_eq!(csc.allow_privilege_escalation, Some(false));
+        assert_eq!(
+            csc.capabilities.as_ref().unwrap().drop,
+            Some(vec!["ALL".to_string()])
+        );
+
+        // Env: the operator's first, then the overlay's.
+        let env = pod.containers[0].env.as_ref().unwrap();
+        let names: Vec<&str> = env.iter().map(|e| e.name.as_str()).collect();
+        let operator = server_env(&o, &v).len();
+        assert_eq!(&names[operator..], ["MAX_CONNECTIONS", "RUST_LOG"]);
+        assert_eq!(env_map(&sts)["SLOT_NAME"], server_env(&o, &v)[9]);
+    }
+
+    #[test]
+    fn without_an_overlay_the_pods_are_the_operators() {
+        let o = obj();
+        let v = validate("default", "chat", &o.spec, None).unwrap();
+        let mut with_empty = o.clone();
+        with_empty.spec.pod_template = Some(Default::default());
+        assert_eq!(statefulset(&o, &v, "h"), statefulset(&with_empty, &v, "h"));
+        let pod = statefulset(&o, &v, "h")
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        assert_eq!(pod.service_account_name, None);
+        assert_eq!(pod.termination_grace_period_seconds, None);
+    }
+
+    #[test]
+    fn every_variable_the_operator_writes_is_reserved() {
+        let mut o = obj();
+        o.spec.max_replication_lag_mb = Some(1);
+        o.spec.auth.jwt_secret_ref = Some(SecretKeyRef {
+            name: "jwt".into(),
+            key: "secret".into(),
+        });
+        let v = validate("default", "chat", &o.spec, None).unwrap();
+        for e in server_env(&o, &v) {
+            assert!(
+                OPERATOR_ENV.contains(&e.name.as_str()),
+                "{} is not reserved",
+                e.name
+            );
+        }
+        let mut reserved = crate::crd::OPERATOR_LABELS.to_vec();
+        reserved.sort();
+        let labels = names::labels("x");
+        assert_eq!(
+            labels.keys().map(String::as_str).collect::<Vec<_>>(),
+            reserved
+        );
     }
 
     #[test]

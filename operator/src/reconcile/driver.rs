@@ -13,7 +13,7 @@ use kube::ResourceExt;
 use super::conditions::{self, Wanted, AVAILABLE, DATABASE_READY, PUBLICATION_READY, SLOTS_READY};
 use super::reason::Reason;
 use super::status::{old_condition, Report};
-use super::validate::validate;
+use super::validate::{self, validate};
 use super::{build, connect, publication, rollout, secrets, slots, Context, Error, RESYNC};
 use crate::crd::RealtimeServer;
 
@@ -93,12 +93,14 @@ async fn steps(
         &obj.spec,
         ctx.settings.default_image.as_deref(),
     )?;
+    validate::unchanged_identity(obj.status.as_ref(), &obj.spec, &v)?;
     report.status.publication = Some(v.publication.clone());
 
     let secrets = secrets::read(&ctx.client, &ns, &obj.spec).await?;
 
     let mut db = connect::connect(obj, ctx, secrets.db_password.clone()).await?;
     report.set(db.condition());
+    report.status.database = Some(validate::database_identity(&obj.spec));
 
     let published = publication::ensure(obj, ctx, &mut db.client, &v).await?;
     report.status.publication_owned = true;

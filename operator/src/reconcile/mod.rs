@@ -26,6 +26,7 @@ pub mod database;
 pub mod driver;
 pub mod events;
 pub mod finalizer;
+pub mod governing;
 pub mod publication;
 pub mod reason;
 pub mod rollout;

@@ -1,4 +1,5 @@
-//! Step 7, apply: server-side applies the children (the PodDisruptionBudget
+//! Step 7, apply: server-side applies the children (the headless Service
+//! before the StatefulSet it governs; the PodDisruptionBudget
 //! only where the cluster serves `policy/v1`; otherwise an Event says once why
 //! there is none) and counts the pods the API server reports ready. Sets
 //! `Available`.
@@ -8,11 +9,11 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, ResourceExt};
 
-use super::apply;
 use super::build::Children;
 use super::conditions::{Wanted, AVAILABLE};
 use super::driver::Failure;
 use super::reason::Reason;
+use super::{apply, governing};
 use super::{Context, Error};
 use crate::crd::RealtimeServer;
 use crate::names;
@@ -45,6 +46,8 @@ pub async fn rollout(
 }
 
 async fn apply_all(obj: &RealtimeServer, ctx: &Context, children: &Children) -> Result<i32, Error> {
+    apply::apply(&ctx.client, &children.headless_service).await?;
+    governing::replace_if_governed_elsewhere(&ctx.client, &children.statefulset).await?;
     apply::apply(&ctx.client, &children.statefulset).await?;
     apply::apply(&ctx.client, &children.service).await?;
     pod_disruption_budget(obj, ctx, children.pod_disruption_budget.as_ref()).await?;

@@ -8,6 +8,8 @@ use super::reason::Reason;
 use super::slots::Slots;
 use super::{apply, build, Context, Error};
 use crate::crd::{Condition, RealtimeServer, RealtimeServerStatus};
+use crate::names;
+use kube::ResourceExt;
 
 /// The status being assembled.
 pub struct Report {
@@ -26,7 +28,9 @@ impl Report {
                 replicas: obj.spec.replicas,
                 ready_replicas: old.ready_replicas,
                 replicas_summary: Some(format!("{}/{}", old.ready_replicas, obj.spec.replicas)),
+                selector: Some(names::pod_selector(&obj.name_any())),
                 endpoint: Some(build::endpoint(obj)),
+                database: old.database.clone(),
                 publication: old.publication.clone(),
                 publication_owned: old.publication_owned,
                 lag: old.lag.clone(),

@@ -2,16 +2,25 @@
 //! [`Validated`] values the later steps use (resolved defaults, parsed table
 //! names, derived database names). Every problem is reported at once, each in a
 //! sentence that names the field and says what is expected.
+//!
+//! The CRD's schema bounds and CEL rules (see [`crate::crd`]) refuse most of
+//! these problems at admission, on API servers that enforce CEL (1.25+); this
+//! step is the fallback for those that do not, and for what a schema cannot
+//! see (the operator's default image, byte lengths of names).
 
+use super::build::OPERATOR_ENV;
 use super::driver::Failure;
 use super::reason::Reason;
-use crate::crd::RealtimeServerSpec;
+use crate::crd::{
+    PodTemplateOverlay, RealtimeServerSpec, RealtimeServerStatus, CONFIG_HASH_ANNOTATION,
+    MAX_REPLICAS, MAX_REPLICATION_LAG_MB, OPERATOR_LABELS, PULL_POLICIES, SERVICE_TYPES,
+};
 use crate::names;
 
-/// The largest replica count: slot names leave room for five ordinal digits.
-pub const MAX_REPLICAS: i32 = 99_999;
-const SERVICE_TYPES: &[&str] = &["ClusterIP", "NodePort", "LoadBalancer"];
-const PULL_POLICIES: &[&str] = &["Always", "IfNotPresent", "Never"];
+/// The longest resource name: its StatefulSet's pods are labelled
+/// `controller-revision-hash=<name>-<10 characters>`, a label value of at
+/// most 63 characters.
+pub const MAX_NAME: usize = 52;
 
 /// A table as `schema.table`, unquoted; SQL quotes it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -91,10 +100,26 @@ pub fn validate(
 ) -> Result<Validated, SpecError> {
     let mut errors = Vec::new();
 
+    if name.len() > MAX_NAME {
+        errors.push(format!(
+            "metadata.name {name:?} has {} characters: at most {MAX_NAME} (the StatefulSet's \
+             pods carry the label controller-revision-hash=<name>-<10 characters>, at most 63, \
+             and the headless Service is <name>-headless); recreate it with a shorter name",
+            name.len()
+        ));
+    }
     if !(0..=MAX_REPLICAS).contains(&spec.replicas) {
         errors.push(format!(
             "spec.replicas={}: expected 0 to {MAX_REPLICAS}",
             spec.replicas
+        ));
+    }
+    if let Some(mb) = spec
+        .max_replication_lag_mb
+        .filter(|mb| *mb > MAX_REPLICATION_LAG_MB)
+    {
+        errors.push(format!(
+            "spec.maxReplicationLagMB={mb}: expected 0 to {MAX_REPLICATION_LAG_MB}"
         ));
     }
     if spec.database.host.trim().is_empty() {
@@ -193,6 +218,9 @@ pub fn validate(
             ));
         }
     }
+    if let Some(overlay) = &spec.pod_template {
+        pod_template(overlay, &mut errors);
+    }
     let image = spec
         .image
         .clone()
@@ -216,6 +244,101 @@ pub fn validate(
         replicas: spec.replicas,
         image,
     })
+}
+
+/// What `spec.podTemplate` may not touch: the operator's labels, its
+/// configuration-hash annotation and the environment variables it writes.
+fn pod_template(overlay: &PodTemplateOverlay, errors: &mut Vec<String>) {
+    if let Some(m) = &overlay.metadata {
+        let labels: Vec<&str> = OPERATOR_LABELS
+            .into_iter()
+            .filter(|l| m.labels.as_ref().is_some_and(|m| m.contains_key(*l)))
+            .collect();
+        if !labels.is_empty() {
+            errors.push(format!(
+                "spec.podTemplate.metadata.labels sets {labels:?}: the operator sets these \
+                 labels (they select the pods); remove them"
+            ));
+        }
+        if m.annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(CONFIG_HASH_ANNOTATION))
+        {
+            errors.push(format!(
+                "spec.podTemplate.metadata.annotations sets {CONFIG_HASH_ANNOTATION:?}: the \
+                 operator sets it (it rolls the pods when the configuration changes); remove it"
+            ));
+        }
+    }
+    for e in overlay.env.iter().flatten() {
+        if OPERATOR_ENV.contains(&e.name.as_str()) {
+            errors.push(format!(
+                "spec.podTemplate.env sets {}: the operator writes it from the spec (see \
+                 the operator README); set the spec field instead",
+                e.name
+            ));
+        } else if e.name.is_empty() {
+            errors.push("spec.podTemplate.env: an entry has no name".into());
+        }
+    }
+    if let Some(t) = overlay.termination_grace_period_seconds.filter(|t| *t < 0) {
+        errors.push(format!(
+            "spec.podTemplate.terminationGracePeriodSeconds={t}: expected 0 or more"
+        ));
+    }
+}
+
+/// `host:port/name`: the database `spec` points at, as `status.database`
+/// records it.
+pub fn database_identity(spec: &RealtimeServerSpec) -> String {
+    let db = &spec.database;
+    format!("{}:{}/{}", db.host, db.port, db.name)
+}
+
+/// Refuses a spec that points a resource that already created slots or a
+/// publication at another database or publication: those would be left
+/// behind (slots retaining WAL until the disk fills). The CRD's CEL rules
+/// refuse such an update at admission where the API server enforces them;
+/// this is the fallback, reading what the status recorded.
+pub fn unchanged_identity(
+    status: Option<&RealtimeServerStatus>,
+    spec: &RealtimeServerSpec,
+    v: &Validated,
+) -> Result<(), SpecError> {
+    let Some(status) = status else {
+        return Ok(());
+    };
+    let created = !status.slots.is_empty() || status.publication_owned;
+    let mut problems = Vec::new();
+    let now = database_identity(spec);
+    if let Some(was) = status
+        .database
+        .as_ref()
+        .filter(|was| created && **was != now)
+    {
+        problems.push(format!(
+            "spec.database points at {now} but this resource's slots and publication are in \
+             {was}: spec.database.host, port and name are immutable; set them back, or delete \
+             and recreate the resource to move it"
+        ));
+    }
+    if let Some(was) = status
+        .publication
+        .as_ref()
+        .filter(|was| status.publication_owned && **was != v.publication)
+    {
+        problems.push(format!(
+            "spec.publication.name={:?} but this resource manages publication {was}: \
+             spec.publication.name is immutable; set it back, or delete and recreate the \
+             resource to stream another publication",
+            v.publication
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(SpecError { problems })
+    }
 }
 
 #[cfg(test)]
@@ -281,6 +404,92 @@ pub(crate) mod tests {
             format!("invalid spec: {}", e.problems.join("; ")),
             "the message a user sees names every problem"
         );
+    }
+
+    #[test]
+    fn the_database_and_publication_stay_once_something_was_created() {
+        let s = spec();
+        let v = validate("default", "chat", &s, None).unwrap();
+        let mut status = RealtimeServerStatus {
+            database: Some("db.example:5432/postgres".into()),
+            publication: Some("realtime_default_chat".into()),
+            ..Default::default()
+        };
+        assert_eq!(unchanged_identity(Some(&status), &s, &v), Ok(()));
+        let mut moved = spec();
+        moved.database.host = "db2".into();
+        moved.publication.name = Some("other".into());
+        let mv = validate("default", "chat", &moved, None).unwrap();
+        // Nothing created yet: the resource may still point elsewhere.
+        assert_eq!(unchanged_identity(Some(&status), &moved, &mv), Ok(()));
+        status.slots.push(SlotStatus {
+            name: "rts_default_chat_0".into(),
+            active: false,
+            retained_wal_bytes: None,
+            confirmed_flush_lsn: None,
+        });
+        let e = unchanged_identity(Some(&status), &moved, &mv).unwrap_err();
+        assert_eq!(e.problems.len(), 1, "{e:?}");
+        assert!(
+            e.problems[0].starts_with(
+                "spec.database points at db2:5432/postgres but this resource's slots and \
+                 publication are in db.example:5432/postgres"
+            ),
+            "{e:?}"
+        );
+        status.publication_owned = true;
+        let e = unchanged_identity(Some(&status), &moved, &mv).unwrap_err();
+        assert_eq!(e.problems.len(), 2, "{e:?}");
+        assert!(
+            e.problems[1].contains("manages publication realtime_default_chat"),
+            "{e:?}"
+        );
+        assert_eq!(unchanged_identity(None, &moved, &mv), Ok(()));
+    }
+
+    #[test]
+    fn the_pod_template_cannot_take_what_the_operator_owns() {
+        let mut s = spec();
+        s.pod_template = Some(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {
+                    "labels": {"app.kubernetes.io/instance": "other", "team": "chat"},
+                    "annotations": {"realtime.dev/config-hash": "x"},
+                },
+                "env": [
+                    {"name": "SLOT_NAME", "value": "mine"},
+                    {"name": "TEMPORARY_SLOT", "value": "true"},
+                    {"name": "MAX_CONNECTIONS", "value": "10"},
+                ],
+                "terminationGracePeriodSeconds": -1,
+            }))
+            .unwrap(),
+        );
+        let e = validate("default", "chat", &s, None).unwrap_err().problems;
+        assert_eq!(e.len(), 5, "{e:?}");
+        assert!(e[0].contains("[\"app.kubernetes.io/instance\"]"), "{e:?}");
+        assert!(e[1].contains("realtime.dev/config-hash"), "{e:?}");
+        assert!(
+            e[2].starts_with("spec.podTemplate.env sets SLOT_NAME"),
+            "{e:?}"
+        );
+        assert!(
+            e[3].starts_with("spec.podTemplate.env sets TEMPORARY_SLOT"),
+            "{e:?}"
+        );
+        assert!(e[4].contains("terminationGracePeriodSeconds=-1"), "{e:?}");
+    }
+
+    #[test]
+    fn a_name_too_long_for_the_statefulsets_pods_is_refused() {
+        let long = "a".repeat(MAX_NAME);
+        assert!(validate("default", &long, &spec(), None).is_ok());
+        let longer = "a".repeat(MAX_NAME + 1);
+        let e = validate("default", &longer, &spec(), None)
+            .unwrap_err()
+            .problems;
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].contains("has 53 characters: at most 52"), "{e:?}");
     }
 
     #[test]
