@@ -286,9 +286,13 @@ async fn per_subscriber_checks(
     })
 }
 
+/// Rows of `notes` the check returned (not the `set_config` row).
 fn rows(messages: Vec<tokio_postgres::SimpleQueryMessage>) -> usize {
     messages
         .iter()
-        .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+        .filter(|m| {
+            matches!(m, tokio_postgres::SimpleQueryMessage::Row(r)
+                if r.columns().first().is_some_and(|c| c.name() == "id"))
+        })
         .count()
 }
