@@ -98,9 +98,14 @@ where
     let name = obj.name_any();
     match state(&obj) {
         State::Unguarded => {
-            api.patch(&name, &params(), &Patch::Json::<()>(add_patch(&obj)))
-                .await?;
-            Ok(Action::await_change())
+            match api
+                .patch(&name, &params(), &Patch::Json::<()>(add_patch(&obj)))
+                .await
+            {
+                Ok(_) => Ok(Action::await_change()),
+                Err(kube::Error::Api(s)) if changed_since_read(&s) => Ok(stale(&name)),
+                Err(e) => Err(e.into()),
+            }
         }
         State::Live => step(Step::Apply(obj)).await,
         State::Deleting(i) => {
@@ -115,11 +120,26 @@ where
                     tracing::debug!(resource = %name, "already gone when releasing its finalizer");
                     Ok(Action::await_change())
                 }
+                Err(kube::Error::Api(s)) if changed_since_read(&s) => Ok(stale(&name)),
                 Err(e) => Err(e.into()),
             }
         }
         State::Released => Ok(Action::await_change()),
     }
+}
+
+/// Whether a finalizer patch was refused because its `test` failed (422)
+/// or the object changed under it (409): this reconcile read a version the
+/// cache had not caught up with; the newer one reconciles again.
+fn changed_since_read(s: &kube::core::Status) -> bool {
+    s.code == 409 || s.code == 422
+}
+
+/// What a reconcile of a stale version does: nothing now, and a look again
+/// soon in case no newer version arrives.
+fn stale(name: &str) -> Action {
+    tracing::debug!(resource = %name, "its finalizers changed since it was read; reconciling the newer version");
+    Action::requeue(std::time::Duration::from_secs(1))
 }
 
 #[cfg(test)]
