@@ -24,8 +24,8 @@ use crate::opts::Opts;
 const WRITE_BATCH: usize = 256;
 
 pub async fn run(opts: &Opts) -> anyhow::Result<()> {
-    let sockets = opts.usize("sockets", 1, 1)?;
-    let frames: Vec<Utf8Bytes> = match opts.string("frames") {
+    let sockets = opts.size(opts.sockets, 1, 1);
+    let frames: Vec<Utf8Bytes> = match opts.frames.as_deref() {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("reading {path}"))?
             .lines()

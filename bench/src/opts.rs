@@ -1,71 +1,203 @@
-//! Command-line options: `--key value`, `--key=value` and the `--smoke` flag.
+//! Command-line options (clap): the scenario, `--smoke`, and the sizes.
 //! Every size has a full value and a tiny `--smoke` value, chosen by the
-//! scenario that reads it.
+//! scenario that reads it (several scenarios share a name with their own
+//! defaults: `realtime-bench --help` lists them per scenario).
 
-use std::collections::HashMap;
+use clap::{Args, Parser, ValueEnum};
 
-use anyhow::{bail, Context};
+#[derive(Debug, Parser)]
+#[command(
+    name = "realtime-bench",
+    version,
+    about = "Measures realtime-server against the physical limits on this machine.",
+    long_about = "Measures realtime-server against the physical limits on this machine: \
+                  each scenario starts its own throwaway PostgreSQL and the server, drives \
+                  load over loopback, and prints every figure beside a reference measured \
+                  in the same run. BENCHMARKS.md says what each measures.",
+    after_help = "Options a scenario does not read are ignored. The server binary: \
+                  REALTIME_SERVER_BIN, else realtime-server beside this executable (built \
+                  first when run through cargo)."
+)]
+pub struct Cli {
+    /// The scenario to run (its options and their defaults in brackets).
+    #[arg(value_enum)]
+    pub scenario: Scenario,
+    #[command(flatten)]
+    pub opts: Opts,
+}
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// rows/s decoded and delivered vs pg_recvlogical [--rows 1000000 --txns 100000]
+    Ingest,
+    /// commit-to-client percentiles vs pg_recvlogical [--sockets 1000 --rates 1000,5000 --seconds 10]
+    Latency,
+    /// msg/s and CPU per million msgs vs a bare broadcaster [--sockets 10000 --changes 500]
+    Fanout,
+    /// RSS per idle joined socket, time to connect [--sockets 50000 --hold 30 --heartbeat 25]
+    Connections,
+    /// 10,000 sockets with id=eq.N bindings vs 10 [--sockets 10000 --few 10 --rate 1000 --seconds 10]
+    Filters,
+    /// pgbench TPS: no consumer, server, trigger+NOTIFY [--seconds 15 --clients 4]
+    Dbcost,
+    /// bus candidates (NOTIFY vs logical messages); broadcast across two servers vs one; presence convergence [--part all|bus|servers --bus-rate 500 --bulk-rows 500000 --receivers 100 --rates 1000,5000 --seconds 5 --members 1000]
+    Cluster,
+    /// owner-policy RLS for many users vs no authorization, and vs one check per subscriber [--sockets 10000 --users 1000 --rate 1000 --seconds 10 --peer-changes 20]
+    Rls,
+    /// every scenario in turn
+    All,
+    /// the fan-out floor process the fanout scenario starts [--sockets --frames]
+    #[value(hide = true)]
+    Floor,
+}
+
+/// The sizes: each unset one takes the reading scenario's default (its
+/// `--smoke` value with `--smoke`).
+#[derive(Debug, Clone, Default, Args)]
 pub struct Opts {
-    /// Tiny sizes, no targets: proves the scenario still runs.
+    /// Tiny sizes, no targets: proves the scenario still runs (the test
+    /// suite runs each scenario so).
+    #[arg(long)]
     pub smoke: bool,
-    values: HashMap<String, String>,
+    /// Rows of the one big transaction (ingest).
+    #[arg(long, value_name = "N", value_parser = whole_number)]
+    pub rows: Option<usize>,
+    /// One-row transactions in the second run (ingest).
+    #[arg(long, value_name = "N", value_parser = whole_number)]
+    pub txns: Option<usize>,
+    /// Client sockets (latency, fanout, connections, filters, rls).
+    #[arg(long, value_name = "N", value_parser = whole_number)]
+    pub sockets: Option<usize>,
+    /// Commit rates per second, comma-separated (latency, cluster).
+    #[arg(long, value_name = "N,N", value_parser = whole_number, value_delimiter = ',')]
+    pub rates: Option<Vec<usize>>,
+    /// Seconds per measurement (latency, filters, dbcost, cluster, rls).
+    #[arg(long, value_name = "S", value_parser = whole_number)]
+    pub seconds: Option<usize>,
+    /// Changes to fan out (fanout).
+    #[arg(long, value_name = "N", value_parser = whole_number)]
+    pub changes: Option<usize>,
+    /// Seconds to hold the sockets idle (connections).
+    #[arg(long, value_name = "S", value_parser = whole_number)]
+    pub hold: Option<usize>,
+    /// Heartbeat interval in seconds while holding (connections).
+    #[arg(long, value_name = "S", value_parser = whole_number)]
+    pub heartbeat: Option<usize>,
+    /// Sockets in the small comparison run (filters).
+    #[arg(long, value_name = "N", value_parser = whole_number)]
+    pub few: Option<usize>,
+    /// One-row transactions per second (filters, rls).
+    #[arg(long, value_name = "N", value_parser = whole_number)]
+    pub rate: Option<usize>,
+    /// pgbench clients (dbcost).
+    #[arg(long, value_name = "N", value_parser = whole_number)]
+    pub clients: Option<usize>,
+    /// Which part of the cluster scenario: all, bus or servers.
+    #[arg(long, value_name = "PART")]
+    pub part: Option<String>,
+    /// Messages per second offered to each bus candidate (cluster).
+    #[arg(long, value_name = "N", value_parser = whole_number)]
+    pub bus_rate: Option<usize>,
+    /// Rows of the bulk transaction beside the bus (cluster).
+    #[arg(long, value_name = "N", value_parser = whole_number)]
+    pub bulk_rows: Option<usize>,
+    /// Receiving sockets per server (cluster).
+    #[arg(long, value_name = "N", value_parser = whole_number)]
+    pub receivers: Option<usize>,
+    /// Presence members to converge (cluster).
+    #[arg(long, value_name = "N", value_parser = whole_number)]
+    pub members: Option<usize>,
+    /// Distinct users owning the rows (rls; at most --sockets).
+    #[arg(long, value_name = "N", value_parser = whole_number)]
+    pub users: Option<usize>,
+    /// Rows each subscriber is checked against in the one-check-per-subscriber run (rls).
+    #[arg(long, value_name = "N", value_parser = whole_number)]
+    pub peer_changes: Option<usize>,
+    /// File of pre-encoded frames, one per line (floor).
+    #[arg(long, value_name = "PATH", hide = true)]
+    pub frames: Option<String>,
 }
 
 impl Opts {
-    pub fn parse(args: &[String]) -> anyhow::Result<Opts> {
-        let mut opts = Opts::default();
-        let mut i = 0;
-        while i < args.len() {
-            let arg = &args[i];
-            let Some(key) = arg.strip_prefix("--") else {
-                bail!("unexpected argument {arg:?}: options are --name value");
-            };
-            if key == "smoke" {
-                opts.smoke = true;
-            } else if let Some((k, v)) = key.split_once('=') {
-                opts.values.insert(k.to_string(), v.to_string());
-            } else {
-                let v = args
-                    .get(i + 1)
-                    .with_context(|| format!("--{key} needs a value"))?;
-                opts.values.insert(key.to_string(), v.clone());
-                i += 1;
-            }
-            i += 1;
-        }
-        Ok(opts)
+    /// `given`, or `full` (`smoke` with `--smoke`).
+    pub fn size(&self, given: Option<usize>, full: usize, smoke: usize) -> usize {
+        given.unwrap_or(if self.smoke { smoke } else { full })
     }
 
-    /// `--key`, or `full` (`smoke` with `--smoke`).
-    pub fn usize(&self, key: &str, full: usize, smoke: usize) -> anyhow::Result<usize> {
-        match self.values.get(key) {
-            Some(v) => v
-                .replace('_', "")
-                .parse()
-                .with_context(|| format!("--{key}={v}: expected a whole number")),
-            None => Ok(if self.smoke { smoke } else { full }),
-        }
+    /// `given`, or `full` (`smoke` with `--smoke`).
+    pub fn list(&self, given: &Option<Vec<usize>>, full: &[usize], smoke: &[usize]) -> Vec<usize> {
+        given
+            .clone()
+            .unwrap_or_else(|| if self.smoke { smoke } else { full }.to_vec())
+    }
+}
+
+/// A whole number; `_` may group digits (`1_000_000`).
+fn whole_number(v: &str) -> Result<usize, String> {
+    v.replace('_', "")
+        .parse()
+        .map_err(|_| format!("{v:?} is not a whole number (e.g. 1000 or 1_000)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
     }
 
-    /// `--key` as a comma-separated list of numbers.
-    pub fn list(&self, key: &str, full: &[usize], smoke: &[usize]) -> anyhow::Result<Vec<usize>> {
-        match self.values.get(key) {
-            Some(v) => {
-                v.split(',')
-                    .map(|x| {
-                        x.trim().replace('_', "").parse().with_context(|| {
-                            format!("--{key}={v}: expected numbers like 1000,5000")
-                        })
-                    })
-                    .collect()
-            }
-            None => Ok(if self.smoke { smoke } else { full }.to_vec()),
-        }
+    #[test]
+    fn sizes_take_the_given_value_else_the_full_or_smoke_default() {
+        let cli = Cli::try_parse_from(["realtime-bench", "latency", "--rates=1_000,5000"]).unwrap();
+        assert_eq!(cli.scenario, Scenario::Latency);
+        assert_eq!(cli.opts.list(&cli.opts.rates, &[1], &[2]), vec![1000, 5000]);
+        assert_eq!(cli.opts.size(cli.opts.sockets, 1000, 20), 1000);
+        let smoke =
+            Cli::try_parse_from(["realtime-bench", "rls", "--smoke", "--users", "7"]).unwrap();
+        assert_eq!(smoke.opts.size(smoke.opts.sockets, 1000, 20), 20);
+        assert_eq!(smoke.opts.size(smoke.opts.users, 1000, 4), 7);
     }
 
-    pub fn string(&self, key: &str) -> Option<&str> {
-        self.values.get(key).map(String::as_str)
+    #[test]
+    fn a_bad_number_or_scenario_is_refused_with_the_reason() {
+        let err = Cli::try_parse_from(["realtime-bench", "ingest", "--rows", "many"]).unwrap_err();
+        assert!(
+            err.to_string().contains("\"many\" is not a whole number"),
+            "{err}"
+        );
+        let err = Cli::try_parse_from(["realtime-bench", "ingets"]).unwrap_err();
+        assert!(
+            err.to_string().contains("ingest"),
+            "suggests the scenario: {err}"
+        );
+    }
+
+    #[test]
+    fn help_lists_every_scenario_and_option() {
+        let help = Cli::command().render_long_help().to_string();
+        for name in [
+            "ingest",
+            "latency",
+            "fanout",
+            "connections",
+            "filters",
+            "dbcost",
+            "cluster",
+            "rls",
+            "all",
+            "--smoke",
+            "--rows",
+            "--bus-rate",
+            "--peer-changes",
+        ] {
+            assert!(help.contains(name), "--help does not name {name}:\n{help}");
+        }
+        assert!(
+            !help.contains("floor"),
+            "the floor process is internal:\n{help}"
+        );
     }
 }

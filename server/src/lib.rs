@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod authz;
 pub mod change;
+pub mod check;
 pub mod cluster;
 pub mod dev;
 pub mod filter;

@@ -1,7 +1,8 @@
 //! The `realtime-server` binary: configuration from the environment, logs
 //! with `tracing` (level from `RUST_LOG`, default `info`), serve until
 //! SIGTERM or SIGINT. `realtime-server dev` runs the quick start, in builds
-//! with the default `dev` feature.
+//! with the default `dev` feature; `realtime-server check` reports what the
+//! database still lacks.
 
 use clap::{Parser, Subcommand};
 use realtime_server::config::{Config, VARIABLES};
@@ -26,6 +27,17 @@ enum Command {
     /// it, and a page at http://localhost:4000/ that shows changes live. Needs PostgreSQL's programs (initdb, postgres) installed. Not in
     /// production builds (built without the default `dev` feature).
     Dev,
+    /// Reports every prerequisite of `serve`, with the SQL that fixes it.
+    ///
+    /// Connects with the configuration from the environment (as `serve`
+    /// does) and prints one line per prerequisite, `ok` or `missing` with
+    /// the SQL or setting that fixes it: the connection and the replication
+    /// connection, wal_level, the REPLICATION attribute, the publications,
+    /// the slot, and with SECURE_CHANNELS the roles granted to the server's
+    /// user, auth.uid() and realtime.messages. Changes nothing. Exit status
+    /// 0 when all is ready, 1 when something is missing, 2 on a
+    /// configuration error.
+    Check,
     /// Creates what authorization needs in the database (`DB_*`).
     ///
     /// As the server's database user: the roles tokens name (anon,
@@ -66,13 +78,16 @@ fn configuration_help() -> String {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        // Colours only on a terminal: log files and pods get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .init();
+    // `check` prints a report on stdout and sets up its own logs.
+    if !matches!(cli.command, Some(Command::Check)) {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            )
+            // Colours only on a terminal: log files and pods get plain text.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .init();
+    }
 
     match cli.command {
         Some(Command::Dev) => std::process::exit(dev_command().await),
@@ -80,6 +95,7 @@ async fn main() {
             std::process::exit(setup_authorization(print).await)
         }
         Some(Command::Serve) | None => {}
+        Some(Command::Check) => std::process::exit(check().await),
     }
     let config = match Config::from_env() {
         Ok(c) => c,
@@ -109,6 +125,34 @@ async fn dev_command() -> i32 {
          `cargo run -p realtime-server -- dev`."
     );
     2
+}
+
+/// `realtime-server check`: the report on stdout; logs (on stderr) only
+/// when `RUST_LOG` asks for them, so the report stays readable.
+async fn check() -> i32 {
+    if let Ok(filter) = EnvFilter::try_from_default_env() {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("realtime-server check: invalid configuration:\n{e}");
+            return 2;
+        }
+    };
+    let report = realtime_server::check::run(&config).await;
+    print!("{report}");
+    let code = report.exit_code();
+    if code == 0 {
+        println!("ready: every prerequisite is met");
+    } else {
+        println!("not ready: run the fixes above, then `realtime-server check` again");
+    }
+    code
 }
 
 /// `realtime-server setup-authorization [--print]`: applies (or prints) the

@@ -36,7 +36,7 @@ const SCHEMA: &str = "
 
 /// `--part bus` or `--part servers` runs one half; both by default.
 pub async fn run(opts: &Opts) -> anyhow::Result<()> {
-    let part = opts.string("part").unwrap_or("all");
+    let part = opts.part.as_deref().unwrap_or("all");
     if part != "servers" {
         bus_candidates(opts).await?;
     }
@@ -219,9 +219,9 @@ async fn send_at_rate(
 }
 
 async fn bus_candidates(opts: &Opts) -> anyhow::Result<()> {
-    let rate = opts.usize("bus-rate", 500, 50)?;
-    let secs = opts.usize("seconds", 5, 1)?;
-    let bulk_rows = opts.usize("bulk-rows", 500_000, 5_000)?;
+    let rate = opts.size(opts.bus_rate, 500, 50);
+    let secs = opts.size(opts.seconds, 5, 1);
+    let bulk_rows = opts.size(opts.bulk_rows, 500_000, 5_000);
     let (pg, db) = TempPostgres::with_schema(SCHEMA).await?;
     let sender = pg.connect().await?;
     report::section(&format!(
@@ -309,10 +309,10 @@ fn broadcast_frame(r: u64) -> Message {
 }
 
 async fn servers(opts: &Opts) -> anyhow::Result<()> {
-    let receivers = opts.usize("receivers", 100, 5)?;
-    let rates = opts.list("rates", &[1_000, 5_000], &[100])?;
-    let secs = opts.usize("seconds", 5, 1)?;
-    let members = opts.usize("members", 1_000, 20)?;
+    let receivers = opts.size(opts.receivers, 100, 5);
+    let rates = opts.list(&opts.rates, &[1_000, 5_000], &[100]);
+    let secs = opts.size(opts.seconds, 5, 1);
+    let members = opts.size(opts.members, 1_000, 20);
     let (pg, _db) = TempPostgres::with_schema(SCHEMA).await?;
     // One sender socket at thousands of broadcasts/s and 1,000 presences
     // on one topic: the per-socket and per-topic limits are not measured.

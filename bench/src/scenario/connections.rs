@@ -26,9 +26,9 @@ const SCHEMA: &str = "
 const TARGET_KIB: f64 = 10.0;
 
 pub async fn run(opts: &Opts) -> anyhow::Result<()> {
-    let sockets = opts.usize("sockets", 50_000, 300)?;
-    let hold = Duration::from_secs(opts.usize("hold", 30, 2)? as u64);
-    let heartbeat = Duration::from_secs(opts.usize("heartbeat", 25, 1)? as u64);
+    let sockets = opts.size(opts.sockets, 50_000, 300);
+    let hold = Duration::from_secs(opts.size(opts.hold, 30, 2) as u64);
+    let heartbeat = Duration::from_secs(opts.size(opts.heartbeat, 25, 1) as u64);
     let nofile = sys::raise_nofile_limit();
     let sockets = sys::cap_sockets(sockets, nofile);
     sys::warn_about_limits(sockets, client::PER_SOURCE, nofile);

@@ -26,8 +26,8 @@ const SCHEMA: &str = "
 const SCRIPT: &str = "INSERT INTO dbc (v, body) VALUES (1, 'a short body');\n";
 
 pub async fn run(opts: &Opts) -> anyhow::Result<()> {
-    let secs = opts.usize("seconds", 15, 1)?;
-    let clients = opts.usize("clients", 4, 2)?;
+    let secs = opts.size(opts.seconds, 15, 1);
+    let clients = opts.size(opts.clients, 4, 2);
     let (pg, db) = TempPostgres::with_schema(SCHEMA).await?;
     let script = tempfile::NamedTempFile::new()?;
     std::fs::write(script.path(), SCRIPT)?;

@@ -21,8 +21,8 @@ const SCHEMA: &str = "
     CREATE PUBLICATION bench FOR TABLE fan;";
 
 pub async fn run(opts: &Opts) -> anyhow::Result<()> {
-    let sockets = opts.usize("sockets", 10_000, 50)?;
-    let changes = opts.usize("changes", 500, 20)?;
+    let sockets = opts.size(opts.sockets, 10_000, 50);
+    let changes = opts.size(opts.changes, 500, 20);
     let nofile = sys::raise_nofile_limit();
     let sockets = sys::cap_sockets(sockets, nofile);
     sys::warn_about_limits(sockets, client::PER_SOURCE, nofile);

@@ -28,10 +28,10 @@ struct Result {
 }
 
 pub async fn run(opts: &Opts) -> anyhow::Result<()> {
-    let few = opts.usize("few", 10, 5)?;
-    let many = opts.usize("sockets", 10_000, 100)?;
-    let rate = opts.usize("rate", 1_000, 200)?;
-    let secs = opts.usize("seconds", 10, 1)?;
+    let few = opts.size(opts.few, 10, 5);
+    let many = opts.size(opts.sockets, 10_000, 100);
+    let rate = opts.size(opts.rate, 1_000, 200);
+    let secs = opts.size(opts.seconds, 10, 1);
     let nofile = sys::raise_nofile_limit();
     let many = sys::cap_sockets(many, nofile);
     sys::warn_about_limits(many, client::PER_SOURCE, nofile);

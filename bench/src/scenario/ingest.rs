@@ -25,8 +25,8 @@ const SCHEMA: &str = "
     CREATE PUBLICATION bench FOR TABLE ingest;";
 
 pub async fn run(opts: &Opts) -> anyhow::Result<()> {
-    let big = opts.usize("rows", 1_000_000, 2_000)?;
-    let txns = opts.usize("txns", 100_000, 200)?;
+    let big = opts.size(opts.rows, 1_000_000, 2_000);
+    let txns = opts.size(opts.txns, 100_000, 200);
     let (pg, db) = TempPostgres::with_schema(SCHEMA).await?;
     case(
         &pg,

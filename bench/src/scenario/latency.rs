@@ -22,9 +22,9 @@ const SCHEMA: &str = "
 const P99_TARGET_MS: f64 = 10.0;
 
 pub async fn run(opts: &Opts) -> anyhow::Result<()> {
-    let sockets = opts.usize("sockets", 1_000, 20)?;
-    let rates = opts.list("rates", &[1_000, 5_000], &[100, 300])?;
-    let secs = opts.usize("seconds", 10, 1)?;
+    let sockets = opts.size(opts.sockets, 1_000, 20);
+    let rates = opts.list(&opts.rates, &[1_000, 5_000], &[100, 300]);
+    let secs = opts.size(opts.seconds, 10, 1);
     let (pg, db) = TempPostgres::with_schema(SCHEMA).await?;
     let phase = Phase::default();
     let reference = Reference::start(&pg, &db, "bench_ref", &phase).await?;

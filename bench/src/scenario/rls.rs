@@ -47,11 +47,11 @@ const SECRET: &str = "a-benchmark-secret-of-reasonable-length";
 const P99_FACTOR_TARGET: f64 = 2.0;
 
 pub async fn run(opts: &Opts) -> anyhow::Result<()> {
-    let sockets = opts.usize("sockets", 10_000, 20)?;
-    let users = opts.usize("users", 1_000, 4)?.clamp(1, sockets);
-    let rate = opts.usize("rate", 1_000, 100)?;
-    let secs = opts.usize("seconds", 10, 2)?;
-    let peer_changes = opts.usize("peer-changes", 20, 2)?;
+    let sockets = opts.size(opts.sockets, 10_000, 20);
+    let users = opts.size(opts.users, 1_000, 4).clamp(1, sockets);
+    let rate = opts.size(opts.rate, 1_000, 100);
+    let secs = opts.size(opts.seconds, 10, 2);
+    let peer_changes = opts.size(opts.peer_changes, 20, 2);
     let (pg, db) = TempPostgres::with_schema(SCHEMA).await?;
     let setup = realtime_contract::authorization::setup_transaction(pg.user());
     db.batch_execute(&setup)

@@ -453,25 +453,15 @@ impl Authorizer {
     pub async fn check_roles(&self, roles: &[&str]) {
         let user = self.db.user().to_string();
         for role in roles {
-            let who = Principal {
-                role: role.to_string(),
-                claims: "{}".into(),
-                topic: None,
-            };
-            match self
-                .db
-                .as_group(&who, "SELECT 1", &[], self.settings.check_timeout)
-                .await
-            {
-                Ok(_) => tracing::info!(%role, "the server can switch to role {role:?}"),
+            match can_switch_to(&self.db, role, self.settings.check_timeout).await {
+                Ok(()) => tracing::info!(%role, "the server can switch to role {role:?}"),
                 Err(e) => tracing::error!(
                     %role,
                     error = %e,
                     "the server's database user {user:?} cannot switch to role {role:?}, so \
-                     tokens with that role are refused: run `GRANT {} TO {};` (and create the \
+                     tokens with that role are refused: run `{}` (and create the \
                      role if it does not exist: `CREATE ROLE {} NOLOGIN;`)",
-                    plan::quote_ident(role),
-                    plan::quote_ident(&user),
+                    grant_role_sql(role, &user),
                     plan::quote_ident(role),
                 ),
             }
@@ -616,5 +606,27 @@ fn random_uuid() -> String {
         (a & 0x0fff) as u16,
         ((b >> 48) as u16 & 0x3fff) | 0x8000,
         b & 0xffff_ffff_ffff
+    )
+}
+
+/// Whether `db`'s user may switch to `role`, as every check does: runs
+/// `SELECT 1` as the role, in the transaction every check runs in.
+pub async fn can_switch_to(db: &Db, role: &str, timeout: Duration) -> Result<(), DbError> {
+    let who = Principal {
+        role: role.to_string(),
+        claims: "{}".into(),
+        topic: None,
+    };
+    db.as_group(&who, "SELECT 1", &[], timeout)
+        .await
+        .map(|_| ())
+}
+
+/// The statement that lets the server's database user `user` switch to `role`.
+pub fn grant_role_sql(role: &str, user: &str) -> String {
+    format!(
+        "GRANT {} TO {};",
+        plan::quote_ident(role),
+        plan::quote_ident(user)
     )
 }

@@ -222,6 +222,34 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(frac)
 }
 
+/// The replication session's settings (`DB_*`, `PUBLICATIONS`) for `slot`:
+/// what [`run`] connects with, and what `realtime-server check` tries.
+pub fn replication_config(config: &Config, slot: &str) -> ReplicationConfig {
+    let db = &config.db;
+    let tls = match db.ssl {
+        DbSsl::Disable => TlsConfig::disabled(),
+        DbSsl::Require => TlsConfig::require(),
+        DbSsl::VerifyFull => TlsConfig::verify_full(None),
+    };
+    ReplicationConfig::new(
+        db.host.clone(),
+        db.user.clone(),
+        db.password.expose().to_string(),
+        db.name.clone(),
+        slot.to_string(),
+        config.publications.clone(),
+    )
+    .with_port(db.port)
+    .with_tls(tls)
+    .with_options(SESSION_OPTIONS)
+    .with_application_name("realtime-server")
+    .with_status_interval(STATUS_INTERVAL)
+    .with_wakeup_interval(IDLE_WAKEUP)
+    // An observer makes `feedback_pending_since` report whether the last
+    // confirmed position has reached PostgreSQL (waited for at shutdown).
+    .with_feedback_observer(FeedbackObserver::new(|_| {}))
+}
+
 fn slot_name(config: &Config) -> (String, bool) {
     match &config.slot {
         SlotConfig::Durable(name) => (name.as_str().to_string(), false),
@@ -352,28 +380,7 @@ async fn session(
         source,
     };
     let (slot, temporary) = slot_name(config);
-    let tls = match db.ssl {
-        DbSsl::Disable => TlsConfig::disabled(),
-        DbSsl::Require => TlsConfig::require(),
-        DbSsl::VerifyFull => TlsConfig::verify_full(None),
-    };
-    let rcfg = ReplicationConfig::new(
-        db.host.clone(),
-        db.user.clone(),
-        db.password.expose().to_string(),
-        db.name.clone(),
-        slot.clone(),
-        config.publications.clone(),
-    )
-    .with_port(db.port)
-    .with_tls(tls)
-    .with_options(SESSION_OPTIONS)
-    .with_application_name("realtime-server")
-    .with_status_interval(STATUS_INTERVAL)
-    .with_wakeup_interval(IDLE_WAKEUP)
-    // An observer makes `feedback_pending_since` report whether the last
-    // confirmed position has reached PostgreSQL (waited for at shutdown).
-    .with_feedback_observer(FeedbackObserver::new(|_| {}));
+    let rcfg = replication_config(config, &slot);
 
     tracing::info!(%target, slot = %slot, temporary, "connecting for replication");
     let mut client = ReplicationClient::connect_gated(rcfg)
