@@ -4,7 +4,7 @@
 //!
 //! Owns what the benchmarks add to them: building the server binary before
 //! any timing, the server's environment for a benchmark, and gating its
-//! replication connection in `pg_hba.conf` so that a scenario can connect its
+//! connections by role in `pg_hba.conf` so that a scenario can connect its
 //! subscribers before the stream starts.
 
 use std::collections::BTreeMap;
@@ -47,19 +47,36 @@ pub fn server_bin() -> anyhow::Result<PathBuf> {
     )
 }
 
-/// Refuses (`closed`) or allows replication connections from loopback, and
-/// reloads PostgreSQL's configuration.
-pub async fn gate_replication(
+/// The role a gated server connects as (see [`gate_server`]).
+pub const GATED_ROLE: &str = "realtime_bench_server";
+
+/// Refuses (`closed`) or allows new connections of [`GATED_ROLE`] from
+/// loopback, and reloads PostgreSQL's configuration. A server started with
+/// `DB_USER` = [`GATED_ROLE`] (see [`gated_server_env`]) cannot start
+/// streaming while it is closed.
+///
+/// By role, not by pg_hba's `replication` keyword: that keyword matches
+/// physical replication only, so a logical replication connection passed
+/// it and the server sometimes streamed before its subscriber joined.
+pub async fn gate_server(
     pg: &TempPostgres,
     db: &tokio_postgres::Client,
     closed: bool,
 ) -> anyhow::Result<()> {
-    const LINE: &str = "host replication all 127.0.0.1/32 reject # realtime-bench gate\n";
+    db.batch_execute(&format!(
+        "DO $$ BEGIN
+           IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{GATED_ROLE}') THEN
+             CREATE ROLE {GATED_ROLE} LOGIN SUPERUSER REPLICATION;
+           END IF;
+         END $$"
+    ))
+    .await?;
+    let line = format!("host all {GATED_ROLE} 127.0.0.1/32 reject # realtime-bench gate\n");
     let path = pg.data_dir().join("pg_hba.conf");
     let current = std::fs::read_to_string(&path).context("reading pg_hba.conf")?;
-    let without = current.replace(LINE, "");
+    let without = current.replace(&line, "");
     let next = if closed {
-        format!("{LINE}{without}")
+        format!("{line}{without}")
     } else {
         without
     };
@@ -85,6 +102,13 @@ pub fn server_env(pg: &TempPostgres, publication: &str) -> BTreeMap<String, Stri
     // (5 s) for clients to rejoin before it streams: a pause for
     // restarts, which would be timed here as ingest.
     env.insert("RESUME_DELAY_MS".into(), "0".into());
+    env
+}
+
+/// [`server_env`] for a server that connects as [`GATED_ROLE`].
+pub fn gated_server_env(pg: &TempPostgres, publication: &str) -> BTreeMap<String, String> {
+    let mut env = server_env(pg, publication);
+    env.insert("DB_USER".into(), GATED_ROLE.into());
     env
 }
 

@@ -114,8 +114,8 @@ async fn case(
 
     // The server, on its own slot, with its replication connection held back
     // until the subscriber has joined.
-    stack::gate_replication(pg, db, true).await?;
-    let mut env = stack::server_env(pg, "bench");
+    stack::gate_server(pg, db, true).await?;
+    let mut env = stack::gated_server_env(pg, "bench");
     env.insert("SLOT_NAME".into(), "bench_server".into());
     env.insert("DB_RECONNECT_BACKOFF_MIN".into(), "5".into());
     env.insert("DB_RECONNECT_BACKOFF_MAX".into(), "10".into());
@@ -135,7 +135,7 @@ async fn case(
         ("postgres", Who::Postgres(pg.data_dir())),
         ("load generator", Who::LoadGenerator),
     ]);
-    stack::gate_replication(pg, db, false).await?;
+    stack::gate_server(pg, db, false).await?;
     let mut got = 0usize;
     while got < rows {
         let msg = tokio::time::timeout(Duration::from_secs(120), ws.next())
