@@ -62,3 +62,13 @@ fn filters_runs() {
 fn dbcost_runs() {
     smoke("dbcost");
 }
+
+#[test]
+fn cluster_runs() {
+    smoke("cluster");
+}
+
+#[test]
+fn rls_runs() {
+    smoke("rls");
+}
