@@ -471,6 +471,13 @@ async fn relay_broadcasts(
         );
         return json_error(StatusCode::PAYLOAD_TOO_LARGE, &reason);
     }
+    if state.memory_budget.exceeded() {
+        METRICS.limit_reached(var::MEMORY_BUDGET_MB);
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &state.memory_budget.reason(),
+        );
+    }
     let mut sent = Vec::with_capacity(messages.len());
     let mut failed: Option<BusError> = None;
     for (topic, payload) in &messages {

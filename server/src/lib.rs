@@ -91,6 +91,11 @@ pub async fn serve_with(
             },
         )
     });
+    let memory_budget = limits::MemoryBudget::new(config.memory_budget_mb);
+    tracing::info!(
+        memory_budget_mb = memory_budget.mb,
+        "sockets, joins, broadcasts and presences are refused past this many MiB queued or kept (MEMORY_BUDGET_MB)"
+    );
     let hub = Arc::new(
         Hub::with_cluster(
             config.socket_queue_depth,
@@ -98,7 +103,8 @@ pub async fn serve_with(
         )
         .with_queue_bytes(config.socket_queue_bytes)
         .with_max_presence_members(config.max_presence_members)
-        .with_authorizer(authz.clone()),
+        .with_authorizer(authz.clone())
+        .with_memory_budget(memory_budget),
     );
     if let Some(authz) = &authz {
         let roles = [config.anon_role.clone(), "authenticated".to_string()];
@@ -111,11 +117,6 @@ pub async fn serve_with(
         tokio::spawn(apply_catalog_changes(authz.clone(), hub.clone()));
     }
     let status = Arc::new(StreamStatus::default());
-    let memory_budget = limits::MemoryBudget::new(config.memory_budget_mb);
-    tracing::info!(
-        memory_budget_mb = memory_budget.mb,
-        "sockets and joins are refused past this many MiB queued (MEMORY_BUDGET_MB)"
-    );
     let sockets = Arc::new(SocketContext {
         hub: hub.clone(),
         verifier: verifier.clone(),

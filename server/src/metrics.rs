@@ -82,6 +82,8 @@ pub struct Metrics {
     connections: Gauge,
     /// Read from the queues' count at each scrape.
     queued_bytes: Gauge,
+    /// Read from the state charges at each scrape.
+    held_bytes: Gauge,
     pub connections_accepted: Counter,
     pub connections_refused: Counter,
     pub auth_failures: Counter,
@@ -152,6 +154,10 @@ impl Metrics {
         let queued_bytes = gauge(
             "realtime_queued_bytes",
             "Bytes queued to sockets, a frame counted once per queue that holds it",
+        );
+        let held_bytes = gauge(
+            "realtime_held_bytes",
+            "Estimated bytes of state clients made the server keep (channels, bindings, presences); with realtime_queued_bytes, what MEMORY_BUDGET_MB bounds",
         );
         let channels = gauge("realtime_channels", "Joined channels over all sockets");
         let replication_connected = gauge(
@@ -274,6 +280,7 @@ impl Metrics {
             registry,
             connections,
             queued_bytes,
+            held_bytes,
             connections_accepted,
             connections_refused,
             auth_failures,
@@ -324,6 +331,8 @@ impl Metrics {
         self.connections.set(hub.socket_count() as i64);
         self.queued_bytes
             .set(crate::hub::QUEUED_BYTES.load(std::sync::atomic::Ordering::Relaxed) as i64);
+        self.held_bytes
+            .set(crate::limits::HELD_BYTES.load(std::sync::atomic::Ordering::Relaxed) as i64);
         self.replication_connected.set(stream.is_live() as i64);
         self.cluster.read(&hub.cluster().status);
         let mut out = String::with_capacity(4096);

@@ -134,6 +134,10 @@ pub enum BusError {
     Lagging,
     #[error("the cluster bus failed to send: {0}")]
     Failed(String),
+    /// Not a fault of the bus: the server refused the message before it
+    /// (`MEMORY_BUDGET_MB`), here so a broadcast has one error type.
+    #[error("the server is at its memory budget (MEMORY_BUDGET_MB={mb}): try again later")]
+    OverBudget { mb: u64 },
 }
 
 /// What `/metrics` and `/readyz` show of the bus.
@@ -337,14 +341,14 @@ impl Cluster {
     /// Runs `join` (which makes a socket a member of `topic`) and reads the
     /// cluster's presence state of `topic` as one step: no diff falls
     /// between the state the member gets and the diffs it receives.
-    pub fn join<R>(&self, topic: &TopicKey, join: impl FnOnce() -> R) -> (R, String) {
-        let st = self.lock();
+    pub fn join<R>(&self, topic: &TopicKey, join: impl FnOnce() -> R) -> (R, Arc<str>) {
+        let mut st = self.lock();
         let r = join();
         (r, st.tracker.state_payload(topic))
     }
 
     /// The cluster's presence state of `topic`.
-    pub fn presence_state(&self, topic: &TopicKey) -> String {
+    pub fn presence_state(&self, topic: &TopicKey) -> Arc<str> {
         self.lock().tracker.state_payload(topic)
     }
 

@@ -23,6 +23,7 @@ use crate::authz::authorizer::{Authorizer, ChannelRights, Group, GroupAccess};
 use crate::authz::lanes::Item;
 use crate::change::Change;
 use crate::cluster::{BusError, Cluster, ClusterSettings, Sent, TopicKey};
+use crate::limits::MemoryBudget;
 use crate::metrics::METRICS;
 use crate::phoenix::close;
 use crate::phoenix::frame::{self, Frame, Vsn};
@@ -129,6 +130,9 @@ pub struct Hub {
     /// Members of 2.x channels, by topic (the cluster delivers to them too).
     members: Arc<Members>,
     cluster: Arc<Cluster>,
+    /// `MEMORY_BUDGET_MB`: past it, broadcasts from this server's clients
+    /// are refused (what is already accepted is still delivered).
+    memory_budget: Option<MemoryBudget>,
 }
 
 impl Hub {
@@ -142,6 +146,12 @@ impl Hub {
     /// as this server sees it (`MAX_PRESENCE_MEMBERS`).
     pub fn with_max_presence_members(mut self, max: usize) -> Self {
         self.max_presence_members = max;
+        self
+    }
+
+    /// Refuses broadcasts past `budget` (`MEMORY_BUDGET_MB`).
+    pub fn with_memory_budget(mut self, budget: MemoryBudget) -> Self {
+        self.memory_budget = Some(budget);
         self
     }
 
@@ -166,6 +176,7 @@ impl Hub {
             max_presence_members: crate::config::DEFAULT_MAX_PRESENCE_MEMBERS,
             queue_bytes: crate::config::DEFAULT_SOCKET_QUEUE_BYTES,
             cluster: Cluster::new(settings, members.clone()),
+            memory_budget: None,
             members,
         }
     }
@@ -424,7 +435,7 @@ impl Hub {
         topic: &TopicKey,
         vsn: Vsn,
         self_broadcast: bool,
-    ) -> String {
+    ) -> Arc<str> {
         self.join_channel_reading(socket, topic, vsn, self_broadcast, ChannelRights::ALL)
     }
 
@@ -437,7 +448,7 @@ impl Hub {
         vsn: Vsn,
         self_broadcast: bool,
         reads: ChannelRights,
-    ) -> String {
+    ) -> Arc<str> {
         let Some((tx, cancel)) = self
             .read()
             .sockets
@@ -481,6 +492,10 @@ impl Hub {
         from: Option<SocketId>,
         payload: &str,
     ) -> Result<Sent, BusError> {
+        if let Some(budget) = self.memory_budget.filter(MemoryBudget::exceeded) {
+            METRICS.limit_reached(crate::config::var::MEMORY_BUDGET_MB);
+            return Err(BusError::OverBudget { mb: budget.mb });
+        }
         let sent = self.cluster.publish(topic, "broadcast", payload);
         if !matches!(sent, Err(BusError::TooLarge { .. })) {
             self.members.relay(topic, from, "broadcast", payload);

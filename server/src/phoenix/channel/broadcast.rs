@@ -5,8 +5,9 @@
 //! sender too when it joined with `broadcast.self`), and the `phx_reply`
 //! when it joined with `broadcast.ack`: ok once the cluster's bus has the
 //! message, an error naming the reason otherwise. A broadcast over
-//! `CLUSTER_MAX_MESSAGE_BYTES` reaches nobody and is always answered with
-//! an error, ack or not. On a private channel, only a token that may write
+//! `CLUSTER_MAX_MESSAGE_BYTES`, or sent while the server is past
+//! `MEMORY_BUDGET_MB`, reaches nobody and is always answered with an
+//! error, ack or not. On a private channel, only a token that may write
 //! broadcasts (`realtime.messages`) is relayed; the others get an error
 //! reply. Must not read the payload: the server relays it unread. The hub
 //! keeps the members and hands the message to the cluster; `/api/broadcast`
@@ -42,7 +43,7 @@ impl Session {
         }
         let join_ref = join_ref.as_deref();
         match self.hub.broadcast(topic, Some(self.id), m.payload.get()) {
-            Err(e @ BusError::TooLarge { .. }) => {
+            Err(e @ (BusError::TooLarge { .. } | BusError::OverBudget { .. })) => {
                 tracing::info!(socket = self.id, topic = %m.topic, error = %e, "broadcast refused");
                 self.reply(&m, join_ref, false, &frame::reason(&e.to_string()));
                 None

@@ -290,6 +290,7 @@ impl Session {
             .subscribe_legacy(self.id, self.vsn, &key, &m.topic, subscriber);
         let expires_at = claims.as_ref().and_then(|c| c.expires_at);
         let mut channel = Channel::new(join_ref, ChannelKind::Legacy(key), expires_at);
+        channel.held.add(3 * m.topic.len());
         channel.claims = claims;
         self.channels.insert(m.topic, channel);
     }
@@ -312,7 +313,11 @@ impl Session {
         if let Some(old) = self.channels.remove(&m.topic) {
             self.unsubscribe(&old);
         }
-        self.reply(&m, join_ref.as_deref(), true, &resolved.reply());
+        let reply = resolved.reply();
+        self.reply(&m, join_ref.as_deref(), true, &reply);
+        // Topic copies (session, TopicKey, members) and the bindings, by
+        // their size as sent.
+        let held = 3 * m.topic.len() + super::BINDING_BYTES_PER_BYTE * reply.len();
         let status = self.subscribe_bindings(resolved);
         let reads = private.map_or(ChannelRights::ALL, |(read, _)| read);
         let state = self.hub.join_channel_reading(
@@ -332,6 +337,7 @@ impl Session {
             },
             expires_at,
         );
+        channel.held.add(held);
         channel.claims = claims;
         channel.private = private;
         self.channels.insert(m.topic.clone(), channel);

@@ -27,7 +27,9 @@ use crate::authz::authorizer::ChannelRights;
 use crate::cluster::TopicKey;
 use crate::config::var;
 use crate::hub::LegacyTopic;
+use crate::limits::Held;
 use crate::metrics::{ChannelGauge, METRICS};
+use crate::phoenix::close::quoted;
 use crate::phoenix::frame::Inbound;
 use crate::phoenix::session::Session;
 
@@ -77,7 +79,25 @@ pub(in crate::phoenix) struct Channel {
     pub(in crate::phoenix) private: Option<(ChannelRights, ChannelRights)>,
     /// Counts the channel at `/metrics` while it is joined.
     _open: ChannelGauge,
+    /// What the channel makes the server keep (its entries, topic copies,
+    /// bindings), charged against `MEMORY_BUDGET_MB` while it is joined.
+    pub(in crate::phoenix) held: Held,
+    /// The socket's presence on the channel, charged while it is tracked.
+    pub(in crate::phoenix) presence_held: Held,
 }
+
+/// What a joined channel costs beside its topic and bindings: its entries
+/// in the session, the hub's members and the metrics (measured order of
+/// magnitude, rounded up).
+pub(in crate::phoenix) const CHANNEL_BYTES: usize = 512;
+
+/// What a tracked presence costs beside its key and meta as JSON: the
+/// tracker's entry and its `phx_ref`.
+pub(in crate::phoenix) const PRESENCE_BYTES: usize = 256;
+
+/// What a `postgres_changes` binding costs per byte of its request as sent
+/// (the parsed filter, the index's keys and the echo), rounded up.
+pub(in crate::phoenix) const BINDING_BYTES_PER_BYTE: usize = 4;
 
 impl Channel {
     fn new(join_ref: Option<Box<RawValue>>, kind: ChannelKind, expires_at: Option<u64>) -> Self {
@@ -88,6 +108,8 @@ impl Channel {
             claims: None,
             private: None,
             _open: ChannelGauge::open(),
+            held: Held::new(CHANNEL_BYTES),
+            presence_held: Held::default(),
         }
     }
 }
@@ -120,7 +142,11 @@ impl Session {
             }
             (topic, event) => {
                 let reason = if self.channels.contains_key(topic) {
-                    format!("unknown event {event:?} on topic {topic:?}")
+                    format!(
+                        "unknown event {} on topic {}",
+                        quoted(event),
+                        quoted(topic)
+                    )
                 } else {
                     "unmatched topic".to_string()
                 };
