@@ -629,7 +629,10 @@ mod tests {
         assert!(has(&mut ta, "alice2"));
         ta.untrack(&topic(), 1);
         assert_eq!(&*ta.state_payload(&topic()), "{}");
-        assert!(ta.states.is_empty(), "a topic without presences keeps nothing");
+        assert!(
+            ta.states.is_empty(),
+            "a topic without presences keeps nothing"
+        );
     }
 
     #[test]

@@ -142,11 +142,7 @@ impl Session {
             }
             (topic, event) => {
                 let reason = if self.channels.contains_key(topic) {
-                    format!(
-                        "unknown event {} on topic {}",
-                        quoted(event),
-                        quoted(topic)
-                    )
+                    format!("unknown event {} on topic {}", quoted(event), quoted(topic))
                 } else {
                     "unmatched topic".to_string()
                 };
