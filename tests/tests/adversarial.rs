@@ -860,15 +860,7 @@ async fn kept_state_counts_in_the_memory_budget_and_is_given_back() {
                 attackers.push(c);
                 break 'attack;
             }
-            let r = c
-                .push(
-                    &topic,
-                    "presence",
-                    json!({"type": "presence", "event": "track", "payload": meta}),
-                    None,
-                )
-                .await;
-            let reply = c.expect_reply(&r).await;
+            let reply = request(&mut c, &topic, "presence", track(&meta)).await;
             if reply.payload["status"] != "ok" {
                 assert_eq!(reason_of(&reply), over);
                 attackers.push(c);
@@ -891,25 +883,15 @@ async fn kept_state_counts_in_the_memory_budget_and_is_given_back() {
     // Past the budget: every kind of new work is refused, naming it.
     let reply = good.join("realtime:other", json!({"config": {}})).await;
     assert_eq!(reason_of(&reply), over, "a join");
-    let r = good
-        .push(
-            "realtime:room",
-            "broadcast",
-            json!({"type": "broadcast", "event": "e", "payload": {"n": 1}}),
-            None,
-        )
-        .await;
-    let reply = good.expect_reply(&r).await;
+    let reply = request(&mut good, "realtime:room", "broadcast", shout(1)).await;
     assert_eq!(reason_of(&reply), over, "a broadcast without ack");
-    let r = good
-        .push(
-            "realtime:room",
-            "presence",
-            json!({"type": "presence", "event": "track", "payload": {"n": 1}}),
-            None,
-        )
-        .await;
-    let reply = good.expect_reply(&r).await;
+    let reply = request(
+        &mut good,
+        "realtime:room",
+        "presence",
+        track(&json!({"n": 1})),
+    )
+    .await;
     assert_eq!(reason_of(&reply), over, "a track");
     let body = json!({"messages": [{"topic": "room", "event": "e", "payload": {}}]}).to_string();
     let (status, answer) =
@@ -930,16 +912,26 @@ async fn kept_state_counts_in_the_memory_budget_and_is_given_back() {
         assert!(Instant::now() < deadline, "still kept: {} bytes", held());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let r = good
-        .push(
-            "realtime:room",
-            "broadcast",
-            json!({"type": "broadcast", "event": "e", "payload": {"n": 2}}),
-            None,
-        )
+    good.push("realtime:room", "broadcast", shout(2), None)
         .await;
     let m = next_named(&mut good, "broadcast").await;
-    assert_eq!(m.payload["payload"]["n"], 2, "{m:?} (ref {r})");
+    assert_eq!(m.payload["payload"]["n"], 2, "{m:?}");
     env.round_trip(11, "after the budget was given back").await;
     health.assert_served("state up to the memory budget");
+}
+
+/// Sends `event` on `topic` and waits for its reply.
+async fn request(c: &mut PhxClient, topic: &str, event: &str, payload: Value) -> Msg {
+    let r = c.push(topic, event, payload, None).await;
+    c.expect_reply(&r).await
+}
+
+/// A presence `track` of `meta`.
+fn track(meta: &Value) -> Value {
+    json!({"type": "presence", "event": "track", "payload": meta})
+}
+
+/// A broadcast numbered `n`.
+fn shout(n: u32) -> Value {
+    json!({"type": "broadcast", "event": "e", "payload": {"n": n}})
 }
