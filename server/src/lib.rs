@@ -18,6 +18,7 @@ pub mod hub;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
+pub mod pg;
 pub mod phoenix;
 pub mod published;
 pub mod replication;

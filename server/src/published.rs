@@ -130,26 +130,8 @@ impl PublishedTables {
         let failed = |e: tokio_postgres::Error| {
             format!("connecting to the database for the catalog failed: {e}")
         };
-        let client = match crate::tls::connector(db.ssl) {
-            None => {
-                let (client, connection) =
-                    pg.connect(tokio_postgres::NoTls).await.map_err(failed)?;
-                tokio::spawn(watch(connection));
-                client
-            }
-            Some(tls) => {
-                pg.ssl_mode(tokio_postgres::config::SslMode::Require);
-                let (client, connection) = pg.connect(tls).await.map_err(failed)?;
-                tokio::spawn(watch(connection));
-                client
-            }
-        };
-        Ok(client)
-    }
-}
-
-async fn watch<F: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(connection: F) {
-    if let Err(e) = connection.await {
-        tracing::warn!(error = %e, "catalog connection ended");
+        crate::pg::connect(pg, db.ssl, "catalog")
+            .await
+            .map_err(failed)
     }
 }
