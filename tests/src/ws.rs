@@ -90,6 +90,12 @@ impl PhxClient {
         self.ws.send(msg).await.expect("send frame");
     }
 
+    /// Sends `event` on `topic` and returns its reply.
+    pub async fn request(&mut self, topic: &str, event: &str, payload: Value) -> Msg {
+        let r = self.push(topic, event, payload, None).await;
+        self.expect_reply(&r).await
+    }
+
     /// Joins `topic` and returns the reply.
     pub async fn join(&mut self, topic: &str, payload: Value) -> Msg {
         let r = self.push(topic, "phx_join", payload, None).await;

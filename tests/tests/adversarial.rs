@@ -196,8 +196,7 @@ async fn filter_values_are_bounded_and_counted_once() {
     assert_eq!(seen, ["realtime:a1", "realtime:a2"]);
 
     for topic in ["realtime:a1", "realtime:a2"] {
-        let r = attacker.push(topic, "phx_leave", json!({}), None).await;
-        let reply = attacker.expect_reply(&r).await;
+        let reply = attacker.request(topic, "phx_leave", json!({})).await;
         assert_eq!(reply.payload["status"], "ok", "{reply:?}");
     }
     env.round_trip(2, "leaves of repeated values").await;
@@ -552,15 +551,13 @@ async fn every_kept_size_has_a_named_limit() {
         let topic = format!("realtime:meta-{i}");
         let reply = attacker.join(&topic, json!({"config": {}})).await;
         assert_eq!(reply.payload["status"], "ok", "{reply:?}");
-        let r = attacker
-            .push(
+        let reply = attacker
+            .request(
                 &topic,
                 "presence",
                 json!({"type": "presence", "event": "track", "payload": {"big": big}}),
-                None,
             )
             .await;
-        let reply = attacker.expect_reply(&r).await;
         assert_eq!(
             reason_of(&reply),
             "presence meta too large: 1000010 bytes (MAX_PRESENCE_META_BYTES=4096)"
@@ -581,15 +578,13 @@ async fn every_kept_size_has_a_named_limit() {
             .expect("connect");
         let reply = c.join("realtime:room", json!({"config": {}})).await;
         assert_eq!(reply.payload["status"], "ok", "{reply:?}");
-        let r = c
-            .push(
+        let reply = c
+            .request(
                 "realtime:room",
                 "presence",
                 json!({"type": "presence", "event": "track", "payload": {"n": i}}),
-                None,
             )
             .await;
-        let reply = c.expect_reply(&r).await;
         if i < 3 {
             assert_eq!(reply.payload["status"], "ok", "{reply:?}");
         } else {
@@ -860,7 +855,7 @@ async fn kept_state_counts_in_the_memory_budget_and_is_given_back() {
                 attackers.push(c);
                 break 'attack;
             }
-            let reply = request(&mut c, &topic, "presence", track(&meta)).await;
+            let reply = c.request(&topic, "presence", track(&meta)).await;
             if reply.payload["status"] != "ok" {
                 assert_eq!(reason_of(&reply), over);
                 attackers.push(c);
@@ -883,15 +878,10 @@ async fn kept_state_counts_in_the_memory_budget_and_is_given_back() {
     // Past the budget: every kind of new work is refused, naming it.
     let reply = good.join("realtime:other", json!({"config": {}})).await;
     assert_eq!(reason_of(&reply), over, "a join");
-    let reply = request(&mut good, "realtime:room", "broadcast", shout(1)).await;
+    let reply = good.request("realtime:room", "broadcast", shout(1)).await;
     assert_eq!(reason_of(&reply), over, "a broadcast without ack");
-    let reply = request(
-        &mut good,
-        "realtime:room",
-        "presence",
-        track(&json!({"n": 1})),
-    )
-    .await;
+    let track_n = track(&json!({"n": 1}));
+    let reply = good.request("realtime:room", "presence", track_n).await;
     assert_eq!(reason_of(&reply), over, "a track");
     let body = json!({"messages": [{"topic": "room", "event": "e", "payload": {}}]}).to_string();
     let (status, answer) =
@@ -918,12 +908,6 @@ async fn kept_state_counts_in_the_memory_budget_and_is_given_back() {
     assert_eq!(m.payload["payload"]["n"], 2, "{m:?}");
     env.round_trip(11, "after the budget was given back").await;
     health.assert_served("state up to the memory budget");
-}
-
-/// Sends `event` on `topic` and waits for its reply.
-async fn request(c: &mut PhxClient, topic: &str, event: &str, payload: Value) -> Msg {
-    let r = c.push(topic, event, payload, None).await;
-    c.expect_reply(&r).await
 }
 
 /// A presence `track` of `meta`.
