@@ -500,11 +500,27 @@ async fn session(
             }
         }
         if create {
+            // A failover slot where PostgreSQL has them (17+), as the
+            // operator creates them.
+            let version: i32 = client
+                .simple_query("SHOW server_version_num")
+                .await
+                .map_err(conn_err)?
+                .first()
+                .map(|r| text(r, 0))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
             client
-                .simple_query(&format!("CREATE_REPLICATION_SLOT {slot} LOGICAL pgoutput"))
+                .simple_query(&realtime_contract::slots::create_slot_command(
+                    &slot, version,
+                ))
                 .await
                 .map_err(conn_err)?;
-            tracing::info!(slot = %slot, "created durable slot");
+            tracing::info!(
+                slot = %slot,
+                failover = version >= realtime_contract::slots::FAILOVER_SLOTS_SINCE,
+                "created durable slot"
+            );
         }
         carry.recreate = None;
     }
