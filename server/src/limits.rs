@@ -201,7 +201,7 @@ impl MemoryBudget {
 
     /// Whether the queues and the kept state hold more than the budget now.
     pub fn exceeded(&self) -> bool {
-        let queued = crate::hub::QUEUED_BYTES.load(Ordering::Relaxed) as u64;
+        let queued = crate::hub::queued_bytes() as u64;
         let held = HELD_BYTES.load(Ordering::Relaxed) as u64;
         queued + held > self.mb << 20
     }

@@ -329,8 +329,7 @@ impl Metrics {
     /// The Prometheus text exposition of every metric ([`CONTENT_TYPE`]).
     pub fn render(&self, hub: &Hub, stream: &StreamStatus) -> String {
         self.connections.set(hub.socket_count() as i64);
-        self.queued_bytes
-            .set(crate::hub::QUEUED_BYTES.load(std::sync::atomic::Ordering::Relaxed) as i64);
+        self.queued_bytes.set(crate::hub::queued_bytes() as i64);
         self.held_bytes
             .set(crate::limits::HELD_BYTES.load(std::sync::atomic::Ordering::Relaxed) as i64);
         self.replication_connected.set(stream.is_live() as i64);

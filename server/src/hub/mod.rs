@@ -39,7 +39,7 @@ use deliver::{Deliveries, Pending, Target, Verdicts};
 use legacy::LegacyIndex;
 pub use legacy::LegacyTopic;
 use members::{Member, Members};
-pub use queue::{QueueRx, QueueTx, QUEUED_BYTES};
+pub use queue::{queued_bytes, QueueRx, QueueTx};
 
 pub type SocketId = u64;
 
