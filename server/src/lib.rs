@@ -125,6 +125,7 @@ pub async fn serve_with(
         catalog_lookups: Arc::new(limits::SharedRate::per_second(
             config.max_catalog_lookups_per_second,
         )),
+        stream: status.clone(),
     });
     let state = Arc::new(AppState {
         hub: hub.clone(),
@@ -134,6 +135,7 @@ pub async fn serve_with(
         socket_slots: limits::Slots::new(config.max_connections),
         memory_budget,
         max_body_bytes: config.max_frame_bytes,
+        cors: config.cors_allowed_origins.clone(),
     });
 
     let addr = config.listen_addr();

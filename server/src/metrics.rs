@@ -94,6 +94,9 @@ pub struct Metrics {
     pub bytes_sent: Counter,
     pub slow_consumer_closes: Counter,
     pub bad_frames: Counter,
+    /// Binary broadcasts a member could not be sent (vsn 1.0.0, or a name
+    /// over 255 bytes).
+    pub binary_broadcasts_skipped: Counter,
     /// Row level security checks run inside PostgreSQL (statements).
     pub rls_check_statements: Counter,
     /// Row images those statements checked.
@@ -214,6 +217,10 @@ impl Metrics {
             "realtime_bad_frames",
             "Inbound frames refused: malformed, binary, too large",
         );
+        let binary_broadcasts_skipped = counter(
+            "realtime_binary_broadcasts_skipped",
+            "Broadcasts with a binary payload not sent to a member that cannot read binary frames (vsn 1.0.0)",
+        );
         let rls_check_statements = counter(
             "realtime_rls_check_statements",
             "Row level security check statements run inside PostgreSQL (one per group and batch of changes)",
@@ -286,6 +293,7 @@ impl Metrics {
             bytes_sent,
             slow_consumer_closes,
             bad_frames,
+            binary_broadcasts_skipped,
             rls_check_statements,
             rls_images_checked,
             rls_check_errors,
@@ -563,6 +571,11 @@ mod tests {
                 "realtime_bad_frames",
                 "counter",
                 "realtime_bad_frames_total 0",
+            ),
+            (
+                "realtime_binary_broadcasts_skipped",
+                "counter",
+                "realtime_binary_broadcasts_skipped_total 0",
             ),
             (
                 "realtime_replication_connected",

@@ -24,6 +24,7 @@ pub static QUEUED_BYTES: AtomicUsize = AtomicUsize::new(0);
 fn size(item: &Outbound) -> usize {
     match item {
         Outbound::Frame(frame) => frame.len(),
+        Outbound::Binary(bytes) => bytes.len(),
         Outbound::Close(..) => 0,
     }
 }
