@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
 use std::time::Duration;
 
-use realtime_tests::server::{ServerProcess, Stack};
+use realtime_tests::server::{free_port, ServerProcess, Stack};
 use realtime_tests::ws::PhxClient;
 use serde_json::json;
 
@@ -312,4 +312,53 @@ async fn only_the_listed_origins_may_call_and_another_is_refused_before_anything
     let server_side = request(s, "POST", path, &[JSON], b"{}").await;
     assert_eq!(server_side.status, 202, "{server_side:?}");
     assert_eq!(m.next_event().await.payload["event"], "ping");
+}
+
+#[tokio::test]
+async fn in_chromium_a_listed_origin_broadcasts_and_another_is_blocked() {
+    let chromium = std::env::var_os("CHROMIUM")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/usr/bin/chromium".into());
+    assert!(
+        chromium.is_file(),
+        "{} is missing: run tests/setup.sh (it installs Debian's `chromium`), or set CHROMIUM",
+        chromium.display()
+    );
+    let browser = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
+    assert!(
+        browser.join("node_modules/playwright-core").is_dir(),
+        "run `npm ci` in {} (tests/setup.sh does)",
+        browser.display()
+    );
+    let (allowed, other) = (free_port(), free_port());
+    let origin = format!("http://127.0.0.1:{allowed}");
+    let stack = Stack::items(&[("CORS_ALLOWED_ORIGINS", &origin)]).await;
+    let child = tokio::process::Command::new("node")
+        .arg("cors.mjs")
+        .current_dir(&browser)
+        .env(
+            "SERVER_URL",
+            format!("http://127.0.0.1:{}", stack.server.port),
+        )
+        .env("ALLOWED_PORT", allowed.to_string())
+        .env("OTHER_PORT", other.to_string())
+        .env("CHROMIUM", &chromium)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn `node` (tests/setup.sh installs it)");
+    let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("cors.mjs finished within 120 s")
+        .expect("wait for node");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("PASS"),
+        "tests/browser/cors.mjs failed ({}):\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
+        output.status
+    );
+    eprintln!("{stdout}");
 }

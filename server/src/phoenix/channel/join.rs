@@ -3,7 +3,10 @@
 //! Owns the checks every join passes (a `realtime:` topic, the token, the
 //! channel limit, a payload of the right shape, `PRIVATE_ONLY`), the 1.x
 //! join (the topic says which rows) and the 2.x join (`config`: its reply,
-//! `system` and `presence_state` pushes, in that order). A second join of a
+//! `system` and `presence_state` pushes, in that order, and the flags of
+//! the newest clients: `presence.enabled`, `broadcast.replay`,
+//! `broadcast.replication_ready`, `postgres_changes_options`; when the
+//! bindings are live is `ready`'s). A second join of a
 //! joined topic replaces the first. When channels are secured, a join acts
 //! as its token's role and claims: every subscription carries its group
 //! (see `authz`), a table the role may not read is refused, and a private
