@@ -203,11 +203,11 @@ impl Metrics {
         );
         let messages_sent = counter(
             "realtime_messages_sent",
-            "WebSocket text frames written to clients",
+            "WebSocket frames (text and binary) written to clients",
         );
         let bytes_sent = counter(
             "realtime_bytes_sent",
-            "Payload bytes of the WebSocket text frames written to clients",
+            "Payload bytes of the WebSocket frames (text and binary) written to clients",
         );
         let slow_consumer_closes = counter(
             "realtime_slow_consumer_closes",
