@@ -138,7 +138,7 @@ pub fn routes(
                 )
                 .unify(),
         )
-        .and(warp::options())
+        .and(preflight_method())
         .and(warp::header::optional::<String>("origin"))
         .and(warp::header::optional::<String>(
             "access-control-request-headers",
@@ -211,6 +211,21 @@ fn api() -> impl Filter<Extract = (), Error = Infallible> + Clone {
         .and(warp::path("v1"))
         .or(warp::any())
         .unify()
+}
+
+/// Passes `OPTIONS` only; any other method is "not found" for the
+/// preflight route (not warp's 405), so that a request another route
+/// refuses is answered with that route's reason.
+fn preflight_method() -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::method()
+        .and_then(|m: Method| async move {
+            if m == Method::OPTIONS {
+                Ok(())
+            } else {
+                Err(warp::reject::not_found())
+            }
+        })
+        .untuple_one()
 }
 
 /// Whether `path` is one of the broadcast routes' (see [`api`]).

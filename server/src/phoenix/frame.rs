@@ -2,8 +2,11 @@
 //!
 //! Owns the wire form of one message: `vsn=1.0.0` sends a JSON object
 //! `{"topic","event","payload","ref"}`, `vsn=2.0.0` a JSON array
-//! `[join_ref, ref, topic, event, payload]`. Refs are echoed exactly as the
-//! client sent them (phoenix.js sends strings). Knows nothing of channels.
+//! `[join_ref, ref, topic, event, payload]`, and realtime-js 2.1xx's binary
+//! frames on `vsn=2.0.0`: the user broadcast push it sends (kind 3, with a
+//! JSON or a binary payload) and the user broadcast it reads (kind 4, for a
+//! binary payload). Refs are echoed exactly as the client sent them
+//! (phoenix.js sends strings). Knows nothing of channels.
 
 use serde_json::value::RawValue;
 
