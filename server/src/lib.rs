@@ -127,6 +127,7 @@ pub async fn serve_with(
         catalog_lookups: Arc::new(limits::SharedRate::per_second(
             config.max_catalog_lookups_per_second,
         )),
+        stream: status.clone(),
     });
     let state = Arc::new(AppState {
         hub: hub.clone(),
@@ -136,6 +137,7 @@ pub async fn serve_with(
         socket_slots: limits::Slots::new(config.max_connections),
         memory_budget,
         max_body_bytes: config.max_frame_bytes,
+        cors: config.cors_allowed_origins.clone(),
     });
 
     let addr = config.listen_addr();

@@ -96,6 +96,9 @@ pub struct Metrics {
     pub bytes_sent: Counter,
     pub slow_consumer_closes: Counter,
     pub bad_frames: Counter,
+    /// Binary broadcasts a member could not be sent (vsn 1.0.0, or a name
+    /// over 255 bytes).
+    pub binary_broadcasts_skipped: Counter,
     /// Row level security checks run inside PostgreSQL (statements).
     pub rls_check_statements: Counter,
     /// Row images those statements checked.
@@ -206,11 +209,11 @@ impl Metrics {
         );
         let messages_sent = counter(
             "realtime_messages_sent",
-            "WebSocket text frames written to clients",
+            "WebSocket frames (text and binary) written to clients",
         );
         let bytes_sent = counter(
             "realtime_bytes_sent",
-            "Payload bytes of the WebSocket text frames written to clients",
+            "Payload bytes of the WebSocket frames (text and binary) written to clients",
         );
         let slow_consumer_closes = counter(
             "realtime_slow_consumer_closes",
@@ -219,6 +222,10 @@ impl Metrics {
         let bad_frames = counter(
             "realtime_bad_frames",
             "Inbound frames refused: malformed, binary, too large",
+        );
+        let binary_broadcasts_skipped = counter(
+            "realtime_binary_broadcasts_skipped",
+            "Broadcasts with a binary payload not sent to a member that cannot read binary frames (vsn 1.0.0)",
         );
         let rls_check_statements = counter(
             "realtime_rls_check_statements",
@@ -293,6 +300,7 @@ impl Metrics {
             bytes_sent,
             slow_consumer_closes,
             bad_frames,
+            binary_broadcasts_skipped,
             rls_check_statements,
             rls_images_checked,
             rls_check_errors,
@@ -571,6 +579,11 @@ mod tests {
                 "realtime_bad_frames",
                 "counter",
                 "realtime_bad_frames_total 0",
+            ),
+            (
+                "realtime_binary_broadcasts_skipped",
+                "counter",
+                "realtime_binary_broadcasts_skipped_total 0",
             ),
             (
                 "realtime_replication_connected",

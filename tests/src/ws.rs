@@ -156,6 +156,30 @@ impl PhxClient {
         }
     }
 
+    /// The next data frame as it came, text or binary, within `timeout`
+    /// (binary frames are what [`PhxClient::next`] skips).
+    pub async fn next_data(&mut self, timeout: Duration) -> Result<Message, WsEnd> {
+        loop {
+            match tokio::time::timeout(timeout, self.ws.next()).await {
+                Err(_) => return Err(WsEnd::Timeout),
+                Ok(None) => return Err(WsEnd::Closed(None)),
+                Ok(Some(Err(e))) => return Err(WsEnd::Error(e.to_string())),
+                Ok(Some(Ok(m @ (Message::Text(_) | Message::Binary(_))))) => return Ok(m),
+                Ok(Some(Ok(Message::Close(c)))) => {
+                    return Err(WsEnd::Closed(
+                        c.map(|c| (u16::from(c.code), c.reason.to_string())),
+                    ))
+                }
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+
+    /// A text frame of this client's serializer, parsed.
+    pub fn parse_text(&self, text: &str) -> Msg {
+        self.parse(text)
+    }
+
     /// The next frame whose event is not a reply or system message.
     pub async fn next_event(&mut self) -> Msg {
         loop {

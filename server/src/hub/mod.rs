@@ -72,6 +72,9 @@ pub enum Outbound {
     /// A text frame, possibly shared by many sockets (reference-counted:
     /// each socket's WebSocket writes the same bytes, none copies them).
     Frame(Frame),
+    /// A binary frame (a broadcast with a binary payload, for vsn 2.0.0),
+    /// shared the same way.
+    Binary(bytes::Bytes),
     /// Close the socket with this code (one of `phoenix::close`) and reason.
     Close(u16, String),
 }
@@ -426,6 +429,17 @@ impl Hub {
         }
     }
 
+    /// [`Hub::add_bindings`], then `then` before the index is unlocked: no
+    /// change reaches the bindings before what `then` queues, and it is
+    /// queued only once they are subscribed. `then` must not call the hub.
+    pub fn add_bindings_then<R>(&self, bindings: Vec<Binding>, then: impl FnOnce() -> R) -> R {
+        let mut index = self.write();
+        for b in bindings {
+            index.bindings.add(b);
+        }
+        then()
+    }
+
     /// Makes `socket` a member of the 2.x channel `topic`, for broadcast and
     /// presence; returns the cluster's `presence_state` payload of it, read
     /// in one step with the joining (no diff falls between them).
@@ -492,13 +506,39 @@ impl Hub {
         from: Option<SocketId>,
         payload: &str,
     ) -> Result<Sent, BusError> {
-        if let Some(budget) = self.memory_budget.filter(MemoryBudget::exceeded) {
-            METRICS.limit_reached(crate::config::var::MEMORY_BUDGET_MB);
-            return Err(BusError::OverBudget { mb: budget.mb });
-        }
+        self.within_budget()?;
         let sent = self.cluster.publish(topic, "broadcast", payload);
         if !matches!(sent, Err(BusError::TooLarge { .. })) {
             self.members.relay(topic, from, "broadcast", payload);
+        }
+        sent
+    }
+
+    /// `Err` past `MEMORY_BUDGET_MB`: a broadcast is new work, refused.
+    fn within_budget(&self) -> Result<(), BusError> {
+        match self.memory_budget.filter(MemoryBudget::exceeded) {
+            Some(budget) => {
+                METRICS.limit_reached(crate::config::var::MEMORY_BUDGET_MB);
+                Err(BusError::OverBudget { mb: budget.mb })
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// [`Hub::broadcast`] of a broadcast whose payload is the bytes `data`
+    /// (`event` is the user's): members on vsn 2.0.0 get it as a binary
+    /// frame, those on vsn 1.0.0 cannot read one and do not.
+    pub fn broadcast_binary(
+        &self,
+        topic: &TopicKey,
+        from: Option<SocketId>,
+        event: &str,
+        data: &[u8],
+    ) -> Result<Sent, BusError> {
+        self.within_budget()?;
+        let sent = self.cluster.publish_binary(topic, event, data);
+        if !matches!(sent, Err(BusError::TooLarge { .. })) {
+            self.members.relay_binary(topic, from, event, data);
         }
         sent
     }

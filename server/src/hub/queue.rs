@@ -57,6 +57,7 @@ pub fn queued_bytes() -> usize {
 fn size(item: &Outbound) -> usize {
     match item {
         Outbound::Frame(frame) => frame.len(),
+        Outbound::Binary(bytes) => bytes.len(),
         Outbound::Close(..) => 0,
     }
 }

@@ -12,6 +12,7 @@
 //! | `broadcast` | `broadcast.rs` |
 //! | `presence` (track, untrack) | `presence.rs` |
 //! | `access_token`, and the token of a join | `access_token.rs` |
+//! | telling a channel its bindings are live (`replication_ready`, `postgres_changes_options.wait`) | `ready.rs` |
 //! | `phx_leave`, `heartbeat`, anything else | here |
 //!
 //! Must not read the socket or parse frames (`session`, `frame`), nor keep
@@ -38,6 +39,9 @@ mod broadcast;
 mod join;
 mod postgres_changes;
 mod presence;
+mod ready;
+
+pub(in crate::phoenix) use ready::Waiting;
 
 /// The reasons given over a rate limit: Supabase Realtime's, code first, so
 /// clients that handle them (back off, retry later) keep working.
@@ -180,6 +184,7 @@ impl Session {
         let Some(channel) = self.channels.remove(&m.topic) else {
             return self.reply_error(&m, "unmatched topic");
         };
+        self.forget_waits(&m.topic);
         self.unsubscribe(&channel);
         let join_ref = channel.join_ref.as_deref();
         self.reply(&m, join_ref, true, "{}");
@@ -202,6 +207,7 @@ impl Session {
         channel: Channel,
         reason: &str,
     ) {
+        self.forget_waits(topic);
         self.unsubscribe(&channel);
         let join_ref = channel.join_ref.as_deref();
         let short = topic.strip_prefix("realtime:").unwrap_or(topic);

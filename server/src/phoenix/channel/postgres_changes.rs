@@ -40,6 +40,12 @@ impl Resolved {
     pub(super) fn reply(&self) -> String {
         serde_json::json!({ "postgres_changes": self.echo }).to_string()
     }
+
+    /// The bindings to subscribe, and why the first refused one was refused
+    /// (then none may be).
+    pub(super) fn into_parts(self) -> (Vec<Binding>, Option<String>) {
+        (self.bindings, self.error)
+    }
 }
 
 impl Session {
@@ -70,14 +76,6 @@ impl Session {
             }
         }
         out
-    }
-
-    /// Subscribes the bindings, unless one was refused; returns why.
-    pub(super) fn subscribe_bindings(&self, resolved: Resolved) -> Option<String> {
-        if resolved.error.is_none() {
-            self.hub.add_bindings(resolved.bindings);
-        }
-        resolved.error
     }
 
     /// The `system` push after the join reply: "Subscribed to PostgreSQL",
