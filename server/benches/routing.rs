@@ -76,6 +76,7 @@ fn hub_with(subscriptions: usize) -> (Arc<Hub>, Vec<realtime_server::hub::Regist
             table: Some("items".into()),
             event: None,
             filter: Some(filter),
+            select: None,
             subscriber: None,
         }]);
         regs.push(reg);

@@ -1,9 +1,13 @@
 //! The `postgres_changes` (realtime-js 2.x) subscription index.
 //!
-//! Bindings are indexed by schema, then table; within a table, `eq` and `in`
-//! filters by column and canonical value, so a change costs one lookup per
-//! filtered column however many sockets filter on other values. Only the
-//! range and `neq` filters of the change's own table are scanned.
+//! Bindings are indexed by schema, then table; within a table, a filter
+//! with a plain `eq` or `in` condition by that condition's column and
+//! canonical values, so a change costs one lookup per indexed column however
+//! many sockets filter on other values (a binding found there is checked
+//! against its other conditions). Only filters without such a condition
+//! (ranges, `neq`, patterns, `is`, negations) of the change's own table are
+//! scanned. Filters look at the whole row (before `MAX_RECORD_BYTES` cut
+//! it): the new row, or the old row for DELETE.
 //!
 //! When channels are secured, a binding whose group's policies reduce to
 //! `column = value` (the owner pattern) is indexed by that column and value
@@ -20,8 +24,9 @@ use indexmap::IndexSet;
 use super::{SocketId, Subscriber};
 use crate::authz::plan::Access;
 use crate::change::{Cell, Change, ChangeKind};
-use crate::filter::{Comparison, Filter, Value};
+use crate::filter::{Comparison, Field, Filter, Value};
 use crate::phoenix::frame::Vsn;
+use crate::select::Selection;
 
 /// A binding that acts as someone: its key, socket, topic, table (`None`:
 /// the whole schema) and subscriber.
@@ -40,6 +45,8 @@ pub struct Binding {
     /// `None`: every event (`*`).
     pub event: Option<ChangeKind>,
     pub filter: Option<Filter>,
+    /// The columns its subscriber receives (`select`); `None`: all.
+    pub select: Option<Arc<Selection>>,
     /// Who the binding acts as, when channels are secured.
     pub subscriber: Option<Subscriber>,
 }
@@ -73,7 +80,7 @@ type Key = u64;
 /// to the channel's own bindings and values, whatever else is subscribed.
 type Keys = IndexSet<Key>;
 
-/// The `eq`/`in` bindings on one column of a table.
+/// The bindings indexed by an `eq`/`in` condition on one column of a table.
 #[derive(Debug)]
 struct EqColumn {
     /// How the column's values compare (the same for every binding on it:
@@ -121,8 +128,8 @@ pub(super) struct BindingIndex {
 }
 
 impl BindingIndex {
-    /// Adds a binding: time in proportion to its filter's values (at most
-    /// [`crate::filter::MAX_IN_VALUES`], each once).
+    /// Adds a binding: time in proportion to its indexed condition's values
+    /// (at most `MAX_FILTER_VALUES`, each once).
     pub(super) fn add(&mut self, b: Binding) {
         self.next += 1;
         let k = self.next;
@@ -152,20 +159,23 @@ impl BindingIndex {
                         .or_default()
                         .insert(k);
                 } else {
-                    match b.filter.as_ref().map(|f| (f, f.eq_keys())) {
+                    match b.filter.as_ref().map(|f| f.index_keys()) {
                         None => {
                             node.unfiltered.insert(k);
                         }
-                        Some((f, Some(keys))) => {
-                            let col = node.eq.entry(f.column.clone()).or_insert_with(|| EqColumn {
-                                kind: f.kind,
-                                values: HashMap::new(),
-                            });
-                            for key in keys {
+                        Some(Some(index)) => {
+                            let col =
+                                node.eq.entry(index.column.to_string()).or_insert_with(|| {
+                                    EqColumn {
+                                        kind: index.kind,
+                                        values: HashMap::new(),
+                                    }
+                                });
+                            for key in index.keys {
                                 col.values.entry(key).or_default().insert(k);
                             }
                         }
-                        Some((_, None)) => {
+                        Some(None) => {
                             node.scanned.insert(k);
                         }
                     }
@@ -213,13 +223,13 @@ impl BindingIndex {
                             }
                         }
                     } else {
-                        match b.filter.as_ref().map(|f| (f, f.eq_keys())) {
+                        match b.filter.as_ref().map(|f| f.index_keys()) {
                             None => {
                                 node.unfiltered.swap_remove(&k);
                             }
-                            Some((f, Some(keys))) => {
-                                if let Some(col) = node.eq.get_mut(&f.column) {
-                                    for key in keys {
+                            Some(Some(index)) => {
+                                if let Some(col) = node.eq.get_mut(index.column) {
+                                    for key in index.keys {
                                         if let Some(v) = col.values.get_mut(&key) {
                                             v.swap_remove(&k);
                                             if v.is_empty() {
@@ -228,11 +238,11 @@ impl BindingIndex {
                                         }
                                     }
                                     if col.values.is_empty() {
-                                        node.eq.remove(&f.column);
+                                        node.eq.remove(index.column);
                                     }
                                 }
                             }
-                            Some((_, None)) => {
+                            Some(None) => {
                                 node.scanned.swap_remove(&k);
                             }
                         }
@@ -269,21 +279,31 @@ impl BindingIndex {
             return;
         };
         node.unfiltered.iter().for_each(&mut visit);
+        let row = |column: &str| field(change, column);
         for (column, col) in &node.eq {
-            let Some(text) = row_text(change, column) else {
+            let Field::Text(text) = field(change, column) else {
                 continue;
             };
             if let Some(v) = Value::parse(col.kind, &text) {
                 if let Some(keys) = col.values.get(&v.key()) {
-                    keys.iter().for_each(&mut visit);
+                    for k in keys {
+                        // Found by one condition: the others are checked.
+                        let rest_pass = self.bindings.get(k).is_some_and(|b| {
+                            b.filter
+                                .as_ref()
+                                .is_none_or(|f| f.conditions.len() == 1 || f.matches_unindexed(row))
+                        });
+                        if rest_pass {
+                            visit(k);
+                        }
+                    }
                 }
             }
         }
         for k in &node.scanned {
             if let Some(b) = self.bindings.get(k) {
                 let filter = b.filter.as_ref().expect("scanned bindings have a filter");
-                let text = row_text(change, &filter.column);
-                if filter.matches(text.as_deref()) {
+                if filter.matches(row) {
                     visit(k);
                 }
             }
@@ -295,10 +315,7 @@ impl BindingIndex {
         for (column, values) in &node.owned {
             let mut visit_filtered = |k: &'a Key| {
                 if let Some(b) = self.bindings.get(k) {
-                    let passes = b
-                        .filter
-                        .as_ref()
-                        .is_none_or(|f| f.matches(row_text(change, &f.column).as_deref()));
+                    let passes = b.filter.as_ref().is_none_or(|f| f.matches(row));
                     if passes {
                         visit(k);
                     }
@@ -365,15 +382,18 @@ fn deciding_text(change: &Change, column: &str) -> Option<String> {
     }
 }
 
-/// A filter looks at the new row, or the old row for DELETE.
-fn row_text(change: &Change, column: &str) -> Option<String> {
-    let idx = change.table.column_index(column)?;
-    let row = match change.kind {
-        ChangeKind::Delete => change.old_record.as_ref()?,
-        _ => change.record.as_ref()?,
-    };
-    match row.get(idx)? {
-        Cell::Text(b) => Some(String::from_utf8_lossy(b).into_owned()),
-        _ => None,
+/// The value of `column` that a filter looks at: in the new row, or the
+/// old row for DELETE, whole (before `MAX_RECORD_BYTES` cut it down, as
+/// PostgreSQL would see it). A column the row image does not carry (a
+/// key-only old row, an unchanged TOASTed value) is unknown.
+fn field<'c>(change: &'c Change, column: &str) -> Field<'c> {
+    let cell = change
+        .table
+        .column_index(column)
+        .and_then(|idx| crate::authz::image::primary(change)?.get(idx));
+    match cell {
+        Some(Cell::Text(b)) => Field::Text(String::from_utf8_lossy(b)),
+        Some(Cell::Null) => Field::Null,
+        _ => Field::Unknown,
     }
 }
