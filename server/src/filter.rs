@@ -904,10 +904,12 @@ fn parse_list(inner: &str, max: usize) -> Result<Vec<Option<String>>, Why> {
                         kept = item.len();
                         escaped = true;
                     }
-                    '"' | '{' | '}' => return Err(format!(
+                    '"' | '{' | '}' => {
+                        return Err(format!(
                         "{c:?} in an unquoted value of the in list: put the value in double quotes"
                     )
-                    .into()),
+                        .into())
+                    }
                     c => {
                         item.push(c);
                         if !pg_space(c) {

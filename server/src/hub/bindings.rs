@@ -397,3 +397,126 @@ fn field<'c>(change: &'c Change, column: &str) -> Field<'c> {
         _ => Field::Unknown,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::change::{ColumnInfo, TableInfo};
+    use crate::replication::catalog::TypeKind;
+    use crate::replication::pgoutput::ReplicaIdentity;
+
+    fn table() -> Arc<TableInfo> {
+        let col = |name: &str, type_name: &str, kind: TypeKind, is_key: bool| ColumnInfo {
+            name: name.into(),
+            type_name: type_name.into(),
+            kind,
+            type_oid: 0,
+            type_modifier: -1,
+            is_key,
+        };
+        Arc::new(TableInfo::new(
+            1,
+            "public".into(),
+            "items".into(),
+            ReplicaIdentity::Full,
+            vec![
+                col("id", "int8", TypeKind::Integer, true),
+                col("room", "int4", TypeKind::Integer, false),
+                col("body", "text", TypeKind::Text, false),
+            ],
+        ))
+    }
+
+    fn cell(v: Option<&str>) -> Cell {
+        match v {
+            Some(t) => Cell::Text(bytes::Bytes::copy_from_slice(t.as_bytes())),
+            None => Cell::Null,
+        }
+    }
+
+    fn insert(room: Option<&str>, body: Option<&str>) -> Change {
+        Change {
+            kind: ChangeKind::Insert,
+            table: table(),
+            commit_timestamp: "2024-01-01T00:00:00.000000Z".into(),
+            record: Some(vec![cell(Some("1")), cell(room), cell(body)]),
+            old_record: None,
+            errors: Vec::new(),
+            unlimited: None,
+        }
+    }
+
+    fn binding(socket: SocketId, filter: &str) -> Binding {
+        let columns = |c: &str| match c {
+            "id" | "room" => Some(Comparison::Number),
+            "body" => Some(Comparison::Text),
+            _ => None,
+        };
+        Binding {
+            socket,
+            topic: "realtime:t".into(),
+            vsn: Vsn::V2,
+            id: 1,
+            schema: "public".into(),
+            table: Some("items".into()),
+            event: None,
+            filter: Some(Filter::parse(filter, columns).unwrap()),
+            select: None,
+            subscriber: None,
+        }
+    }
+
+    fn reached(index: &BindingIndex, change: &Change) -> Vec<SocketId> {
+        let mut sockets = Vec::new();
+        index.matching(change, |b| sockets.push(b.socket));
+        sockets.sort_unstable();
+        sockets
+    }
+
+    /// A filter of several conditions is indexed by its plain eq/in (a
+    /// change costs one lookup for it), and the bindings found there are
+    /// checked against their other conditions; filters without one are
+    /// scanned.
+    #[test]
+    fn several_conditions_are_indexed_by_one_eq_or_in_and_the_rest_checked() {
+        let mut index = BindingIndex::default();
+        index.add(binding(1, "body=like.a%,room=eq.1"));
+        index.add(binding(2, "room=in.(1,2),body=not.is.null"));
+        index.add(binding(3, "room=gt.0,body=like.a%"));
+        index.add(binding(4, "room=not.eq.1"));
+        let node = &index.schemas["public"].tables["items"];
+        let mut keys: Vec<&String> = node.eq["room"].values.keys().collect();
+        keys.sort();
+        assert_eq!(keys, ["1", "2"]);
+        assert_eq!(node.eq["room"].values["1"].len(), 2);
+        assert_eq!(node.scanned.len(), 2, "the filters without a plain eq/in");
+
+        assert_eq!(reached(&index, &insert(Some("1"), Some("abc"))), [1, 2, 3]);
+        assert_eq!(reached(&index, &insert(Some("1"), Some("xbc"))), [2]);
+        assert_eq!(reached(&index, &insert(Some("2"), None)), [4]);
+        assert_eq!(
+            reached(&index, &insert(None, Some("a"))),
+            Vec::<SocketId>::new()
+        );
+
+        index.remove_channel(1, &"realtime:t".into());
+        index.remove_channel(2, &"realtime:t".into());
+        index.remove_channel(3, &"realtime:t".into());
+        index.remove_channel(4, &"realtime:t".into());
+        assert!(index.schemas.is_empty(), "{:?}", index.schemas);
+    }
+
+    /// A value `MAX_RECORD_BYTES` left out of the record is still there
+    /// for the filter, as it is for PostgreSQL.
+    #[test]
+    fn filters_see_the_whole_row() {
+        let mut index = BindingIndex::default();
+        index.add(binding(1, "body=like.%end"));
+        let mut change = insert(Some("1"), Some("a long body's end"));
+        change.unlimited = Some(Arc::new((change.record.clone(), None)));
+        change.record.as_mut().unwrap()[2] = Cell::Absent;
+        assert_eq!(reached(&index, &change), [1]);
+        change.unlimited = None;
+        assert_eq!(reached(&index, &change), Vec::<SocketId>::new());
+    }
+}

@@ -28,6 +28,10 @@ use crate::select::Selection;
 /// old values.
 type ChannelDelivery = (Vsn, Vec<u32>, bool);
 
+/// The frames of one 2.x channel: its socket, topic and the columns its
+/// bindings selected (`None`: all).
+type ChannelKey = (SocketId, Arc<str>, Option<Arc<Selection>>);
+
 /// One group waiting for its check: (whether its old images are checked,
 /// whether some of its subscribers get old images unchecked, who receives
 /// the change).
@@ -41,7 +45,7 @@ pub(super) struct Deliveries {
     /// 2.x channels: (socket, topic, selected columns) -> (serializer,
     /// binding ids, old values). Bindings of one channel that select other
     /// columns get their own frames, each with its ids, as from Supabase.
-    channels: HashMap<(SocketId, Arc<str>, Option<Arc<Selection>>), ChannelDelivery>,
+    channels: HashMap<ChannelKey, ChannelDelivery>,
 }
 
 /// One subscriber waiting for its group's check.
