@@ -42,11 +42,6 @@ impl Selection {
             }
             Some(_) => return Err("select must be a list of column names".into()),
         };
-        if !table {
-            return Err("select needs a table: a binding on a whole schema \
-                        receives whole rows"
-                .into());
-        }
         if list.len() > MAX_SELECT_COLUMNS {
             return Err(format!(
                 "select lists {} columns; a table has at most {MAX_SELECT_COLUMNS}",
@@ -58,6 +53,11 @@ impl Selection {
         let names: Vec<&str> = list.iter().filter_map(Value::as_str).collect();
         if names.is_empty() {
             return Ok(None);
+        }
+        if !table {
+            return Err("select needs a table: a binding on a whole schema \
+                        receives whole rows"
+                .into());
         }
         let mut columns = Vec::with_capacity(names.len() + keys.len());
         for name in names {
@@ -142,6 +142,11 @@ mod tests {
         assert!(parse(json!(["id"]), false)
             .unwrap_err()
             .contains("select needs a table"));
+        assert_eq!(
+            parse(json!([]), false),
+            Ok(None),
+            "an empty list selects every column"
+        );
         let long: Vec<&str> = vec!["id"; MAX_SELECT_COLUMNS + 1];
         assert!(parse(json!(long), true)
             .unwrap_err()

@@ -1,7 +1,8 @@
 // The newest @supabase/realtime-js (2.119.1, pinned in package.json) against
 // the realtime server: filters written with the client's own
 // `postgresChangesFilter()` builder and as raw strings, and the `select`
-// column list. Driven by tests/tests/realtime_js.rs, which starts PostgreSQL
+// column list; then 2.8.4, which has no builder, with the same grammar
+// written as strings. Driven by tests/tests/realtime_js.rs, which starts PostgreSQL
 // with the table below (REPLICA IDENTITY FULL) in the publication
 // `realtime_test`, starts the server, and passes:
 //   REALTIME_URL  ws://127.0.0.1:PORT/socket
@@ -18,6 +19,7 @@ import assert from 'node:assert/strict';
 import pg from 'pg';
 import WebSocket from 'ws';
 import { RealtimeClient, postgresChangesFilter as F } from 'realtime-js-2-latest';
+import * as early from 'realtime-js-2-8';
 
 const REALTIME_URL = process.env.REALTIME_URL;
 const DATABASE_URL = process.env.DATABASE_URL;
@@ -51,14 +53,18 @@ function subscribe(channel) {
   });
 }
 
-const ROWS = `
+/** Six rows with ids base+1 .. base+6, and NULL in each column somewhere. */
+const rows = (base) => ({
+  ids: [1, 2, 3, 4, 5, 6].map((i) => base + i),
+  sql: `
   INSERT INTO tasks VALUES
-    (1, 'buy milk', 'open', 1, false, '2024-01-01T00:00:00Z', 's1'),
-    (2, 'Buy bread', 'open', 3, NULL, '2024-07-01T00:00:00Z', 's2'),
-    (3, 'say "hi", (now)', 'a,b', 2, true, NULL, 's3'),
-    (4, 'clean', 'draft', NULL, NULL, '2024-05-01T00:00:00Z', NULL),
-    (5, 'archive it', 'archived', 5, true, '2024-02-01T00:00:00Z', 's5'),
-    (6, NULL, NULL, 2, false, NULL, 's6')`;
+    (${base + 1}, 'buy milk', 'open', 1, false, '2024-01-01T00:00:00Z', 's1'),
+    (${base + 2}, 'Buy bread', 'open', 3, NULL, '2024-07-01T00:00:00Z', 's2'),
+    (${base + 3}, 'say "hi", (now)', 'a,b', 2, true, NULL, 's3'),
+    (${base + 4}, 'clean', 'draft', NULL, NULL, '2024-05-01T00:00:00Z', NULL),
+    (${base + 5}, 'archive it', 'archived', 5, true, '2024-02-01T00:00:00Z', 's5'),
+    (${base + 6}, NULL, NULL, 2, false, NULL, 's6')`,
+});
 
 // [name, filter as the app writes it, the same condition in SQL]
 const CASES = [
@@ -80,6 +86,43 @@ const CASES = [
   ['raw not gte', 'priority=not.gte.3', `NOT (priority >= 3)`],
   ['raw in with null', 'priority=in.(1,null)', `priority = ANY('{1,NULL}'::int[])`],
 ];
+
+/**
+ * Subscribes every case on `client`, inserts `rows`, and checks that each
+ * channel received exactly the rows PostgreSQL selects with the case's SQL.
+ */
+async function heldToPostgres(client, db, cases, prefix, rows) {
+  const got = {};
+  const system = {};
+  const channels = cases.map(([name, filter]) => {
+    got[name] = [];
+    system[name] = [];
+    return client
+      .channel(`${prefix}-${name.replace(/\W/g, '-')}`)
+      .on('postgres_changes', { event: 'INSERT', schema: 'public', table: 'tasks', filter }, (p) =>
+        got[name].push(Number(p.new.id)),
+      )
+      .on('system', {}, (p) => system[name].push(p));
+  });
+  const statuses = await Promise.all(channels.map(subscribe));
+  for (const s of statuses) assert.deepEqual(s, ['SUBSCRIBED']);
+  await until(() => Object.values(system).every((s) => s.length > 0), 'system pushes');
+  for (const [name, s] of Object.entries(system)) {
+    assert.equal(s[0].status, 'ok', `${name}: ${JSON.stringify(s[0])}`);
+  }
+
+  await db.query(rows.sql);
+  for (const [name, filter, sql] of cases) {
+    const result = await db.query(
+      `SELECT id FROM tasks WHERE id = ANY($1) AND (${sql}) ORDER BY id`,
+      [rows.ids],
+    );
+    const want = result.rows.map((r) => Number(r.id));
+    await until(() => got[name].length >= want.length, `${name}: ${want.length} rows`);
+    await sleep(want.length === 0 ? 300 : 50);
+    assert.deepEqual(got[name], want, `${name}: filter ${String(filter)} (SQL: ${sql})`);
+  }
+}
 
 describe('@supabase/realtime-js 2.119.1: filters and select', () => {
   let db;
@@ -107,33 +150,7 @@ describe('@supabase/realtime-js 2.119.1: filters and select', () => {
   });
 
   it("the client's filter builder and raw strings select the rows PostgreSQL selects", async () => {
-    const got = {};
-    const system = {};
-    const channels = CASES.map(([name, filter]) => {
-      got[name] = [];
-      system[name] = [];
-      return client
-        .channel(`filters-${name.replace(/\W/g, '-')}`)
-        .on('postgres_changes', { event: 'INSERT', schema: 'public', table: 'tasks', filter }, (p) =>
-          got[name].push(p.new.id),
-        )
-        .on('system', {}, (p) => system[name].push(p));
-    });
-    const statuses = await Promise.all(channels.map(subscribe));
-    for (const s of statuses) assert.deepEqual(s, ['SUBSCRIBED']);
-    await until(() => Object.values(system).every((s) => s.length > 0), 'system pushes');
-    for (const [name, s] of Object.entries(system)) {
-      assert.equal(s[0].status, 'ok', `${name}: ${JSON.stringify(s[0])}`);
-    }
-
-    await db.query(ROWS);
-    for (const [name, filter, sql] of CASES) {
-      const { rows } = await db.query(`SELECT id FROM tasks WHERE ${sql} ORDER BY id`);
-      const want = rows.map((r) => Number(r.id));
-      await until(() => got[name].length >= want.length, `${name}: ${want.length} rows`);
-      await sleep(want.length === 0 ? 300 : 50);
-      assert.deepEqual(got[name], want, `${name}: filter ${String(filter)} (SQL: ${sql})`);
-    }
+    await heldToPostgres(client, db, CASES, 'filters', rows(0));
   });
 
   it('select trims new and old to the listed columns and the primary key', async () => {
@@ -167,5 +184,36 @@ describe('@supabase/realtime-js 2.119.1: filters and select', () => {
       errors[0].message,
       /^invalid filter "priority=eq\.1,title=zz\.x": unknown operator "zz" in "title=zz\.x"/,
     );
+  });
+});
+
+describe('@supabase/realtime-js 2.8.4: the same grammar as strings', () => {
+  let db;
+  let client;
+
+  before(async () => {
+    db = new pg.Client({ connectionString: DATABASE_URL });
+    await db.connect();
+    client = new early.RealtimeClient(REALTIME_URL, { heartbeatIntervalMs: 1_000, params: { apikey: APIKEY } });
+  });
+
+  after(async () => {
+    if (client) {
+      await Promise.race([client.removeAllChannels(), sleep(2_000)]);
+      await Promise.race([Promise.resolve(client.disconnect()), sleep(2_000)]);
+    }
+    await db?.end();
+  });
+
+  it('string filters of several conditions, negations and quoted values', async () => {
+    const cases = [
+      ['and', 'status=eq.open,priority=gt.1', `status = 'open' AND priority > 1`],
+      ['not in', 'status=not.in.(draft,archived)', `NOT (status = ANY('{draft,archived}'))`],
+      ['quoted in', 'status=in.(open,"a,b")', `status = ANY('{open,"a,b"}')`],
+      ['ilike', 'title=ilike.*BREAD*', `title ILIKE '%BREAD%'`],
+      ['is null', 'done=is.null', `done IS NULL`],
+      ['imatch', 'title=imatch.^say', `title ~* '^say'`],
+    ];
+    await heldToPostgres(client, db, cases, 'early', rows(10));
   });
 });

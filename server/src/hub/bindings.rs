@@ -267,19 +267,30 @@ impl BindingIndex {
         let Some(schema) = self.schemas.get(&change.table.schema) else {
             return;
         };
-        let mut visit = |k: &'a Key| {
+        let row = |column: &str| field(change, column);
+        // Visits binding `k` when its event is the change's and `passes`
+        // says its filter (if any) lets the row through.
+        let mut visit = |k: &'a Key, passes: &dyn Fn(&Filter) -> bool| {
             if let Some(b) = self.bindings.get(k) {
-                if b.event.is_none_or(|e| e == change.kind) {
+                if b.event.is_none_or(|e| e == change.kind) && b.filter.as_ref().is_none_or(passes)
+                {
                     f(b);
                 }
             }
         };
-        schema.all_tables.iter().for_each(&mut visit);
+        let unfiltered = |_: &Filter| true;
+        let whole = |f: &Filter| f.matches(row);
+        // Found by its indexed condition: the others are checked.
+        let rest = |f: &Filter| f.conditions.len() == 1 || f.matches_unindexed(row);
+        for k in &schema.all_tables {
+            visit(k, &unfiltered);
+        }
         let Some(node) = schema.tables.get(&change.table.name) else {
             return;
         };
-        node.unfiltered.iter().for_each(&mut visit);
-        let row = |column: &str| field(change, column);
+        for k in &node.unfiltered {
+            visit(k, &unfiltered);
+        }
         for (column, col) in &node.eq {
             let Field::Text(text) = field(change, column) else {
                 continue;
@@ -287,48 +298,31 @@ impl BindingIndex {
             if let Some(v) = Value::parse(col.kind, &text) {
                 if let Some(keys) = col.values.get(&v.key()) {
                     for k in keys {
-                        // Found by one condition: the others are checked.
-                        let rest_pass = self.bindings.get(k).is_some_and(|b| {
-                            b.filter
-                                .as_ref()
-                                .is_none_or(|f| f.conditions.len() == 1 || f.matches_unindexed(row))
-                        });
-                        if rest_pass {
-                            visit(k);
-                        }
+                        visit(k, &rest);
                     }
                 }
             }
         }
         for k in &node.scanned {
-            if let Some(b) = self.bindings.get(k) {
-                let filter = b.filter.as_ref().expect("scanned bindings have a filter");
-                if filter.matches(row) {
-                    visit(k);
-                }
-            }
+            visit(k, &whole);
         }
         // Owner-indexed: one lookup by the deciding row's value; their own
         // filter is checked here. A row that does not hold the column (a
         // key-only old row of a DELETE) cannot be looked up: all of them are
         // visited, and the policies' rule for such deletes applies.
         for (column, values) in &node.owned {
-            let mut visit_filtered = |k: &'a Key| {
-                if let Some(b) = self.bindings.get(k) {
-                    let passes = b.filter.as_ref().is_none_or(|f| f.matches(row));
-                    if passes {
-                        visit(k);
-                    }
-                }
-            };
             match deciding_text(change, column) {
                 Some(text) => {
                     if let Some(keys) = values.get(text.as_str()) {
-                        keys.iter().for_each(&mut visit_filtered);
+                        for k in keys {
+                            visit(k, &whole);
+                        }
                     }
                 }
                 None if change.kind == ChangeKind::Delete => {
-                    values.values().flatten().for_each(&mut visit_filtered);
+                    for k in values.values().flatten() {
+                        visit(k, &whole);
+                    }
                 }
                 None => {}
             }
