@@ -55,6 +55,7 @@
 //! | `MAX_PENDING_CONNECTIONS` | 1000 | TCP connections that are not (yet) WebSockets (handshakes, HTTP requests, idle keep-alive), counted from accept; > 0 |
 //! | `HEADER_READ_TIMEOUT_MS` | 10000 | a connection that has not sent a whole request head within this is closed; > 0 |
 //! | `MAX_FILTER_VALUES` | 100 | values in one `in` filter list (Supabase Realtime's limit); > 0 |
+//! | `MAX_FILTER_CONDITIONS` | 10 | conditions (joined with `,`) in one `postgres_changes` filter; > 0 |
 //! | `MAX_BINDINGS_PER_JOIN` | 100 | `postgres_changes` bindings in one join; > 0 |
 //! | `MAX_TOPIC_BYTES` | 255 | length of a channel's topic; > 0 |
 //! | `MAX_PRESENCE_KEY_BYTES` | 255 | length of a presence key; > 0 |
@@ -166,6 +167,10 @@ pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 /// distinct value is a key of the hub's index, touched under its lock at join
 /// and leave.
 pub const DEFAULT_MAX_FILTER_VALUES: usize = 100;
+/// Default `MAX_FILTER_CONDITIONS`: a filter ANDs a few conditions (a room
+/// and a status); each is checked for every change that reaches its binding,
+/// so their number bounds a change's cost per subscriber.
+pub const DEFAULT_MAX_FILTER_CONDITIONS: usize = 10;
 /// Default `MAX_BINDINGS_PER_JOIN`: an app binds a few tables per channel; each
 /// binding is a catalog lookup and an entry in the hub's index.
 pub const DEFAULT_MAX_BINDINGS_PER_JOIN: usize = 100;
@@ -248,6 +253,7 @@ pub mod var {
     pub const MAX_PENDING_CONNECTIONS: &str = "MAX_PENDING_CONNECTIONS";
     pub const HEADER_READ_TIMEOUT_MS: &str = "HEADER_READ_TIMEOUT_MS";
     pub const MAX_FILTER_VALUES: &str = "MAX_FILTER_VALUES";
+    pub const MAX_FILTER_CONDITIONS: &str = "MAX_FILTER_CONDITIONS";
     pub const MAX_BINDINGS_PER_JOIN: &str = "MAX_BINDINGS_PER_JOIN";
     pub const MAX_TOPIC_BYTES: &str = "MAX_TOPIC_BYTES";
     pub const MAX_PRESENCE_KEY_BYTES: &str = "MAX_PRESENCE_KEY_BYTES";
@@ -306,6 +312,7 @@ pub const VARIABLES: &[&str] = &[
     var::MAX_PENDING_CONNECTIONS,
     var::HEADER_READ_TIMEOUT_MS,
     var::MAX_FILTER_VALUES,
+    var::MAX_FILTER_CONDITIONS,
     var::MAX_BINDINGS_PER_JOIN,
     var::MAX_TOPIC_BYTES,
     var::MAX_PRESENCE_KEY_BYTES,
@@ -368,6 +375,7 @@ pub struct Config {
     pub max_pending_connections: usize,
     pub header_read_timeout: Duration,
     pub max_filter_values: usize,
+    pub max_filter_conditions: usize,
     pub max_bindings_per_join: usize,
     pub max_topic_bytes: usize,
     pub max_presence_key_bytes: usize,
@@ -871,6 +879,11 @@ impl Config {
         );
         let max_filter_values =
             r.positive(var::MAX_FILTER_VALUES, DEFAULT_MAX_FILTER_VALUES, "values");
+        let max_filter_conditions = r.positive(
+            var::MAX_FILTER_CONDITIONS,
+            DEFAULT_MAX_FILTER_CONDITIONS,
+            "conditions",
+        );
         let max_bindings_per_join = r.positive(
             var::MAX_BINDINGS_PER_JOIN,
             DEFAULT_MAX_BINDINGS_PER_JOIN,
@@ -997,6 +1010,7 @@ impl Config {
             max_pending_connections,
             header_read_timeout: Duration::from_millis(header_read_timeout_ms),
             max_filter_values,
+            max_filter_conditions,
             max_bindings_per_join,
             max_topic_bytes,
             max_presence_key_bytes,
@@ -1232,6 +1246,7 @@ mod tests {
         assert_eq!(c.max_pending_connections, 1000);
         assert_eq!(c.header_read_timeout, Duration::from_secs(10));
         assert_eq!(c.max_filter_values, 100);
+        assert_eq!(c.max_filter_conditions, 10);
         assert_eq!(c.max_bindings_per_join, 100);
         assert_eq!(c.max_topic_bytes, 255);
         assert_eq!(c.max_presence_key_bytes, 255);
@@ -1325,6 +1340,7 @@ mod tests {
             ("MAX_PENDING_CONNECTIONS", "8"),
             ("HEADER_READ_TIMEOUT_MS", "250"),
             ("MAX_FILTER_VALUES", "2"),
+            ("MAX_FILTER_CONDITIONS", "12"),
             ("MAX_BINDINGS_PER_JOIN", "3"),
             ("MAX_TOPIC_BYTES", "4"),
             ("MAX_PRESENCE_KEY_BYTES", "5"),
@@ -1367,6 +1383,7 @@ mod tests {
         assert_eq!(c.max_pending_connections, 8);
         assert_eq!(c.header_read_timeout, Duration::from_millis(250));
         assert_eq!(c.max_filter_values, 2);
+        assert_eq!(c.max_filter_conditions, 12);
         assert_eq!(c.max_bindings_per_join, 3);
         assert_eq!(c.max_topic_bytes, 4);
         assert_eq!(c.max_presence_key_bytes, 5);
@@ -1437,6 +1454,7 @@ mod tests {
             ("MAX_PENDING_CONNECTIONS", "0"),
             ("HEADER_READ_TIMEOUT_MS", "10s"),
             ("MAX_FILTER_VALUES", "0"),
+            ("MAX_FILTER_CONDITIONS", "0"),
             ("MAX_BINDINGS_PER_JOIN", "0"),
             ("MAX_TOPIC_BYTES", "0"),
             ("MAX_PRESENCE_KEY_BYTES", "0"),

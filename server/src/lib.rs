@@ -22,6 +22,7 @@ pub mod pg;
 pub mod phoenix;
 pub mod published;
 pub mod replication;
+pub mod select;
 pub mod typed;
 
 /// The configuration and the database TLS connector live in the contract

@@ -6,6 +6,9 @@
 //! - 2.x: `realtime-js-v2.test.mjs`, once for 2.8.4 and once for the newest
 //!   2.x (with the `ws` transport and vsn 2.0.0): postgres_changes with every
 //!   filter operator, typed values, Broadcast and Presence.
+//! - Filters: `realtime-js-filters.test.mjs` (the newest 2.x's filter
+//!   builder and 2.8.4's strings: every operator, negation, quoting and
+//!   `select`, held to PostgreSQL's answer).
 //! - 2.x with secured channels: `realtime-js-secured.test.mjs` (tokens at
 //!   connect and join, a forged token, a token expiring under a channel).
 //! - 2.x told when its bindings are live: `realtime-js-live.test.mjs`, with
@@ -284,6 +287,23 @@ async fn realtime_js_v2_is_told_when_its_bindings_are_live_and_misses_no_write_m
     )
     .await;
     drop(blocker);
+}
+
+#[tokio::test]
+async fn realtime_js_filters_and_select_through_the_clients_own_api() {
+    // 2.119.1: filters from `postgresChangesFilter()` and raw strings held
+    // to PostgreSQL's answer, `select`, a refused filter; 2.8.4: the same
+    // grammar as strings.
+    run_node_test(
+        "realtime-js-filters.test.mjs",
+        "CREATE TABLE tasks (id bigint PRIMARY KEY, title text, status text,
+           priority int, done bool, due timestamptz, secret text);
+         ALTER TABLE tasks REPLICA IDENTITY FULL;
+         CREATE PUBLICATION realtime_test FOR TABLE tasks;",
+        &["realtime-js-2-latest", "realtime-js-2-8", "ws", "pg"],
+        3 + 1,
+    )
+    .await;
 }
 
 #[tokio::test]

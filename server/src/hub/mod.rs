@@ -312,6 +312,7 @@ impl Hub {
                     topic: b.topic.clone(),
                     vsn: b.vsn,
                     id: b.id,
+                    select: b.select.clone(),
                 };
                 verdicts.route(b.subscriber.as_ref(), target, &mut now, &mut pending);
             });

@@ -44,10 +44,11 @@ pub struct SocketLimits {
     pub max_frame_bytes: usize,
     /// `PRIVATE_ONLY`: public channels are refused.
     pub private_only: bool,
-    /// `MAX_FILTER_VALUES`, `MAX_BINDINGS_PER_JOIN`, `MAX_TOPIC_BYTES`,
-    /// `MAX_PRESENCE_KEY_BYTES`, `MAX_PRESENCE_META_BYTES`: see
-    /// [`crate::config`].
+    /// `MAX_FILTER_VALUES`, `MAX_FILTER_CONDITIONS`, `MAX_BINDINGS_PER_JOIN`,
+    /// `MAX_TOPIC_BYTES`, `MAX_PRESENCE_KEY_BYTES`, `MAX_PRESENCE_META_BYTES`:
+    /// see [`crate::config`].
     pub max_filter_values: usize,
+    pub max_filter_conditions: usize,
     pub max_bindings_per_join: usize,
     pub max_topic_bytes: usize,
     pub max_presence_key_bytes: usize,
@@ -88,6 +89,7 @@ impl SocketLimits {
             max_frame_bytes: config.max_frame_bytes,
             private_only: config.private_only,
             max_filter_values: config.max_filter_values,
+            max_filter_conditions: config.max_filter_conditions,
             max_bindings_per_join: config.max_bindings_per_join,
             max_topic_bytes: config.max_topic_bytes,
             max_presence_key_bytes: config.max_presence_key_bytes,
