@@ -55,6 +55,7 @@
 //! | `MAX_PENDING_CONNECTIONS` | 1000 | TCP connections that are not (yet) WebSockets (handshakes, HTTP requests, idle keep-alive), counted from accept; > 0 |
 //! | `HEADER_READ_TIMEOUT_MS` | 10000 | a connection that has not sent a whole request head within this is closed; > 0 |
 //! | `MAX_FILTER_VALUES` | 100 | values in one `in` filter list (Supabase Realtime's limit); > 0 |
+//! | `MAX_FILTER_CONDITIONS` | 10 | conditions (joined with `,`) in one `postgres_changes` filter; > 0 |
 //! | `MAX_BINDINGS_PER_JOIN` | 100 | `postgres_changes` bindings in one join; > 0 |
 //! | `MAX_TOPIC_BYTES` | 255 | length of a channel's topic; > 0 |
 //! | `MAX_PRESENCE_KEY_BYTES` | 255 | length of a presence key; > 0 |
@@ -68,6 +69,9 @@
 //! | `CLUSTER_HEARTBEAT_MS` | 1000 | how often a server tells the cluster it is alive; > 0 and < the node timeout |
 //! | `CLUSTER_NODE_TIMEOUT_MS` | 5000 | a server not heard from for this long is gone, and its presences leave; > 0 |
 //! | `CLUSTER_MAX_MESSAGE_BYTES` | 1048576 | largest broadcast payload sent to the cluster; a larger one is refused with a reason; > 0 |
+//! | `CORS_ALLOWED_ORIGINS` | `*` | origins whose browsers may call the HTTP broadcast routes: `*` for any, or a comma-separated list of origins (`https://app.example.com,http://localhost:3000`) |
+//! | `REPLICATION_READY_TIMEOUT_MS` | 60000 | a channel joined with `broadcast.replication_ready` is told within this that the replication stream is live, or closed with an error; > 0 |
+//! | `POSTGRES_CHANGES_WAIT_MAX_MS` | 20000 | longest a join with `postgres_changes_options.wait` is held until its bindings are live (a client asking for longer waits this long); > 0 |
 //!
 //! `HOSTNAME` is not read: Docker and Kubernetes set it to the container's
 //! name in every container, so it cannot say anything about this server; the
@@ -163,6 +167,10 @@ pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 /// distinct value is a key of the hub's index, touched under its lock at join
 /// and leave.
 pub const DEFAULT_MAX_FILTER_VALUES: usize = 100;
+/// Default `MAX_FILTER_CONDITIONS`: a filter ANDs a few conditions (a room
+/// and a status); each is checked for every change that reaches its binding,
+/// so their number bounds a change's cost per subscriber.
+pub const DEFAULT_MAX_FILTER_CONDITIONS: usize = 10;
 /// Default `MAX_BINDINGS_PER_JOIN`: an app binds a few tables per channel; each
 /// binding is a catalog lookup and an entry in the hub's index.
 pub const DEFAULT_MAX_BINDINGS_PER_JOIN: usize = 100;
@@ -192,6 +200,12 @@ pub const DEFAULT_MAX_PRESENCE_EVENTS_PER_SECOND: u32 = 10;
 /// join is a query to PostgreSQL; this keeps a join storm from becoming a
 /// database storm.
 pub const DEFAULT_MAX_CATALOG_LOOKUPS_PER_SECOND: u32 = 2000;
+
+/// Default `REPLICATION_READY_TIMEOUT_MS`: Supabase Realtime's.
+pub const DEFAULT_REPLICATION_READY_TIMEOUT_MS: u64 = 60_000;
+/// Default `POSTGRES_CHANGES_WAIT_MAX_MS`: Supabase Realtime's; realtime-js
+/// asks for 15 s by default.
+pub const DEFAULT_POSTGRES_CHANGES_WAIT_MAX_MS: u64 = 20_000;
 
 /// In `SLOT_NAME`, replaced by the ordinal of the StatefulSet pod named by
 /// `POD_NAME` (`rts-2` gives `2`).
@@ -239,6 +253,7 @@ pub mod var {
     pub const MAX_PENDING_CONNECTIONS: &str = "MAX_PENDING_CONNECTIONS";
     pub const HEADER_READ_TIMEOUT_MS: &str = "HEADER_READ_TIMEOUT_MS";
     pub const MAX_FILTER_VALUES: &str = "MAX_FILTER_VALUES";
+    pub const MAX_FILTER_CONDITIONS: &str = "MAX_FILTER_CONDITIONS";
     pub const MAX_BINDINGS_PER_JOIN: &str = "MAX_BINDINGS_PER_JOIN";
     pub const MAX_TOPIC_BYTES: &str = "MAX_TOPIC_BYTES";
     pub const MAX_PRESENCE_KEY_BYTES: &str = "MAX_PRESENCE_KEY_BYTES";
@@ -252,6 +267,9 @@ pub mod var {
     pub const CLUSTER_HEARTBEAT_MS: &str = "CLUSTER_HEARTBEAT_MS";
     pub const CLUSTER_NODE_TIMEOUT_MS: &str = "CLUSTER_NODE_TIMEOUT_MS";
     pub const CLUSTER_MAX_MESSAGE_BYTES: &str = "CLUSTER_MAX_MESSAGE_BYTES";
+    pub const CORS_ALLOWED_ORIGINS: &str = "CORS_ALLOWED_ORIGINS";
+    pub const REPLICATION_READY_TIMEOUT_MS: &str = "REPLICATION_READY_TIMEOUT_MS";
+    pub const POSTGRES_CHANGES_WAIT_MAX_MS: &str = "POSTGRES_CHANGES_WAIT_MAX_MS";
 }
 
 /// Every variable this module reads.
@@ -294,6 +312,7 @@ pub const VARIABLES: &[&str] = &[
     var::MAX_PENDING_CONNECTIONS,
     var::HEADER_READ_TIMEOUT_MS,
     var::MAX_FILTER_VALUES,
+    var::MAX_FILTER_CONDITIONS,
     var::MAX_BINDINGS_PER_JOIN,
     var::MAX_TOPIC_BYTES,
     var::MAX_PRESENCE_KEY_BYTES,
@@ -307,6 +326,9 @@ pub const VARIABLES: &[&str] = &[
     var::CLUSTER_HEARTBEAT_MS,
     var::CLUSTER_NODE_TIMEOUT_MS,
     var::CLUSTER_MAX_MESSAGE_BYTES,
+    var::CORS_ALLOWED_ORIGINS,
+    var::REPLICATION_READY_TIMEOUT_MS,
+    var::POSTGRES_CHANGES_WAIT_MAX_MS,
 ];
 
 /// Variables whose values are secrets: never printed.
@@ -353,6 +375,7 @@ pub struct Config {
     pub max_pending_connections: usize,
     pub header_read_timeout: Duration,
     pub max_filter_values: usize,
+    pub max_filter_conditions: usize,
     pub max_bindings_per_join: usize,
     pub max_topic_bytes: usize,
     pub max_presence_key_bytes: usize,
@@ -363,6 +386,60 @@ pub struct Config {
     pub max_presence_events_per_second: u32,
     pub max_catalog_lookups_per_second: u32,
     pub cluster: ClusterConfig,
+    pub cors_allowed_origins: CorsOrigins,
+    pub replication_ready_timeout: Duration,
+    pub postgres_changes_wait_max: Duration,
+}
+
+/// The origins whose browsers may call the HTTP routes (`CORS_ALLOWED_ORIGINS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsOrigins {
+    /// `*`: any origin.
+    Any,
+    /// These origins (`scheme://host[:port]`, lowercase), no other.
+    List(Vec<String>),
+}
+
+impl CorsOrigins {
+    /// Whether a browser at `origin` (its `Origin` header) may call.
+    pub fn allows(&self, origin: &str) -> bool {
+        match self {
+            CorsOrigins::Any => true,
+            CorsOrigins::List(list) => list.iter().any(|o| o.eq_ignore_ascii_case(origin)),
+        }
+    }
+
+    /// `*`, or a comma-separated list of origins such as
+    /// `https://app.example.com,http://localhost:3000`.
+    pub fn parse(v: &str) -> Result<CorsOrigins, String> {
+        const EXPECTED: &str = "* (any origin) or a comma-separated list of origins such as \
+             https://app.example.com,http://localhost:3000";
+        if v.trim() == "*" {
+            return Ok(CorsOrigins::Any);
+        }
+        let mut list = Vec::new();
+        for part in v.split(',') {
+            let origin = part.trim();
+            let Some((scheme, rest)) = origin.split_once("://") else {
+                return Err(format!("{EXPECTED} ({origin:?} has no scheme://)"));
+            };
+            let scheme_ok = !scheme.is_empty()
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+            if !scheme_ok || rest.is_empty() {
+                return Err(format!("{EXPECTED} ({origin:?} is not scheme://host)"));
+            }
+            if rest.contains(['/', '?', '#', '*', ' ']) {
+                return Err(format!(
+                    "{EXPECTED} ({origin:?} has more than scheme://host[:port]: an origin has no \
+                     path, and * stands alone)"
+                ));
+            }
+            list.push(origin.to_ascii_lowercase());
+        }
+        Ok(CorsOrigins::List(list))
+    }
 }
 
 /// How this server shares Broadcast and Presence with the others on its
@@ -802,6 +879,11 @@ impl Config {
         );
         let max_filter_values =
             r.positive(var::MAX_FILTER_VALUES, DEFAULT_MAX_FILTER_VALUES, "values");
+        let max_filter_conditions = r.positive(
+            var::MAX_FILTER_CONDITIONS,
+            DEFAULT_MAX_FILTER_CONDITIONS,
+            "conditions",
+        );
         let max_bindings_per_join = r.positive(
             var::MAX_BINDINGS_PER_JOIN,
             DEFAULT_MAX_BINDINGS_PER_JOIN,
@@ -878,6 +960,22 @@ impl Config {
             "bytes",
         );
 
+        let cors_allowed_origins = r.parse(
+            var::CORS_ALLOWED_ORIGINS,
+            CorsOrigins::Any,
+            CorsOrigins::parse,
+        );
+        let replication_ready_timeout_ms = r.positive(
+            var::REPLICATION_READY_TIMEOUT_MS,
+            DEFAULT_REPLICATION_READY_TIMEOUT_MS,
+            "milliseconds",
+        );
+        let postgres_changes_wait_max_ms = r.positive(
+            var::POSTGRES_CHANGES_WAIT_MAX_MS,
+            DEFAULT_POSTGRES_CHANGES_WAIT_MAX_MS,
+            "milliseconds",
+        );
+
         if !r.issues.is_empty() {
             return Err(ConfigError::Invalid(r.issues));
         }
@@ -912,6 +1010,7 @@ impl Config {
             max_pending_connections,
             header_read_timeout: Duration::from_millis(header_read_timeout_ms),
             max_filter_values,
+            max_filter_conditions,
             max_bindings_per_join,
             max_topic_bytes,
             max_presence_key_bytes,
@@ -927,6 +1026,9 @@ impl Config {
                 node_timeout: Duration::from_millis(node_timeout_ms),
                 max_message_bytes: cluster_max_message_bytes,
             },
+            cors_allowed_origins,
+            replication_ready_timeout: Duration::from_millis(replication_ready_timeout_ms),
+            postgres_changes_wait_max: Duration::from_millis(postgres_changes_wait_max_ms),
         })
     }
 }
@@ -1144,6 +1246,7 @@ mod tests {
         assert_eq!(c.max_pending_connections, 1000);
         assert_eq!(c.header_read_timeout, Duration::from_secs(10));
         assert_eq!(c.max_filter_values, 100);
+        assert_eq!(c.max_filter_conditions, 10);
         assert_eq!(c.max_bindings_per_join, 100);
         assert_eq!(c.max_topic_bytes, 255);
         assert_eq!(c.max_presence_key_bytes, 255);
@@ -1153,6 +1256,59 @@ mod tests {
         assert_eq!(c.max_joins_per_second, 100);
         assert_eq!(c.max_presence_events_per_second, 10);
         assert_eq!(c.max_catalog_lookups_per_second, 2000);
+        assert_eq!(c.cors_allowed_origins, CorsOrigins::Any);
+        assert_eq!(c.replication_ready_timeout, Duration::from_secs(60));
+        assert_eq!(c.postgres_changes_wait_max, Duration::from_secs(20));
+    }
+
+    #[test]
+    fn cors_allowed_origins_is_any_or_a_list_of_origins() {
+        let c = ok(&with_insecure(&[(
+            "CORS_ALLOWED_ORIGINS",
+            "https://App.example.com, http://localhost:3000",
+        )]));
+        let cors = &c.cors_allowed_origins;
+        assert_eq!(
+            cors,
+            &CorsOrigins::List(vec![
+                "https://app.example.com".into(),
+                "http://localhost:3000".into()
+            ])
+        );
+        assert!(cors.allows("https://app.example.com"));
+        assert!(cors.allows("http://localhost:3000"));
+        assert!(!cors.allows("http://localhost:3001"));
+        assert!(!cors.allows("https://evil.example.com"));
+        assert!(CorsOrigins::parse(" * ")
+            .unwrap()
+            .allows("https://any.where"));
+        for (bad, why) in [
+            ("app.example.com", "has no scheme://"),
+            (
+                "https://app.example.com/",
+                "has more than scheme://host[:port]",
+            ),
+            (
+                "https://*.example.com",
+                "has more than scheme://host[:port]",
+            ),
+            ("*,https://a.example.com", "has no scheme://"),
+            ("https://", "is not scheme://host"),
+            (
+                "https://a.example.com,,https://b.example.com",
+                "has no scheme://",
+            ),
+        ] {
+            let e = err(&with_insecure(&[("CORS_ALLOWED_ORIGINS", bad)]));
+            let message = e.to_string();
+            assert!(
+                message.starts_with(&format!(
+                    "CORS_ALLOWED_ORIGINS={bad}: expected * (any origin)"
+                )),
+                "{message}"
+            );
+            assert!(message.contains(why), "{bad}: {message}");
+        }
     }
 
     #[test]
@@ -1184,6 +1340,7 @@ mod tests {
             ("MAX_PENDING_CONNECTIONS", "8"),
             ("HEADER_READ_TIMEOUT_MS", "250"),
             ("MAX_FILTER_VALUES", "2"),
+            ("MAX_FILTER_CONDITIONS", "12"),
             ("MAX_BINDINGS_PER_JOIN", "3"),
             ("MAX_TOPIC_BYTES", "4"),
             ("MAX_PRESENCE_KEY_BYTES", "5"),
@@ -1193,6 +1350,9 @@ mod tests {
             ("MAX_JOINS_PER_SECOND", "9"),
             ("MAX_PRESENCE_EVENTS_PER_SECOND", "10"),
             ("MAX_CATALOG_LOOKUPS_PER_SECOND", "11"),
+            ("CORS_ALLOWED_ORIGINS", "https://app.example.com"),
+            ("REPLICATION_READY_TIMEOUT_MS", "1500"),
+            ("POSTGRES_CHANGES_WAIT_MAX_MS", "2500"),
             ("UNRELATED", "whatever"),
         ]);
         assert_eq!(c.listen_addr(), "[::]:8080".parse().unwrap());
@@ -1223,6 +1383,7 @@ mod tests {
         assert_eq!(c.max_pending_connections, 8);
         assert_eq!(c.header_read_timeout, Duration::from_millis(250));
         assert_eq!(c.max_filter_values, 2);
+        assert_eq!(c.max_filter_conditions, 12);
         assert_eq!(c.max_bindings_per_join, 3);
         assert_eq!(c.max_topic_bytes, 4);
         assert_eq!(c.max_presence_key_bytes, 5);
@@ -1232,6 +1393,12 @@ mod tests {
         assert_eq!(c.max_joins_per_second, 9);
         assert_eq!(c.max_presence_events_per_second, 10);
         assert_eq!(c.max_catalog_lookups_per_second, 11);
+        assert_eq!(
+            c.cors_allowed_origins,
+            CorsOrigins::List(vec!["https://app.example.com".into()])
+        );
+        assert_eq!(c.replication_ready_timeout, Duration::from_millis(1500));
+        assert_eq!(c.postgres_changes_wait_max, Duration::from_millis(2500));
     }
 
     #[test]
@@ -1287,6 +1454,7 @@ mod tests {
             ("MAX_PENDING_CONNECTIONS", "0"),
             ("HEADER_READ_TIMEOUT_MS", "10s"),
             ("MAX_FILTER_VALUES", "0"),
+            ("MAX_FILTER_CONDITIONS", "0"),
             ("MAX_BINDINGS_PER_JOIN", "0"),
             ("MAX_TOPIC_BYTES", "0"),
             ("MAX_PRESENCE_KEY_BYTES", "0"),
@@ -1296,6 +1464,9 @@ mod tests {
             ("MAX_JOINS_PER_SECOND", "0"),
             ("MAX_PRESENCE_EVENTS_PER_SECOND", "0"),
             ("MAX_CATALOG_LOOKUPS_PER_SECOND", "0"),
+            ("CORS_ALLOWED_ORIGINS", "localhost"),
+            ("REPLICATION_READY_TIMEOUT_MS", "0"),
+            ("POSTGRES_CHANGES_WAIT_MAX_MS", "20s"),
         ];
         for (var, value) in cases {
             let e = err(&with_insecure(&[(var, value)]));

@@ -7,6 +7,7 @@
 //!   same names; a test feeds what it writes to this parser.
 //! - [`tls`]: what each `DB_SSL` / `sslMode` means for a connection, one
 //!   connector for the server's and the operator's SQL connections.
+//! - [`slots`]: how a durable slot is created (a failover slot on 17+).
 //! - [`sql`]: quoting identifiers and literals for SQL text.
 //! - [`authorization`]: the database objects the server's authorization
 //!   uses, applied by the server's `setup-authorization` command or by the
@@ -16,5 +17,6 @@
 
 pub mod authorization;
 pub mod config;
+pub mod slots;
 pub mod sql;
 pub mod tls;

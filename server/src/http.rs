@@ -1,10 +1,13 @@
-//! HTTP routes: the WebSocket endpoints, health and readiness.
+//! HTTP routes: the WebSocket endpoints, health and readiness, broadcasts.
 //!
 //! Owns what an HTTP client sees before a socket exists: the upgrade (with the
 //! serializer choice and, when channels are secured, the token check that
 //! answers 403), `/healthz` (the process is alive), `/readyz` (the
-//! replication stream is live) and `/metrics` (Prometheus text). The socket
-//! itself is `phoenix::session`.
+//! replication stream is live), `/metrics` (Prometheus text), and the
+//! broadcast routes realtime-js calls (`/api/broadcast`,
+//! `/api/broadcast/<topic>/events/<event>`, both also under `/realtime/v1`
+//! where supabase-js points), with CORS for browsers
+//! (`CORS_ALLOWED_ORIGINS`). The socket itself is `phoenix::session`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -20,7 +23,7 @@ use warp::{Filter, Rejection, Reply};
 
 use crate::auth::JwtVerifier;
 use crate::cluster::{BusError, TopicKey};
-use crate::config::var;
+use crate::config::{var, CorsOrigins};
 use crate::hub::Hub;
 use crate::limits::Slots;
 use crate::metrics::{self, METRICS};
@@ -43,6 +46,9 @@ pub struct AppState {
     /// The largest request body the HTTP broadcast routes read
     /// (`MAX_FRAME_BYTES`, what a socket may send in one frame).
     pub max_body_bytes: usize,
+    /// `CORS_ALLOWED_ORIGINS`: browsers at these origins may call the
+    /// broadcast routes.
+    pub cors: crate::config::CorsOrigins,
 }
 
 /// Routes a caller adds to the server's own (the `dev` command's demo API).
@@ -78,8 +84,24 @@ pub fn routes(
     // Broadcast over HTTP (realtime-js sends here when a channel is not
     // joined): {"messages": [{"topic", "event", "payload"}]}, topic without
     // the `realtime:` prefix.
-    let api_broadcast = warp::path!("api" / "broadcast")
+    let origin_allowed = {
+        let cors = state.cors.clone();
+        warp::header::optional::<String>("origin")
+            .and_then(move |origin: Option<String>| {
+                let cors = cors.clone();
+                async move {
+                    match origin {
+                        Some(o) if !cors.allows(&o) => Err(warp::reject::custom(OriginRefused(o))),
+                        _ => Ok(()),
+                    }
+                }
+            })
+            .untuple_one()
+    };
+    let api_broadcast = api()
+        .and(warp::path!("api" / "broadcast"))
         .and(allow(&[Method::POST]))
+        .and(origin_allowed.clone())
         .and(warp::header::optional::<String>("apikey"))
         .and(warp::header::optional::<String>("authorization"))
         .and(warp::body::content_length_limit(max_body))
@@ -89,8 +111,12 @@ pub fn routes(
 
     // The newest realtime-js `httpSend()`: one event per request, the body
     // is the payload; topic and event in the path.
-    let api_broadcast_event = warp::path!("api" / "broadcast" / String / "events" / String)
+    let api_broadcast_event = api()
+        .and(warp::path!(
+            "api" / "broadcast" / String / "events" / String
+        ))
         .and(allow(&[Method::POST]))
+        .and(origin_allowed)
         .and(warp::query::<HashMap<String, String>>())
         .and(warp::header::optional::<String>("apikey"))
         .and(warp::header::optional::<String>("authorization"))
@@ -99,6 +125,26 @@ pub fn routes(
         .and(warp::body::bytes())
         .and(with_state.clone())
         .then(api_broadcast_event);
+
+    // A browser's preflight of the broadcast routes (CORS headers are
+    // added to every answer of those paths below).
+    let preflight = api()
+        .and(
+            warp::path!("api" / "broadcast")
+                .or(
+                    warp::path!("api" / "broadcast" / String / "events" / String)
+                        .map(|_, _| ())
+                        .untuple_one(),
+                )
+                .unify(),
+        )
+        .and(preflight_method())
+        .and(warp::header::optional::<String>("origin"))
+        .and(warp::header::optional::<String>(
+            "access-control-request-headers",
+        ))
+        .and(with_state.clone())
+        .map(preflight);
 
     let healthz = warp::path!("healthz").and(allow(READ)).map(|| "ok");
     let metrics = warp::path!("metrics")
@@ -129,17 +175,146 @@ pub fn routes(
         .and(allow(READ))
         .map(|| warp::reply::html(crate::dev::page::INDEX_HTML));
 
-    ws.or(api_broadcast)
+    let routes = ws
+        .or(api_broadcast)
         .or(api_broadcast_event)
+        .or(preflight)
         .or(healthz)
         .or(readyz)
         .or(metrics)
         .or(index)
         .or(extra)
-        .recover(handle_rejection)
+        .recover(handle_rejection);
+    // Every answer on a broadcast path, refusals included, carries the
+    // CORS headers its origin may read.
+    let cors = state.cors.clone();
+    warp::path::full()
+        .and(warp::header::headers_cloned())
+        .and(routes)
+        .map(move |path: warp::path::FullPath, headers: HeaderMap, reply| {
+            let mut response = warp::reply::Reply::into_response(reply);
+            if is_broadcast_path(path.as_str()) {
+                add_cors_headers(&cors, &headers, &mut response);
+            }
+            response
+        })
         .with(warp::log::custom(|info| {
             tracing::debug!(method = %info.method(), path = info.path(), status = info.status().as_u16(), "http");
         }))
+}
+
+/// The broadcast routes' paths start here, or after `/realtime/v1` (where
+/// supabase-js points realtime-js: its REST URL is the socket URL without
+/// `/websocket`, plus `/api/broadcast`).
+fn api() -> impl Filter<Extract = (), Error = Infallible> + Clone {
+    warp::path("realtime")
+        .and(warp::path("v1"))
+        .or(warp::any())
+        .unify()
+}
+
+/// Passes `OPTIONS` only; any other method is "not found" for the
+/// preflight route (not warp's 405), so that a request another route
+/// refuses is answered with that route's reason.
+fn preflight_method() -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::method()
+        .and_then(|m: Method| async move {
+            if m == Method::OPTIONS {
+                Ok(())
+            } else {
+                Err(warp::reject::not_found())
+            }
+        })
+        .untuple_one()
+}
+
+/// Whether `path` is one of the broadcast routes' (see [`api`]).
+fn is_broadcast_path(path: &str) -> bool {
+    let path = path.strip_prefix("/realtime/v1").unwrap_or(path);
+    path == "/api/broadcast" || path.starts_with("/api/broadcast/")
+}
+
+/// The request headers a browser may send to the broadcast routes when its
+/// preflight names none: what realtime-js and supabase-js send.
+const CORS_HEADERS: &str = "authorization, apikey, content-type, x-client-info";
+
+/// The CORS headers of an answer to `headers`' origin, when
+/// `CORS_ALLOWED_ORIGINS` allows it: `*` for any origin, else the origin
+/// itself (and `Vary: Origin`, as the answer depends on it).
+fn add_cors_headers(cors: &CorsOrigins, headers: &HeaderMap, response: &mut warp::reply::Response) {
+    let h = response.headers_mut();
+    match cors {
+        CorsOrigins::Any => {
+            h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+        }
+        CorsOrigins::List(_) => {
+            h.append("vary", HeaderValue::from_static("origin"));
+            let origin = headers
+                .get("origin")
+                .filter(|o| o.to_str().is_ok_and(|o| cors.allows(o)));
+            if let Some(origin) = origin {
+                h.insert("access-control-allow-origin", origin.clone());
+            }
+        }
+    }
+}
+
+/// `OPTIONS` on a broadcast route: 204 with the methods and headers a
+/// browser may use (the origin's own header is added with the others'), or
+/// 403 naming the origin `CORS_ALLOWED_ORIGINS` does not list.
+fn preflight(
+    origin: Option<String>,
+    request_headers: Option<String>,
+    state: Arc<AppState>,
+) -> warp::reply::Response {
+    if let Some(origin) = origin.as_deref().filter(|o| !state.cors.allows(o)) {
+        return json_error(
+            StatusCode::FORBIDDEN,
+            &OriginRefused(origin.into()).to_string(),
+        );
+    }
+    let mut response = warp::reply::Response::default();
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    let h = response.headers_mut();
+    h.insert("allow", HeaderValue::from_static("POST, OPTIONS"));
+    h.insert(
+        "access-control-allow-methods",
+        HeaderValue::from_static("POST, OPTIONS"),
+    );
+    // The headers the browser asks for (a list of header names), else the
+    // ones the clients send.
+    let asked = request_headers.filter(|v| {
+        v.split(',').all(|name| {
+            let name = name.trim();
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        })
+    });
+    let allowed = asked
+        .and_then(|v| HeaderValue::from_str(&v).ok())
+        .unwrap_or(HeaderValue::from_static(CORS_HEADERS));
+    h.insert("access-control-allow-headers", allowed);
+    h.insert("access-control-max-age", HeaderValue::from_static("86400"));
+    response
+}
+
+/// A request from a browser at an origin `CORS_ALLOWED_ORIGINS` does not
+/// list: refused before anything is sent.
+#[derive(Debug)]
+struct OriginRefused(String);
+
+impl warp::reject::Reject for OriginRefused {}
+
+impl std::fmt::Display for OriginRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "origin {:?} may not call this server: it is not in CORS_ALLOWED_ORIGINS",
+            self.0
+        )
+    }
 }
 
 /// The methods of the routes that only answer.
@@ -471,6 +646,13 @@ async fn relay_broadcasts(
         );
         return json_error(StatusCode::PAYLOAD_TOO_LARGE, &reason);
     }
+    if state.memory_budget.exceeded() {
+        METRICS.limit_reached(var::MEMORY_BUDGET_MB);
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &state.memory_budget.reason(),
+        );
+    }
     let mut sent = Vec::with_capacity(messages.len());
     let mut failed: Option<BusError> = None;
     for (topic, payload) in &messages {
@@ -558,30 +740,112 @@ async fn api_broadcast_event(
             )
         }
     };
-    if content_type
-        .as_deref()
-        .is_some_and(|c| c.starts_with("application/octet-stream"))
+    let body = match BroadcastBody::read(content_type.as_deref(), body) {
+        Ok(b) => b,
+        Err((status, reason)) => return json_error(status, &reason),
+    };
+    if query
+        .keys()
+        .any(|k| k == "persist" || k.starts_with("persist["))
     {
         return json_error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "binary broadcast payloads are not supported by this server: send JSON",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &format!("{}; nothing was sent", crate::phoenix::NO_PERSIST),
         );
     }
-    let payload: serde_json::Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                &format!("the body is not JSON: {e}"),
-            )
-        }
-    };
     let private = query.get("private").is_some_and(|p| p == "true");
-    let messages = vec![broadcast_message(&topic, private, &event, &payload)];
-    if let Err((status, reason)) = check_private_writes(&state, claims.as_ref(), &messages).await {
-        return json_error(status, &reason);
+    match body {
+        BroadcastBody::Json(payload) => {
+            let messages = vec![broadcast_message(&topic, private, &event, &payload)];
+            if let Err((status, reason)) =
+                check_private_writes(&state, claims.as_ref(), &messages).await
+            {
+                return json_error(status, &reason);
+            }
+            relay_broadcasts(&state, messages).await
+        }
+        BroadcastBody::Binary(data) => {
+            let (key, _) = broadcast_message(&topic, private, &event, &serde_json::Value::Null);
+            let max = crate::phoenix::frame::MAX_BINARY_FIELD_BYTES;
+            if key.topic.len() > max || event.len() > max {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    &format!(
+                        "a binary payload travels in a binary frame whose topic ({} bytes, \
+                         with the realtime: prefix) and event ({} bytes) are at most {max} bytes \
+                         each: nothing was sent",
+                        key.topic.len(),
+                        event.len()
+                    ),
+                );
+            }
+            let messages = [(key, String::new())];
+            if let Err((status, reason)) =
+                check_private_writes(&state, claims.as_ref(), &messages).await
+            {
+                return json_error(status, &reason);
+            }
+            let [(key, _)] = messages;
+            bus_answer(state.hub.broadcast_binary(&key, None, &event, &data)).await
+        }
     }
-    relay_broadcasts(&state, messages).await
+}
+
+/// The body of the events route: JSON (`application/json`, or no
+/// `Content-Type`, as Supabase Realtime takes it) or bytes
+/// (`application/octet-stream`, realtime-js's `httpSend()` of an
+/// `ArrayBuffer` or a typed array).
+enum BroadcastBody {
+    Json(serde_json::Value),
+    Binary(bytes::Bytes),
+}
+
+impl BroadcastBody {
+    fn read(content_type: Option<&str>, body: bytes::Bytes) -> Result<Self, (StatusCode, String)> {
+        let media = content_type.map(|c| {
+            c.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        });
+        match media.as_deref() {
+            None | Some("application/json") => serde_json::from_slice(&body)
+                .map(BroadcastBody::Json)
+                .map_err(|e| {
+                    (
+                        StatusCode::BAD_REQUEST,
+                        format!("the body is not JSON: {e}"),
+                    )
+                }),
+            Some("application/octet-stream") => Ok(BroadcastBody::Binary(body)),
+            Some(_) => Err((
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "Content-Type {:?} is not supported: send application/json or \
+                     application/octet-stream",
+                    content_type.unwrap_or_default()
+                ),
+            )),
+        }
+    }
+}
+
+/// Answers a broadcast handed to the cluster: 202 once its bus has it, 413
+/// over `CLUSTER_MAX_MESSAGE_BYTES` (nothing was sent), 503 when the bus is
+/// down or lagging (this server's members got it).
+async fn bus_answer(sent: Result<crate::cluster::Sent, BusError>) -> warp::reply::Response {
+    let result = match sent {
+        Ok(s) => s.wait().await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => accepted(),
+        Err(e @ BusError::TooLarge { .. }) => {
+            json_error(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string())
+        }
+        Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
 }
 
 /// Decodes `%XX` escapes (warp hands path segments over still encoded).
@@ -615,6 +879,9 @@ async fn handle_rejection(err: Rejection) -> Result<warp::reply::Response, Infal
     };
     if err.is_not_found() {
         return Ok(text(StatusCode::NOT_FOUND, "not found".into()));
+    }
+    if let Some(refused) = err.find::<OriginRefused>() {
+        return Ok(json_error(StatusCode::FORBIDDEN, &refused.to_string()));
     }
     if let Some(wrong) = err.find::<WrongMethod>() {
         let allow: Vec<&str> = wrong.allow.iter().map(Method::as_str).collect();

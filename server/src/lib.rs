@@ -18,9 +18,11 @@ pub mod hub;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
+pub mod pg;
 pub mod phoenix;
 pub mod published;
 pub mod replication;
+pub mod select;
 pub mod typed;
 
 /// The configuration and the database TLS connector live in the contract
@@ -91,6 +93,11 @@ pub async fn serve_with(
             },
         )
     });
+    let memory_budget = limits::MemoryBudget::new(config.memory_budget_mb);
+    tracing::info!(
+        memory_budget_mb = memory_budget.mb,
+        "sockets, joins, broadcasts and presences are refused past this many MiB queued or kept (MEMORY_BUDGET_MB)"
+    );
     let hub = Arc::new(
         Hub::with_cluster(
             config.socket_queue_depth,
@@ -98,7 +105,8 @@ pub async fn serve_with(
         )
         .with_queue_bytes(config.socket_queue_bytes)
         .with_max_presence_members(config.max_presence_members)
-        .with_authorizer(authz.clone()),
+        .with_authorizer(authz.clone())
+        .with_memory_budget(memory_budget),
     );
     if let Some(authz) = &authz {
         let roles = [config.anon_role.clone(), "authenticated".to_string()];
@@ -111,11 +119,6 @@ pub async fn serve_with(
         tokio::spawn(apply_catalog_changes(authz.clone(), hub.clone()));
     }
     let status = Arc::new(StreamStatus::default());
-    let memory_budget = limits::MemoryBudget::new(config.memory_budget_mb);
-    tracing::info!(
-        memory_budget_mb = memory_budget.mb,
-        "sockets and joins are refused past this many MiB queued (MEMORY_BUDGET_MB)"
-    );
     let sockets = Arc::new(SocketContext {
         hub: hub.clone(),
         verifier: verifier.clone(),
@@ -125,6 +128,7 @@ pub async fn serve_with(
         catalog_lookups: Arc::new(limits::SharedRate::per_second(
             config.max_catalog_lookups_per_second,
         )),
+        stream: status.clone(),
     });
     let state = Arc::new(AppState {
         hub: hub.clone(),
@@ -134,6 +138,7 @@ pub async fn serve_with(
         socket_slots: limits::Slots::new(config.max_connections),
         memory_budget,
         max_body_bytes: config.max_frame_bytes,
+        cors: config.cors_allowed_origins.clone(),
     });
 
     let addr = config.listen_addr();

@@ -1,6 +1,8 @@
 //! Shared helpers for the limits on what clients may make the server hold
 //! or do: counted slots that are reserved atomically and released on drop,
-//! a per-socket rate (token bucket) and a server-wide rate (atomics).
+//! a per-socket rate (token bucket), a server-wide rate (atomics), and the
+//! bytes of state clients made the server keep ([`Held`]), which count in
+//! the memory budget beside the queued bytes.
 //!
 //! Owns the counting, not the decisions: the accept loop, the upgrade and
 //! the session say which limit applies and what a refused client gets.
@@ -138,8 +140,48 @@ impl SharedRate {
     }
 }
 
+/// Bytes of state clients made the server keep: joined channels, their
+/// `postgres_changes` bindings and presences (an estimate from what was
+/// sent, see [`Held`]). Counted in the memory budget with the queues.
+pub static HELD_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// A charge of `n` bytes against [`HELD_BYTES`], given back on drop: the
+/// state it stands for lives exactly as long as the charge.
+#[derive(Debug, Default)]
+pub struct Held(usize);
+
+impl Held {
+    pub fn new(n: usize) -> Held {
+        HELD_BYTES.fetch_add(n, Ordering::Relaxed);
+        Held(n)
+    }
+
+    /// Adds `n` bytes to the charge.
+    pub fn add(&mut self, n: usize) {
+        HELD_BYTES.fetch_add(n, Ordering::Relaxed);
+        self.0 += n;
+    }
+
+    /// Replaces the charge by `n` bytes.
+    pub fn set(&mut self, n: usize) {
+        *self = Held::new(n);
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.0
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        HELD_BYTES.fetch_sub(self.0, Ordering::Relaxed);
+    }
+}
+
 /// The server-wide memory budget (`MEMORY_BUDGET_MB`): the bytes queued
-/// over every socket past which new sockets and joins are refused.
+/// over every socket plus the state clients made the server keep
+/// ([`HELD_BYTES`]), past which new sockets, joins, broadcasts and
+/// presences are refused.
 #[derive(Debug, Clone, Copy)]
 pub struct MemoryBudget {
     pub mb: u64,
@@ -157,10 +199,11 @@ impl MemoryBudget {
         MemoryBudget { mb }
     }
 
-    /// Whether the queues hold more than the budget now.
+    /// Whether the queues and the kept state hold more than the budget now.
     pub fn exceeded(&self) -> bool {
-        let queued = crate::hub::QUEUED_BYTES.load(Ordering::Relaxed) as u64;
-        queued > self.mb << 20
+        let queued = crate::hub::queued_bytes() as u64;
+        let held = HELD_BYTES.load(Ordering::Relaxed) as u64;
+        queued + held > self.mb << 20
     }
 
     /// The reason a refused client gets.
@@ -212,6 +255,23 @@ mod tests {
         assert_eq!((0..9).filter(|_| r.take_at(at)).count(), 5);
         let next = Duration::from_millis(2100);
         assert_eq!((0..9).filter(|_| r.take_at(next)).count(), 5);
+    }
+
+    #[test]
+    fn a_held_charge_is_given_back_when_dropped_or_replaced() {
+        // Other tests charge too: compare differences of this test's own.
+        let mut h = Held::new(1000);
+        h.add(24);
+        assert_eq!(h.bytes(), 1024);
+        h.set(10);
+        assert_eq!(h.bytes(), 10);
+        drop(h);
+        // A charge far above what any other test holds shows in the total
+        // while it lives, and is gone after.
+        let a = Held::new(1 << 40);
+        assert!(HELD_BYTES.load(Ordering::Relaxed) >= 1 << 40);
+        drop(a);
+        assert!(HELD_BYTES.load(Ordering::Relaxed) < 1 << 40);
     }
 
     #[test]

@@ -82,6 +82,8 @@ pub struct Metrics {
     connections: Gauge,
     /// Read from the queues' count at each scrape.
     queued_bytes: Gauge,
+    /// Read from the state charges at each scrape.
+    held_bytes: Gauge,
     pub connections_accepted: Counter,
     pub connections_refused: Counter,
     pub auth_failures: Counter,
@@ -94,6 +96,9 @@ pub struct Metrics {
     pub bytes_sent: Counter,
     pub slow_consumer_closes: Counter,
     pub bad_frames: Counter,
+    /// Binary broadcasts a member could not be sent (vsn 1.0.0, or a name
+    /// over 255 bytes).
+    pub binary_broadcasts_skipped: Counter,
     /// Row level security checks run inside PostgreSQL (statements).
     pub rls_check_statements: Counter,
     /// Row images those statements checked.
@@ -153,6 +158,10 @@ impl Metrics {
             "realtime_queued_bytes",
             "Bytes queued to sockets, a frame counted once per queue that holds it",
         );
+        let held_bytes = gauge(
+            "realtime_held_bytes",
+            "Estimated bytes of state clients made the server keep (channels, bindings, presences); with realtime_queued_bytes, what MEMORY_BUDGET_MB bounds",
+        );
         let channels = gauge("realtime_channels", "Joined channels over all sockets");
         let replication_connected = gauge(
             "realtime_replication_connected",
@@ -200,11 +209,11 @@ impl Metrics {
         );
         let messages_sent = counter(
             "realtime_messages_sent",
-            "WebSocket text frames written to clients",
+            "WebSocket frames (text and binary) written to clients",
         );
         let bytes_sent = counter(
             "realtime_bytes_sent",
-            "Payload bytes of the WebSocket text frames written to clients",
+            "Payload bytes of the WebSocket frames (text and binary) written to clients",
         );
         let slow_consumer_closes = counter(
             "realtime_slow_consumer_closes",
@@ -213,6 +222,10 @@ impl Metrics {
         let bad_frames = counter(
             "realtime_bad_frames",
             "Inbound frames refused: malformed, binary, too large",
+        );
+        let binary_broadcasts_skipped = counter(
+            "realtime_binary_broadcasts_skipped",
+            "Broadcasts with a binary payload not sent to a member that cannot read binary frames (vsn 1.0.0)",
         );
         let rls_check_statements = counter(
             "realtime_rls_check_statements",
@@ -274,6 +287,7 @@ impl Metrics {
             registry,
             connections,
             queued_bytes,
+            held_bytes,
             connections_accepted,
             connections_refused,
             auth_failures,
@@ -286,6 +300,7 @@ impl Metrics {
             bytes_sent,
             slow_consumer_closes,
             bad_frames,
+            binary_broadcasts_skipped,
             rls_check_statements,
             rls_images_checked,
             rls_check_errors,
@@ -322,8 +337,9 @@ impl Metrics {
     /// The Prometheus text exposition of every metric ([`CONTENT_TYPE`]).
     pub fn render(&self, hub: &Hub, stream: &StreamStatus) -> String {
         self.connections.set(hub.socket_count() as i64);
-        self.queued_bytes
-            .set(crate::hub::QUEUED_BYTES.load(std::sync::atomic::Ordering::Relaxed) as i64);
+        self.queued_bytes.set(crate::hub::queued_bytes() as i64);
+        self.held_bytes
+            .set(crate::limits::HELD_BYTES.load(std::sync::atomic::Ordering::Relaxed) as i64);
         self.replication_connected.set(stream.is_live() as i64);
         self.cluster.read(&hub.cluster().status);
         let mut out = String::with_capacity(4096);
@@ -563,6 +579,11 @@ mod tests {
                 "realtime_bad_frames",
                 "counter",
                 "realtime_bad_frames_total 0",
+            ),
+            (
+                "realtime_binary_broadcasts_skipped",
+                "counter",
+                "realtime_binary_broadcasts_skipped_total 0",
             ),
             (
                 "realtime_replication_connected",

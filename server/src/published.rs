@@ -2,8 +2,9 @@
 //!
 //! Owns the one plain SQL connection of the server (tokio-postgres), opened
 //! on first use and reopened after a failure, and the catalog query that a
-//! `postgres_changes` join needs: the binding's table must be published, and
-//! a filter's column must exist and its value parse as the column's type.
+//! `postgres_changes` join needs: the binding's table must be published, a
+//! filter's column must exist and its value parse as the column's type, and
+//! a `select` list names columns (the primary key always goes along).
 //! The query is prepared once per connection, and concurrent joins share the
 //! connection (tokio-postgres pipelines them): the lock is held only to
 //! (re)connect. Must not touch the replication session.
@@ -23,6 +24,8 @@ pub struct PublishedTable {
     /// The table's OID (pgoutput's relation id).
     pub oid: u32,
     pub columns: Vec<(String, Comparison)>,
+    /// The primary key's columns (none without one).
+    pub keys: Vec<String>,
 }
 
 impl PublishedTable {
@@ -35,7 +38,8 @@ impl PublishedTable {
 }
 
 const TABLES_SQL: &str = "\
-SELECT pt.schemaname::text, pt.tablename::text, a.attname::text, bt.typcategory::text, bt.typname::text, c.oid
+SELECT pt.schemaname::text, pt.tablename::text, a.attname::text, bt.typcategory::text, bt.typname::text, c.oid,
+  EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisprimary AND a.attnum = ANY(i.indkey))
 FROM pg_catalog.pg_publication_tables pt
 JOIN pg_catalog.pg_namespace n ON n.nspname = pt.schemaname
 JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename
@@ -104,16 +108,25 @@ impl PublishedTables {
             let (s, t, col, cat, typ): (String, String, String, String, String) =
                 (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
             let oid: u32 = row.get(5);
+            let is_key: bool = row.get(6);
             let kind = Comparison::from_category(cat.chars().next().unwrap_or('S'), &typ);
-            match tables.last_mut() {
-                Some(last) if last.schema == s && last.name == t => last.columns.push((col, kind)),
-                _ => tables.push(PublishedTable {
-                    schema: s,
-                    name: t,
-                    oid,
-                    columns: vec![(col, kind)],
-                }),
+            let table = match tables.last_mut() {
+                Some(last) if last.schema == s && last.name == t => last,
+                _ => {
+                    tables.push(PublishedTable {
+                        schema: s,
+                        name: t,
+                        oid,
+                        columns: Vec::new(),
+                        keys: Vec::new(),
+                    });
+                    tables.last_mut().expect("just pushed")
+                }
+            };
+            if is_key {
+                table.keys.push(col.clone());
             }
+            table.columns.push((col, kind));
         }
         Ok(tables)
     }
@@ -130,26 +143,8 @@ impl PublishedTables {
         let failed = |e: tokio_postgres::Error| {
             format!("connecting to the database for the catalog failed: {e}")
         };
-        let client = match crate::tls::connector(db.ssl) {
-            None => {
-                let (client, connection) =
-                    pg.connect(tokio_postgres::NoTls).await.map_err(failed)?;
-                tokio::spawn(watch(connection));
-                client
-            }
-            Some(tls) => {
-                pg.ssl_mode(tokio_postgres::config::SslMode::Require);
-                let (client, connection) = pg.connect(tls).await.map_err(failed)?;
-                tokio::spawn(watch(connection));
-                client
-            }
-        };
-        Ok(client)
-    }
-}
-
-async fn watch<F: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(connection: F) {
-    if let Err(e) = connection.await {
-        tracing::warn!(error = %e, "catalog connection ended");
+        crate::pg::connect(pg, db.ssl, "catalog")
+            .await
+            .map_err(failed)
     }
 }

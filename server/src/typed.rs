@@ -7,9 +7,10 @@
 //! everything else as strings.
 
 use crate::change::{
-    iso_timestamp, push_errors, push_json_str, push_row, Change, ChangeKind, Row, TableInfo,
+    iso_timestamp, push_errors, push_json_str, push_row, Cell, Change, ChangeKind, Row, TableInfo,
 };
 use crate::replication::catalog::TypeKind;
+use crate::select::Selection;
 
 /// Appends the typed JSON of `text`, a value of `kind`.
 pub fn push_typed(out: &mut String, kind: &TypeKind, text: &str) {
@@ -183,6 +184,30 @@ fn push_typed_row(out: &mut String, table: &TableInfo, row: &Row) {
 
 /// The `data` object of a `postgres_changes` push.
 pub fn postgres_changes_data(change: &Change) -> String {
+    data(change, None)
+}
+
+/// [`postgres_changes_data`] for a binding that selected columns: `columns`,
+/// `record` and `old_record` keep only those (the primary key among them).
+pub fn postgres_changes_data_selected(change: &Change, select: &Selection) -> String {
+    let keep: Vec<bool> = change
+        .table
+        .columns
+        .iter()
+        .map(|c| select.keeps(&c.name))
+        .collect();
+    data(change, Some(&keep))
+}
+
+/// `keep`: which columns go out (`None`: all).
+fn data(change: &Change, keep: Option<&[bool]>) -> String {
+    let kept = |i: usize| keep.is_none_or(|k| k.get(i).copied().unwrap_or(false));
+    let trimmed = |row: &Row| -> Row {
+        row.iter()
+            .enumerate()
+            .map(|(i, c)| if kept(i) { c.clone() } else { Cell::Absent })
+            .collect()
+    };
     let t = &change.table;
     let mut out = String::with_capacity(256);
     out.push_str("{\"schema\":");
@@ -194,10 +219,12 @@ pub fn postgres_changes_data(change: &Change) -> String {
     out.push_str("\",\"type\":\"");
     out.push_str(change.kind.as_str());
     out.push_str("\",\"columns\":[");
-    for (i, c) in t.columns.iter().enumerate() {
-        if i > 0 {
+    let mut first = true;
+    for (_, c) in t.columns.iter().enumerate().filter(|(i, _)| kept(*i)) {
+        if !first {
             out.push(',');
         }
+        first = false;
         out.push_str("{\"name\":");
         push_json_str(&mut out, &c.name);
         out.push_str(",\"type\":");
@@ -205,15 +232,19 @@ pub fn postgres_changes_data(change: &Change) -> String {
         out.push('}');
     }
     out.push(']');
+    let row = |out: &mut String, row: &Row| match keep {
+        None => push_typed_row(out, t, row),
+        Some(_) => push_typed_row(out, t, &trimmed(row)),
+    };
     if let Some(record) = &change.record {
         out.push_str(",\"record\":");
-        push_typed_row(&mut out, t, record);
+        row(&mut out, record);
     } else if change.kind != ChangeKind::Truncate {
         out.push_str(",\"record\":{}");
     }
     if let Some(old) = &change.old_record {
         out.push_str(",\"old_record\":");
-        push_typed_row(&mut out, t, old);
+        row(&mut out, old);
     }
     push_errors(&mut out, &change.errors);
     out.push('}');

@@ -121,6 +121,7 @@ impl Fixture {
             table: Some(table.name.clone()),
             event: None,
             filter: None,
+            select: None,
             subscriber: Some(Subscriber {
                 group,
                 table: Some(table.id),

@@ -22,7 +22,10 @@
 // Note: with vsn 2.0.0 the newest client sends `channel.send({type:
 // 'broadcast'})` as a BINARY frame (its serializer's "user broadcast push",
 // kind 3: [3, len(join_ref), len(ref), len(topic), len(event), len(meta),
-// encoding (1 = JSON)] + join_ref + ref + topic + event + meta + payload).
+// encoding (1 = JSON, 0 = binary)] + join_ref + ref + topic + event + meta +
+// payload), and reads a broadcast with a binary payload from a kind 4 frame
+// ([4, len(topic), len(event), len(meta), encoding] + topic + event + meta +
+// payload), handing the app an ArrayBuffer.
 
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -49,8 +52,17 @@ class RecordingWebSocket extends WebSocket {
   constructor(...args) {
     super(...args);
     this.sent = [];
+    // Text frames received, parsed ([join_ref, ref, topic, event, payload]
+    // on vsn 2.0.0, {topic, event, payload, ref} on 1.0.0); binary frames as
+    // their kind.
+    this.received = [];
     this.closed = null;
     this.on('close', (code, reason) => (this.closed = { code, reason: reason.toString() }));
+    this.on('message', (data, isBinary) => {
+      if (isBinary) return this.received.push({ binaryKind: new Uint8Array(data)[0] });
+      const m = JSON.parse(data.toString());
+      this.received.push(Array.isArray(m) ? { topic: m[2], event: m[3], payload: m[4] } : m);
+    });
   }
   send(data, ...rest) {
     this.sent.push(
@@ -104,7 +116,7 @@ async function until(cond, what, ms = WAIT_MS) {
   }
 }
 
-function newClient(version, options = version.options) {
+function newClient(version, options = version.options, url = REALTIME_URL) {
   const log = [];
   const sockets = [];
   let transport = options?.transport;
@@ -117,7 +129,7 @@ function newClient(version, options = version.options) {
       }
     };
   }
-  const client = new version.RealtimeClient(REALTIME_URL, {
+  const client = new version.RealtimeClient(url, {
     ...options,
     ...(transport ? { transport } : {}),
     heartbeatIntervalMs: HEARTBEAT_MS,
@@ -165,8 +177,8 @@ for (const version of VERSIONS) {
   describe(version.name, () => {
     let db;
     const clients = [];
-    const client = (options) => {
-      const c = newClient(version, options);
+    const client = (options, url) => {
+      const c = newClient(version, options, url);
       clients.push(c);
       return c;
     };
@@ -440,10 +452,116 @@ for (const version of VERSIONS) {
         assert.deepEqual(await chA.httpSend('rest', { via: 'httpSend' }), { success: true });
         await until(() => got.length >= 2, 'the httpSend broadcast');
         assert.deepEqual(got[1], { type: 'broadcast', event: 'rest', payload: { via: 'httpSend' } });
-        const binary = await chA.httpSend('rest', new Uint8Array([1, 2])).catch((e) => e);
-        assert.match(String(binary?.error ?? binary?.message ?? binary), /binary broadcast payloads/);
+        // A typed array goes as application/octet-stream; B (vsn 2.0.0)
+        // gets the bytes back as an ArrayBuffer.
+        assert.deepEqual(await chA.httpSend('rest', new Uint8Array([1, 2, 255])), { success: true });
+        await until(() => got.length >= 3, 'the binary httpSend broadcast');
+        assert.equal(got[2].event, 'rest');
+        assert.ok(got[2].payload instanceof ArrayBuffer, `an ArrayBuffer, got ${JSON.stringify(got[2])}`);
+        assert.deepEqual([...new Uint8Array(got[2].payload)], [1, 2, 255]);
+        // The server stores no broadcast: persist is refused with the reason.
+        const chP = a.channel(`${topic}-private`, { config: { private: true } });
+        const persisted = await chP.httpSend('rest', { n: 1 }, { persist: true }).catch((e) => e);
+        assert.match(String(persisted?.message ?? persisted), /persist is not supported/);
       }
     });
+
+    it('the socket and REST routes under /realtime/v1, where supabase-js points the client', async () => {
+      // supabase-js builds `${projectUrl}/realtime/v1`: the socket is
+      // /realtime/v1/websocket, the REST routes /realtime/v1/api/broadcast...
+      const base = REALTIME_URL.replace(/\/socket$/, '/realtime/v1');
+      const urls = [];
+      const recording = (version.options?.transport ? version.options : {});
+      const a = client({ ...recording, fetch: (url, init) => (urls.push(String(url)), fetch(url, init)) }, base);
+      const b = client(undefined, base);
+      const topic = `room-v1path-${tag}`;
+      const got = [];
+      const chB = b.channel(topic).on('broadcast', { event: 'v1path' }, (m) => got.push(m));
+      await subscribe(chB);
+      assert.ok(b.isConnected(), 'the socket at /realtime/v1/websocket is open');
+      const chA = a.channel(topic);
+      assert.equal(await chA.send({ type: 'broadcast', event: 'v1path', payload: { via: 'rest' } }), 'ok');
+      await until(() => got.length >= 1, 'the REST broadcast under /realtime/v1');
+      assert.deepEqual(got[0].payload, { via: 'rest' });
+      if (typeof chA.httpSend === 'function') {
+        assert.deepEqual(await chA.httpSend('v1path', { via: 'httpSend' }), { success: true });
+        await until(() => got.length >= 2, 'the httpSend broadcast under /realtime/v1');
+        assert.deepEqual(got[1].payload, { via: 'httpSend' });
+      }
+      assert.ok(urls.length >= 1 && urls.every((u) => new URL(u).pathname.startsWith('/realtime/v1/api/broadcast')),
+        `the client posted under /realtime/v1: ${urls}`);
+    });
+
+    if (tag === '2_latest') {
+      it('binary broadcast: bytes reach vsn 2.0.0 members as bytes, not vsn 1.0.0 members', async () => {
+        const a = client();
+        const b = client();
+        const v1 = client(version.vsn1);
+        const old = newClient(VERSIONS[0]);
+        clients.push(old);
+        const topic = 'room-binary';
+        const got = { a: [], b: [], v1: [], old: [] };
+        const join = (c, name, config) =>
+          c
+            .channel(topic, config)
+            .on('broadcast', { event: 'blob' }, (m) => got[name].push(m))
+            .on('broadcast', { event: 'after' }, (m) => got[name].push(m));
+        const chA = join(a, 'a', { config: { broadcast: { self: true, ack: true } } });
+        const channels = [chA, join(b, 'b'), join(v1, 'v1'), join(old, 'old')];
+        await Promise.all(channels.map((ch) => subscribe(ch)));
+
+        const bytes = new Uint8Array([0, 1, 2, 127, 128, 254, 255]);
+        // ack: the server acknowledged the binary frame (no closed socket).
+        assert.equal(await chA.send({ type: 'broadcast', event: 'blob', payload: bytes.buffer }), 'ok');
+        assert.ok(
+          a.sockets_[0].sent.some((f) => f.binary?.startsWith('\\x03')),
+          `sent as a binary frame, kind 3: ${JSON.stringify(wire(a))}`,
+        );
+        await until(() => got.a.length >= 1 && got.b.length >= 1, 'the bytes at A (self) and B');
+        for (const name of ['a', 'b']) {
+          const [m] = got[name];
+          assert.equal(m.type, 'broadcast');
+          assert.equal(m.event, 'blob');
+          assert.ok(m.payload instanceof ArrayBuffer, `${name}: an ArrayBuffer, got ${JSON.stringify(m)}`);
+          assert.deepEqual([...new Uint8Array(m.payload)], [...bytes], name);
+        }
+        assert.ok(
+          b.sockets_[0].received.some((f) => f.binaryKind === 4),
+          'B read it from a kind 4 binary frame',
+        );
+        // A JSON broadcast after it reaches everyone; the vsn 1.0.0 members
+        // (the newest client on JSON, and 2.8) got nothing before it.
+        assert.equal(await chA.send({ type: 'broadcast', event: 'after', payload: { n: 1 } }), 'ok');
+        await until(() => Object.values(got).every((g) => g.some((m) => m.event === 'after')), 'the JSON broadcast everywhere');
+        assert.deepEqual(got.v1.map((m) => m.event), ['after']);
+        assert.deepEqual(got.old.map((m) => m.event), ['after']);
+        assert.ok(v1.isConnected() && old.isConnected(), 'their sockets stayed open');
+        assert.deepEqual(wire(a).filter((s) => s.closed), []);
+      });
+
+      it('presence.enabled false: no presence_state or diffs for that member; its track still shows', async () => {
+        const quiet = client();
+        const watcher = client();
+        const topic = 'room-presence-enabled';
+        const joins = [];
+        // No presence listener: the client joins with presence.enabled false.
+        const chQ = quiet.channel(topic, { config: { presence: { key: 'quiet' } } });
+        const chW = watcher
+          .channel(topic, { config: { presence: { key: 'watcher' } } })
+          .on('presence', { event: 'join' }, (e) => joins.push(e.key));
+        await Promise.all([subscribe(chQ), subscribe(chW)]);
+        assert.equal(await chQ.track({ who: 'quiet' }), 'ok');
+        assert.equal(await chW.track({ who: 'watcher' }), 'ok');
+        await until(() => joins.includes('quiet') && joins.includes('watcher'), 'both joins at the watcher');
+        await sleep(300);
+        const presenceFrames = (c) =>
+          c.sockets_[0].received.filter((f) => f.topic === `realtime:${topic}` && f.event?.startsWith('presence'));
+        assert.deepEqual(presenceFrames(quiet), [], 'the quiet member got no presence_state nor presence_diff');
+        const watched = presenceFrames(watcher).map((f) => f.event);
+        assert.equal(watched[0], 'presence_state', `the watcher got the state first: ${watched}`);
+        assert.ok(watched.includes('presence_diff'), `and diffs: ${watched}`);
+      });
+    }
 
     it('presence between clients: sync, join, and leave when a client disconnects', async () => {
       const b = client();

@@ -90,6 +90,12 @@ impl PhxClient {
         self.ws.send(msg).await.expect("send frame");
     }
 
+    /// Sends `event` on `topic` and returns its reply.
+    pub async fn request(&mut self, topic: &str, event: &str, payload: Value) -> Msg {
+        let r = self.push(topic, event, payload, None).await;
+        self.expect_reply(&r).await
+    }
+
     /// Joins `topic` and returns the reply.
     pub async fn join(&mut self, topic: &str, payload: Value) -> Msg {
         let r = self.push(topic, "phx_join", payload, None).await;
@@ -148,6 +154,30 @@ impl PhxClient {
                 Ok(Some(Ok(_))) => continue,
             }
         }
+    }
+
+    /// The next data frame as it came, text or binary, within `timeout`
+    /// (binary frames are what [`PhxClient::next`] skips).
+    pub async fn next_data(&mut self, timeout: Duration) -> Result<Message, WsEnd> {
+        loop {
+            match tokio::time::timeout(timeout, self.ws.next()).await {
+                Err(_) => return Err(WsEnd::Timeout),
+                Ok(None) => return Err(WsEnd::Closed(None)),
+                Ok(Some(Err(e))) => return Err(WsEnd::Error(e.to_string())),
+                Ok(Some(Ok(m @ (Message::Text(_) | Message::Binary(_))))) => return Ok(m),
+                Ok(Some(Ok(Message::Close(c)))) => {
+                    return Err(WsEnd::Closed(
+                        c.map(|c| (u16::from(c.code), c.reason.to_string())),
+                    ))
+                }
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+
+    /// A text frame of this client's serializer, parsed.
+    pub fn parse_text(&self, text: &str) -> Msg {
+        self.parse(text)
     }
 
     /// The next frame whose event is not a reply or system message.

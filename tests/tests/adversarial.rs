@@ -196,8 +196,7 @@ async fn filter_values_are_bounded_and_counted_once() {
     assert_eq!(seen, ["realtime:a1", "realtime:a2"]);
 
     for topic in ["realtime:a1", "realtime:a2"] {
-        let r = attacker.push(topic, "phx_leave", json!({}), None).await;
-        let reply = attacker.expect_reply(&r).await;
+        let reply = attacker.request(topic, "phx_leave", json!({})).await;
         assert_eq!(reply.payload["status"], "ok", "{reply:?}");
     }
     env.round_trip(2, "leaves of repeated values").await;
@@ -552,15 +551,13 @@ async fn every_kept_size_has_a_named_limit() {
         let topic = format!("realtime:meta-{i}");
         let reply = attacker.join(&topic, json!({"config": {}})).await;
         assert_eq!(reply.payload["status"], "ok", "{reply:?}");
-        let r = attacker
-            .push(
+        let reply = attacker
+            .request(
                 &topic,
                 "presence",
                 json!({"type": "presence", "event": "track", "payload": {"big": big}}),
-                None,
             )
             .await;
-        let reply = attacker.expect_reply(&r).await;
         assert_eq!(
             reason_of(&reply),
             "presence meta too large: 1000010 bytes (MAX_PRESENCE_META_BYTES=4096)"
@@ -581,15 +578,13 @@ async fn every_kept_size_has_a_named_limit() {
             .expect("connect");
         let reply = c.join("realtime:room", json!({"config": {}})).await;
         assert_eq!(reply.payload["status"], "ok", "{reply:?}");
-        let r = c
-            .push(
+        let reply = c
+            .request(
                 "realtime:room",
                 "presence",
                 json!({"type": "presence", "event": "track", "payload": {"n": i}}),
-                None,
             )
             .await;
-        let reply = c.expect_reply(&r).await;
         if i < 3 {
             assert_eq!(reply.payload["status"], "ok", "{reply:?}");
         } else {
@@ -804,4 +799,123 @@ async fn a_socket_that_never_reads_holds_at_most_its_queue_bytes() {
     env.round_trip(9, "1 MB broadcasts to a socket that never reads")
         .await;
     drop(stuck);
+}
+
+/// Class 2: what clients make the server keep counts in the memory budget,
+/// beside what is queued. With `MEMORY_BUDGET_MB=1`, sockets tracking
+/// 4 KB metas on 100 channels each put the server past its budget: then a
+/// join, a broadcast (without ack), a track and an HTTP broadcast are each
+/// refused with the budget's reason and counted, and `/metrics` shows the
+/// kept bytes; once the attackers close, everything is given back and a
+/// join, a broadcast and a round trip work again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_state_counts_in_the_memory_budget_and_is_given_back() {
+    let env = start(&[
+        ("MEMORY_BUDGET_MB", "1"),
+        ("MAX_EVENTS_PER_SECOND", "10000"),
+        ("MAX_JOINS_PER_SECOND", "10000"),
+        ("MAX_PRESENCE_EVENTS_PER_SECOND", "10000"),
+    ])
+    .await;
+    let health = HealthWatch::start(env.server.port);
+    let url = env.server.ws_url("2.0.0");
+    let over = "the server is at its memory budget (MEMORY_BUDGET_MB=1): try again later";
+    let held = || -> u64 {
+        let (_, metrics) = env.server.get("/metrics").expect("/metrics");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("realtime_held_bytes "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no realtime_held_bytes: {metrics}"))
+    };
+    let idle = held();
+
+    // A well-behaved member, joined before the attack.
+    let mut good = PhxClient::connect(&url).await.expect("connect");
+    let reply = good
+        .join(
+            "realtime:room",
+            json!({"config": {"broadcast": {"self": true}}}),
+        )
+        .await;
+    assert_eq!(reply.payload["status"], "ok", "{reply:?}");
+
+    // Attackers track 4 KB (the default MAX_PRESENCE_META_BYTES) on up to
+    // 100 channels each until a join or a track is refused.
+    let meta = json!({"blob": "m".repeat(4000)});
+    let mut attackers = Vec::new();
+    let mut sent = 0u64;
+    'attack: for a in 0..10 {
+        let mut c = PhxClient::connect(&url).await.expect("connect");
+        for ch in 0..100 {
+            let topic = format!("realtime:a{a}-{ch}");
+            let reply = c.join(&topic, json!({"config": {}})).await;
+            if reply.payload["status"] != "ok" {
+                assert_eq!(reason_of(&reply), over);
+                attackers.push(c);
+                break 'attack;
+            }
+            let reply = c.request(&topic, "presence", track(&meta)).await;
+            if reply.payload["status"] != "ok" {
+                assert_eq!(reason_of(&reply), over);
+                attackers.push(c);
+                break 'attack;
+            }
+            sent += 4000;
+        }
+        attackers.push(c);
+    }
+    assert!(
+        (1 << 20) / 2 < sent && sent < 4 << 20,
+        "the budget took {sent} bytes of metas to reach"
+    );
+    let kept = held() - idle;
+    assert!(
+        kept > sent && kept > 1 << 20,
+        "realtime_held_bytes grew by {kept} for {sent} bytes of metas"
+    );
+
+    // Past the budget: every kind of new work is refused, naming it.
+    let reply = good.join("realtime:other", json!({"config": {}})).await;
+    assert_eq!(reason_of(&reply), over, "a join");
+    let reply = good.request("realtime:room", "broadcast", shout(1)).await;
+    assert_eq!(reason_of(&reply), over, "a broadcast without ack");
+    let track_n = track(&json!({"n": 1}));
+    let reply = good.request("realtime:room", "presence", track_n).await;
+    assert_eq!(reason_of(&reply), over, "a track");
+    let body = json!({"messages": [{"topic": "room", "event": "e", "payload": {}}]}).to_string();
+    let (status, answer) =
+        realtime_tests::server::http_post(env.server.port, "/api/broadcast", &[], &body)
+            .expect("an answer");
+    assert_eq!(status, 503, "{answer}");
+    assert!(answer.contains(over), "{answer}");
+    let (_, metrics) = env.server.get("/metrics").expect("/metrics");
+    assert!(
+        metrics.contains("realtime_limit_reached_total{limit=\"MEMORY_BUDGET_MB\"}"),
+        "{metrics}"
+    );
+
+    // The attackers leave: what they made the server keep is given back.
+    drop(attackers);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while held() > idle + (64 << 10) {
+        assert!(Instant::now() < deadline, "still kept: {} bytes", held());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    good.push("realtime:room", "broadcast", shout(2), None)
+        .await;
+    let m = next_named(&mut good, "broadcast").await;
+    assert_eq!(m.payload["payload"]["n"], 2, "{m:?}");
+    env.round_trip(11, "after the budget was given back").await;
+    health.assert_served("state up to the memory budget");
+}
+
+/// A presence `track` of `meta`.
+fn track(meta: &Value) -> Value {
+    json!({"type": "presence", "event": "track", "payload": meta})
+}
+
+/// A broadcast numbered `n`.
+fn shout(n: u32) -> Value {
+    json!({"type": "broadcast", "event": "e", "payload": {"n": n}})
 }

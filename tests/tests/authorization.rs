@@ -513,6 +513,32 @@ async fn a_private_channel_before_its_setup_is_refused_with_the_command_to_run()
     assert!(reason.contains("setup-authorization"), "{reason}");
 }
 
+/// Alice broadcasts "hi" and tracks her presence on `realtime:room`, each
+/// acknowledged.
+async fn alice_says_hi_and_tracks(alice: &mut PhxClient) {
+    let hi = json!({"type": "broadcast", "event": "hi", "payload": {"from": "alice"}});
+    let reply = alice.request("realtime:room", "broadcast", hi).await;
+    assert_eq!(reply.payload["status"], "ok", "{reply:?}");
+    let track = json!({"type": "presence", "event": "track", "payload": {"name": "alice"}});
+    let reply = alice.request("realtime:room", "presence", track).await;
+    assert_eq!(reply.payload["status"], "ok", "{reply:?}");
+}
+
+/// What `c` receives within `wait` is Alice's broadcast and nothing else
+/// (none of her presence).
+async fn only_alices_broadcast(c: &mut PhxClient, wait: Duration) {
+    let got: Vec<String> = events(c, wait)
+        .await
+        .iter()
+        .map(|m| format!("{}:{}", m.event, m.payload))
+        .collect();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].starts_with("broadcast:") && got[0].contains("alice"),
+        "{got:?}"
+    );
+}
+
 #[tokio::test]
 async fn private_channels_read_and_write_as_realtime_messages_policies_say() {
     let s = secured(&[]).await;
@@ -541,35 +567,9 @@ async fn private_channels_read_and_write_as_realtime_messages_policies_say() {
     events(&mut public, Duration::from_millis(300)).await;
 
     // Alice writes: Bob (broadcast read) receives; the public topic does not.
-    let r = alice
-        .push(
-            "realtime:room",
-            "broadcast",
-            json!({"type": "broadcast", "event": "hi", "payload": {"from": "alice"}}),
-            None,
-        )
-        .await;
-    assert_eq!(alice.expect_reply(&r).await.payload["status"], "ok");
     // Alice tracks her presence: Bob (no presence read) sees nothing of it.
-    let r = alice
-        .push(
-            "realtime:room",
-            "presence",
-            json!({"type": "presence", "event": "track", "payload": {"name": "alice"}}),
-            None,
-        )
-        .await;
-    assert_eq!(alice.expect_reply(&r).await.payload["status"], "ok");
-    let got: Vec<String> = events(&mut bob, Duration::from_secs(1))
-        .await
-        .iter()
-        .map(|m| format!("{}:{}", m.event, m.payload))
-        .collect();
-    assert_eq!(got.len(), 1, "{got:?}");
-    assert!(
-        got[0].starts_with("broadcast:") && got[0].contains("alice"),
-        "{got:?}"
-    );
+    alice_says_hi_and_tracks(&mut alice).await;
+    only_alices_broadcast(&mut bob, Duration::from_secs(1)).await;
     assert!(
         events(&mut public, Duration::from_millis(500))
             .await
@@ -639,34 +639,8 @@ async fn private_channels_keep_their_rights_across_servers_and_over_http() {
 
     // Alice, on A, broadcasts and tracks: Bob, on B, gets the broadcast
     // (he may read broadcasts) and nothing of her presence.
-    let r = alice
-        .push(
-            "realtime:room",
-            "broadcast",
-            json!({"type": "broadcast", "event": "hi", "payload": {"from": "alice"}}),
-            None,
-        )
-        .await;
-    assert_eq!(alice.expect_reply(&r).await.payload["status"], "ok");
-    let r = alice
-        .push(
-            "realtime:room",
-            "presence",
-            json!({"type": "presence", "event": "track", "payload": {"name": "alice"}}),
-            None,
-        )
-        .await;
-    assert_eq!(alice.expect_reply(&r).await.payload["status"], "ok");
-    let got: Vec<String> = events(&mut bob, Duration::from_secs(2))
-        .await
-        .iter()
-        .map(|m| format!("{}:{}", m.event, m.payload))
-        .collect();
-    assert_eq!(got.len(), 1, "bob on the other server got {got:?}");
-    assert!(
-        got[0].starts_with("broadcast:") && got[0].contains("alice"),
-        "{got:?}"
-    );
+    alice_says_hi_and_tracks(&mut alice).await;
+    only_alices_broadcast(&mut bob, Duration::from_secs(2)).await;
     // A member that joins on B after Alice tracked gets an empty
     // presence_state when it may not read presence.
     let (mut bob2, reply) = join_private_on(&server_b, &user(BOB), "realtime:room").await;

@@ -17,9 +17,14 @@ use realtime_server::config::DbSsl;
 use realtime_tests::TempPostgres;
 use tokio_util::sync::CancellationToken;
 
-/// What a server's local members received: (topic, private, event, payload).
+/// What a server's local members received: (topic, private, event,
+/// payload); binary broadcasts as (topic, private, the user's event, bytes).
 #[derive(Default)]
-struct Recorder(Mutex<Vec<(String, bool, String, serde_json::Value)>>);
+#[allow(clippy::type_complexity)]
+struct Recorder(
+    Mutex<Vec<(String, bool, String, serde_json::Value)>>,
+    Mutex<Vec<(String, bool, String, Vec<u8>)>>,
+);
 
 impl Deliver for Recorder {
     fn relay(&self, topic: &TopicKey, event: &str, payload: &str) {
@@ -28,6 +33,15 @@ impl Deliver for Recorder {
             .lock()
             .unwrap()
             .push((topic.topic.to_string(), topic.private, event.into(), v));
+    }
+
+    fn relay_binary(&self, topic: &TopicKey, event: &str, data: &[u8]) {
+        self.1.lock().unwrap().push((
+            topic.topic.to_string(),
+            topic.private,
+            event.into(),
+            data.to_vec(),
+        ));
     }
 }
 
@@ -125,6 +139,76 @@ fn meta(user: &str) -> Meta {
     let mut m = Meta::new();
     m.insert("user".into(), user.into());
     m
+}
+
+#[tokio::test]
+async fn binary_broadcasts_cross_servers_byte_for_byte_in_order_with_the_json_ones() {
+    let pg = pg().await;
+    let (a, b) = (node(&pg, settings("bin")), node(&pg, settings("bin")));
+    all_up(&[&a, &b]).await;
+    let room = TopicKey::new("room", false);
+    // Every byte value (NUL included, which a NOTIFY payload cannot hold),
+    // a small one and one over the NOTIFY limit, between JSON broadcasts.
+    let small: Vec<u8> = (0..=255u8).collect();
+    let large: Vec<u8> = (0..40_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    let json = |i: u32| serde_json::json!({"type": "broadcast", "event": "n", "payload": {"i": i}});
+    let mut sent = vec![a
+        .cluster
+        .publish(&room, "broadcast", &json(0).to_string())
+        .unwrap()];
+    sent.push(a.cluster.publish_binary(&room, "blob", &small).unwrap());
+    sent.push(
+        a.cluster
+            .publish(&room, "broadcast", &json(1).to_string())
+            .unwrap(),
+    );
+    sent.push(a.cluster.publish_binary(&room, "é blob", &large).unwrap());
+    sent.push(a.cluster.publish_binary(&room, "empty", &[]).unwrap());
+    for s in sent {
+        s.wait().await.expect("handed to the cluster");
+    }
+    until(
+        "the binary broadcasts arrived",
+        Duration::from_secs(10),
+        || b.seen.1.lock().unwrap().len() >= 3 && b.seen.events("broadcast").len() >= 2,
+    )
+    .await;
+    let binary = b.seen.1.lock().unwrap().clone();
+    assert_eq!(
+        binary,
+        vec![
+            ("room".to_string(), false, "blob".to_string(), small),
+            ("room".to_string(), false, "é blob".to_string(), large),
+            ("room".to_string(), false, "empty".to_string(), vec![]),
+        ]
+    );
+    let jsons: Vec<_> = b
+        .seen
+        .events("broadcast")
+        .into_iter()
+        .map(|e| e.2)
+        .collect();
+    assert_eq!(jsons, vec![json(0), json(1)]);
+
+    // The limit is on the bytes.
+    let err = a
+        .cluster
+        .publish_binary(&room, "blob", &vec![0; 64 * 1024 + 1])
+        .err()
+        .unwrap();
+    assert!(
+        matches!(
+            err,
+            BusError::TooLarge {
+                bytes: 65537,
+                max: 65536
+            }
+        ),
+        "{err}"
+    );
+    a.stop.cancel();
+    b.stop.cancel();
+    let _ = tokio::join!(a.task, b.task);
 }
 
 #[tokio::test]

@@ -319,8 +319,7 @@ async fn serializers_heartbeat_leave_and_errors() {
     let env = setup("CREATE TABLE items (id int PRIMARY KEY)").await;
     for vsn in ["1.0.0", "2.0.0"] {
         let mut c = PhxClient::connect(&env.server.ws_url(vsn)).await.unwrap();
-        let r = c.push("phoenix", "heartbeat", json!({}), None).await;
-        let m = c.expect_reply(&r).await;
+        let m = c.request("phoenix", "heartbeat", json!({})).await;
         assert_eq!(m.topic, "phoenix");
         assert_eq!(m.payload, json!({"status": "ok", "response": {}}));
 

@@ -201,7 +201,11 @@ async fn bad_bindings_get_a_system_error_with_the_reason() {
         ),
         (
             json!({"event": "*", "schema": "public", "table": "messages", "filter": "room=like.1"}),
-            "unknown operator",
+            "like compares text, and column \"room\" is a number",
+        ),
+        (
+            json!({"event": "*", "schema": "public", "table": "messages", "filter": "room=zz.1"}),
+            "unknown operator \"zz\"",
         ),
         (
             json!({"event": "TRUNCATE", "schema": "public", "table": "messages"}),

@@ -6,8 +6,15 @@
 //! - 2.x: `realtime-js-v2.test.mjs`, once for 2.8.4 and once for the newest
 //!   2.x (with the `ws` transport and vsn 2.0.0): postgres_changes with every
 //!   filter operator, typed values, Broadcast and Presence.
+//! - Filters: `realtime-js-filters.test.mjs` (the newest 2.x's filter
+//!   builder and 2.8.4's strings: every operator, negation, quoting and
+//!   `select`, held to PostgreSQL's answer).
 //! - 2.x with secured channels: `realtime-js-secured.test.mjs` (tokens at
 //!   connect and join, a forged token, a token expiring under a channel).
+//! - 2.x told when its bindings are live: `realtime-js-live.test.mjs`, with
+//!   the server's slot held back at start (`system` messages,
+//!   `replication_ready`, `postgres_changes_options.wait`; a write made at
+//!   once always arrives).
 //!
 //! Needs Node (tested with 20) and `npm ci` in tests/js; tests/setup.sh sets up both.
 
@@ -122,7 +129,22 @@ async fn run_node_test_with(
     let server = tokio::task::spawn_blocking(move || ServerProcess::start(env))
         .await
         .unwrap();
+    let node_env = [("JWT_SECRET", jwt_secret.unwrap_or_default())];
+    run_node(file, &server, &pg, &node_env, passes).await;
+    drop(server);
+}
 
+/// Runs `node --test` on `file` in tests/js against `server` and `pg`
+/// (`REALTIME_URL`, `DATABASE_URL`, and `env`), and expects it to pass
+/// exactly `passes` tests.
+async fn run_node(
+    file: &str,
+    server: &ServerProcess,
+    pg: &TempPostgres,
+    env: &[(&str, &str)],
+    passes: usize,
+) {
+    let js = js_dir();
     let child = tokio::process::Command::new("node")
         .arg("--test")
         .arg("--test-reporter=tap")
@@ -133,7 +155,7 @@ async fn run_node_test_with(
             format!("ws://127.0.0.1:{}/socket", server.port),
         )
         .env("DATABASE_URL", pg.url())
-        .env("JWT_SECRET", jwt_secret.unwrap_or_default())
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -182,7 +204,6 @@ async fn run_node_test_with(
         stdout.contains(&format!("# pass {passes}\n")) && stdout.contains("# fail 0"),
         "unexpected node --test summary for {file} (want {passes} passed):\n{stdout}\n{stderr}"
     );
-    drop(server);
 }
 
 #[tokio::test]
@@ -199,13 +220,88 @@ async fn realtime_js_v1_receives_changes_through_its_own_api() {
 #[tokio::test]
 async fn realtime_js_v2_changes_broadcast_and_presence_through_its_own_api() {
     // Per version: changes, typed values, refused bindings, broadcast,
-    // broadcast over HTTP, presence; the newest also broadcasts once more
-    // over vsn 1.0.0.
+    // broadcast over HTTP (JSON, and binary with the newest), the routes
+    // under /realtime/v1, presence; the newest also broadcasts once more
+    // over vsn 1.0.0, broadcasts bytes, and joins with presence disabled.
     run_node_test(
         "realtime-js-v2.test.mjs",
         &schema_v2(),
         &["realtime-js-2-8", "realtime-js-2-latest", "ws"],
-        6 + 7,
+        7 + 10,
+    )
+    .await;
+}
+
+/// The `application_name` of the session that holds the server's slot back.
+const BLOCKER_APP: &str = "realtime_test_blocker";
+
+#[tokio::test]
+async fn realtime_js_v2_is_told_when_its_bindings_are_live_and_misses_no_write_made_then() {
+    let js = js_dir();
+    assert!(
+        js.join("node_modules/realtime-js-2-latest").is_dir(),
+        "run `npm ci` in {} (tests/setup.sh does)",
+        js.display()
+    );
+    let (pg, _db) = TempPostgres::with_schema(
+        "CREATE TABLE live_rows (id bigint PRIMARY KEY, tag text);
+         CREATE PUBLICATION realtime_test FOR ALL TABLES;",
+    )
+    .await
+    .expect("PostgreSQL with the schema");
+    // A transaction with an xid, open: PostgreSQL creates a logical slot
+    // only once every transaction running then has ended, so the server's
+    // stream cannot be live until the Node test ends this session.
+    let (blocker, connection) = tokio_postgres::connect(
+        &format!("{} application_name={BLOCKER_APP}", pg.connection_string()),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("the blocking session");
+    tokio::spawn(connection);
+    blocker
+        .batch_execute("BEGIN; SELECT txid_current();")
+        .await
+        .unwrap();
+
+    let mut env = ServerProcess::env_for(&pg, &["realtime_test"]);
+    env.insert("POSTGRES_CHANGES_WAIT_MAX_MS".into(), "60000".into());
+    let server = tokio::task::spawn_blocking(move || {
+        let mut server = ServerProcess::spawn(env);
+        server
+            .wait_for("/healthz", Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("realtime-server did not listen: {e}"));
+        server
+    })
+    .await
+    .unwrap();
+    let (status, body) = server.get("/readyz").expect("GET /readyz");
+    assert_eq!(status, 503, "the blocker holds the stream back: {body}");
+
+    run_node(
+        "realtime-js-live.test.mjs",
+        &server,
+        &pg,
+        &[("BLOCKER_APP", BLOCKER_APP)],
+        3,
+    )
+    .await;
+    drop(blocker);
+}
+
+#[tokio::test]
+async fn realtime_js_filters_and_select_through_the_clients_own_api() {
+    // 2.119.1: filters from `postgresChangesFilter()` and raw strings held
+    // to PostgreSQL's answer, `select`, a refused filter; 2.8.4: the same
+    // grammar as strings.
+    run_node_test(
+        "realtime-js-filters.test.mjs",
+        "CREATE TABLE tasks (id bigint PRIMARY KEY, title text, status text,
+           priority int, done bool, due timestamptz, secret text);
+         ALTER TABLE tasks REPLICA IDENTITY FULL;
+         CREATE PUBLICATION realtime_test FOR TABLE tasks;",
+        &["realtime-js-2-latest", "realtime-js-2-8", "ws", "pg"],
+        3 + 1,
     )
     .await;
 }

@@ -2,7 +2,10 @@
 //! (realtime-js 2.x) at a steady rate, every change matching exactly one
 //! socket: latency and server CPU with many sockets against a few, in the
 //! same run on the same server. The subscription index should make them
-//! about the same.
+//! about the same. A third run gives the many sockets two conditions each,
+//! `id=eq.N,body=like.*short*`: the hub indexes such a filter by its `eq`
+//! and checks the pattern only on the one binding it finds, so it should
+//! cost about what `id=eq.N` alone does.
 
 use std::time::Duration;
 
@@ -21,6 +24,8 @@ const SCHEMA: &str = "
 
 struct Result {
     sockets: usize,
+    /// The filter of socket 1 (socket N has N).
+    filter: String,
     samples: Vec<u64>,
     rows: u64,
     wall: Duration,
@@ -39,15 +44,19 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
     let server = stack::start_server(stack::server_env(&pg, "bench")).await?;
     let writers = load::writers(&pg, 4).await?;
     let mut results = Vec::new();
-    for (p, n) in [few, many].into_iter().enumerate() {
+    let eq = |i: usize| format!("id=eq.{}", i + 1);
+    let two = |i: usize| format!("id=eq.{},body=like.*short*", i + 1);
+    let runs: [(usize, &dyn Fn(usize) -> String); 3] = [(few, &eq), (many, &eq), (many, &two)];
+    for (n, filter) in runs {
         let t = std::time::Instant::now();
         let ws = client::connect_many(server.port, n, 0, |i| Join::PostgresChanges {
             table: "filt".into(),
-            filter: format!("id=eq.{}", i + 1),
+            filter: filter(i),
         })
         .await?;
         report::note(&format!(
-            "{n} sockets joined with their own id=eq.N binding in {:.2} s",
+            "{n} sockets joined with their own {} binding in {:.2} s",
+            filter(0),
             t.elapsed().as_secs_f64()
         ));
         let phase = Phase::default();
@@ -78,24 +87,29 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
         }
         results.push(Result {
             sockets: n,
+            filter: filter(0),
             samples: Samples::merge(all, 1),
             rows,
             wall,
             cpu,
         });
-        let _ = p;
     }
 
     report::section(&format!(
-        "filters: {rate} changes/s, each to one of N sockets by its own id=eq.N binding"
+        "filters: {rate} changes/s, each to one of N sockets by its own id=eq.N binding \
+         (then id=eq.N,body=like.*short*)"
     ));
     let mut p99 = Vec::new();
     let mut server_cpu = Vec::new();
     for r in &mut results {
-        let name = format!("filters.{}_sockets", r.sockets);
+        let name = match r.filter.contains(',') {
+            false => format!("filters.{}_sockets", r.sockets),
+            true => format!("filters.{}_sockets_two_conditions", r.sockets),
+        };
         report::note(&format!(
-            "{} sockets: {} rows committed, {} frames received",
+            "{} sockets ({}): {} rows committed, {} frames received",
             r.sockets,
+            r.filter,
             r.rows,
             r.samples.len()
         ));
@@ -126,6 +140,20 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
         server_cpu[1],
         server_cpu[0],
         &format!("server CPU with {many} sockets / with {few}"),
+        Some(Target::AtMost(2.0)),
+    );
+    report::ratio(
+        "filters.p99_two_conditions_vs_one",
+        p99[2],
+        p99[1],
+        &format!("p99 with {many} sockets: id=eq.N,body=like.*short* / id=eq.N"),
+        Some(Target::AtMost(2.0)),
+    );
+    report::ratio(
+        "filters.server_cpu_two_conditions_vs_one",
+        server_cpu[2],
+        server_cpu[1],
+        &format!("server CPU with {many} sockets: two conditions / one"),
         Some(Target::AtMost(2.0)),
     );
     Ok(())

@@ -324,21 +324,7 @@ pub async fn server_version_num(c: &Client) -> Result<i32, tokio_postgres::Error
     Ok(v.trim().parse().unwrap_or(0))
 }
 
-/// The first `server_version_num` whose slots can be failover slots.
-pub const FAILOVER_SLOTS_SINCE: i32 = 170000;
-
-/// The statement that creates a durable `pgoutput` slot named `$1` on a
-/// server of `version` (`server_version_num`): from PostgreSQL 17 on with
-/// `failover` true, so that a standby with `sync_replication_slots = on`
-/// keeps a copy and the slot survives a failover to it.
-pub fn create_slot_sql(version: i32) -> &'static str {
-    if version >= FAILOVER_SLOTS_SINCE {
-        // (slot_name, plugin, temporary, twophase, failover)
-        "SELECT pg_create_logical_replication_slot($1, 'pgoutput', false, false, true)"
-    } else {
-        "SELECT pg_create_logical_replication_slot($1, 'pgoutput')"
-    }
-}
+pub use realtime_contract::slots::{create_slot_sql, FAILOVER_SLOTS_SINCE};
 
 /// A durable `pgoutput` slot (a failover slot where the server has them:
 /// [`create_slot_sql`]).
@@ -381,20 +367,6 @@ pub async fn setup_authorization(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn slots_are_failover_slots_from_postgresql_17_on() {
-        assert_eq!(
-            create_slot_sql(150004),
-            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')"
-        );
-        assert_eq!(create_slot_sql(169999), create_slot_sql(100000));
-        assert_eq!(
-            create_slot_sql(170000),
-            "SELECT pg_create_logical_replication_slot($1, 'pgoutput', false, false, true)"
-        );
-        assert_eq!(create_slot_sql(180001), create_slot_sql(170000));
-    }
 
     #[test]
     fn tables_are_quoted_part_by_part() {

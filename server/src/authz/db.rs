@@ -242,20 +242,9 @@ impl Db {
                 db.host, db.port, db.name, db.user
             ))
         };
-        let client = match crate::tls::connector(db.ssl) {
-            None => {
-                let (client, connection) =
-                    pg.connect(tokio_postgres::NoTls).await.map_err(failed)?;
-                tokio::spawn(watch(connection));
-                client
-            }
-            Some(tls) => {
-                pg.ssl_mode(tokio_postgres::config::SslMode::Require);
-                let (client, connection) = pg.connect(tls).await.map_err(failed)?;
-                tokio::spawn(watch(connection));
-                client
-            }
-        };
+        let client = crate::pg::connect(pg, db.ssl, "authorization")
+            .await
+            .map_err(failed)?;
         // The search path, fixed: `$user` would mean another schema once the
         // role is switched, and policies are printed (pg_get_expr) and parsed
         // back under this path.
@@ -336,10 +325,4 @@ pub async fn run_as(
     let rows = rows.map_err(DbError::from_pg)?;
     ended.map_err(DbError::from_pg)?;
     Ok(rows)
-}
-
-async fn watch<F: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(connection: F) {
-    if let Err(e) = connection.await {
-        tracing::warn!(error = %e, "an authorization connection ended");
-    }
 }

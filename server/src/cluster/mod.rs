@@ -70,6 +70,9 @@ impl TopicKey {
 pub trait Deliver: Send + Sync + 'static {
     /// Sends `event` with `payload` (JSON) to every local member of `topic`.
     fn relay(&self, topic: &TopicKey, event: &str, payload: &str);
+    /// Sends a broadcast of the user's `event` whose payload is the bytes
+    /// `data` to every local member of `topic` that can read it.
+    fn relay_binary(&self, topic: &TopicKey, event: &str, data: &[u8]);
 }
 
 /// The cluster's settings (from `CLUSTER_*` and `DB_RECONNECT_BACKOFF_*`).
@@ -134,6 +137,10 @@ pub enum BusError {
     Lagging,
     #[error("the cluster bus failed to send: {0}")]
     Failed(String),
+    /// Not a fault of the bus: the server refused the message before it
+    /// (`MEMORY_BUDGET_MB`), here so a broadcast has one error type.
+    #[error("the server is at its memory budget (MEMORY_BUDGET_MB={mb}): try again later")]
+    OverBudget { mb: u64 },
 }
 
 /// What `/metrics` and `/readyz` show of the bus.
@@ -220,6 +227,10 @@ pub struct Cluster {
     pub status: BusStatus,
 }
 
+/// A broadcast on the bus: `{"t": topic, "p": private, "e": event, "d":
+/// payload}`, or for a binary payload `{"t", "p", "e": "broadcast", "u":
+/// the user's event, "b": the bytes in base64}` (a `NOTIFY` payload is
+/// text).
 #[derive(Deserialize)]
 struct RelayBody<'a> {
     #[serde(borrow)]
@@ -227,8 +238,31 @@ struct RelayBody<'a> {
     p: bool,
     #[serde(borrow)]
     e: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
-    d: &'a serde_json::value::RawValue,
+    #[serde(borrow, default)]
+    d: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    u: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    b: Option<std::borrow::Cow<'a, str>>,
+}
+
+impl RelayBody<'_> {
+    /// Hands the broadcast to the local members.
+    fn deliver(&self, deliver: &dyn Deliver) -> Result<(), String> {
+        use base64::Engine as _;
+        let topic = TopicKey::new(&self.t, self.p);
+        match (&self.d, &self.u, &self.b) {
+            (Some(d), None, None) => deliver.relay(&topic, &self.e, d.get()),
+            (None, Some(event), Some(b64)) => {
+                let data = base64::engine::general_purpose::STANDARD
+                    .decode(b64.as_bytes())
+                    .map_err(|e| format!("the binary payload is not base64: {e}"))?;
+                deliver.relay_binary(&topic, event, &data);
+            }
+            _ => return Err("neither a JSON payload (d) nor a binary one (u, b)".into()),
+        }
+        Ok(())
+    }
 }
 
 #[derive(serde::Serialize, Deserialize)]
@@ -334,17 +368,47 @@ impl Cluster {
         Ok(Sent(rx))
     }
 
+    /// Publishes a broadcast whose payload is the bytes `data` (`event` is
+    /// the user's), as [`Cluster::publish`] does; the size limit applies to
+    /// the bytes (they travel in base64, a third larger).
+    pub fn publish_binary(
+        &self,
+        topic: &TopicKey,
+        event: &str,
+        data: &[u8],
+    ) -> Result<Sent, BusError> {
+        use base64::Engine as _;
+        if data.len() > self.settings.max_message_bytes {
+            self.status.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(BusError::TooLarge {
+                bytes: data.len(),
+                max: self.settings.max_message_bytes,
+            });
+        }
+        let body = format!(
+            "{{\"t\":{},\"p\":{},\"e\":\"broadcast\",\"u\":{},\"b\":\"{}\"}}",
+            serde_json::Value::from(&*topic.topic),
+            topic.private,
+            serde_json::Value::from(event),
+            base64::engine::general_purpose::STANDARD.encode(data)
+        );
+        let (tx, rx) = oneshot::channel();
+        let mut st = self.lock();
+        self.enqueue(&mut st, Kind::Relay, body, Some(tx))?;
+        Ok(Sent(rx))
+    }
+
     /// Runs `join` (which makes a socket a member of `topic`) and reads the
     /// cluster's presence state of `topic` as one step: no diff falls
     /// between the state the member gets and the diffs it receives.
-    pub fn join<R>(&self, topic: &TopicKey, join: impl FnOnce() -> R) -> (R, String) {
-        let st = self.lock();
+    pub fn join<R>(&self, topic: &TopicKey, join: impl FnOnce() -> R) -> (R, Arc<str>) {
+        let mut st = self.lock();
         let r = join();
         (r, st.tracker.state_payload(topic))
     }
 
     /// The cluster's presence state of `topic`.
-    pub fn presence_state(&self, topic: &TopicKey) -> String {
+    pub fn presence_state(&self, topic: &TopicKey) -> Arc<str> {
         self.lock().tracker.state_payload(topic)
     }
 
@@ -447,10 +511,11 @@ impl Cluster {
         match envelope.kind {
             Kind::Relay => {
                 drop(st);
-                match serde_json::from_str::<RelayBody>(&envelope.body) {
-                    Ok(r) => self
-                        .deliver
-                        .relay(&TopicKey::new(&r.t, r.p), &r.e, r.d.get()),
+                match serde_json::from_str::<RelayBody>(&envelope.body)
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.deliver(&*self.deliver))
+                {
+                    Ok(()) => {}
                     Err(e) => {
                         self.status.failed.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(node = %node, error = %e, "cluster bus: unreadable broadcast");

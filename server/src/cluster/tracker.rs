@@ -11,6 +11,7 @@
 //! telling the local members about it happen as one step.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -153,6 +154,11 @@ pub struct Tracker {
     next_ref: u64,
     local: HashMap<TopicKey, HashMap<SocketId, Presence>>,
     peers: HashMap<NodeId, Peer>,
+    /// The `presence_state` payload of each topic that has presences, built
+    /// at the first join after a change and shared by the joins that
+    /// follow (a join storm on a topic of large presences serializes them
+    /// once, not once per join); dropped at the topic's next change.
+    states: HashMap<TopicKey, Arc<str>>,
 }
 
 impl Tracker {
@@ -162,6 +168,7 @@ impl Tracker {
             next_ref: 0,
             local: HashMap::new(),
             peers: HashMap::new(),
+            states: HashMap::new(),
         }
     }
 
@@ -175,6 +182,7 @@ impl Tracker {
         meta: Meta,
     ) -> (Diff, String) {
         self.next_ref += 1;
+        self.states.remove(topic);
         let new = Presence {
             key,
             phx_ref: format!("{}.{}", self.me, self.next_ref),
@@ -211,6 +219,7 @@ impl Tracker {
         if members.is_empty() {
             self.local.remove(topic);
         }
+        self.states.remove(topic);
         let body = DeltaBody {
             t: topic.topic.to_string(),
             p: topic.private,
@@ -227,14 +236,23 @@ impl Tracker {
 
     /// The `presence_state` payload of `topic`: this node's presences and
     /// every other node's.
-    pub fn state_payload(&self, topic: &TopicKey) -> String {
+    pub fn state_payload(&mut self, topic: &TopicKey) -> Arc<str> {
+        if let Some(state) = self.states.get(topic) {
+            return state.clone();
+        }
         let local = self.local.get(topic).into_iter().flat_map(|m| m.values());
         let remote = self
             .peers
             .values()
             .filter_map(|p| p.topics.get(topic))
             .flat_map(|m| m.values());
-        group(local.chain(remote)).to_string()
+        let state: Arc<str> = group(local.chain(remote)).to_string().into();
+        // Only topics with presences are kept: a topic nobody tracks on
+        // costs nothing here, however many are joined.
+        if &*state != "{}" {
+            self.states.insert(topic.clone(), state.clone());
+        }
+        state
     }
 
     /// Whether this node tracks `socket` on `topic`.
@@ -369,6 +387,9 @@ impl Tracker {
         if members.is_empty() {
             peer.topics.remove(&topic);
         }
+        if !diff.is_empty() {
+            self.states.remove(&topic);
+        }
         Ok((!diff.is_empty()).then_some(diff))
     }
 
@@ -430,6 +451,9 @@ impl Tracker {
                 });
             }
         }
+        for d in &diffs {
+            self.states.remove(&d.topic);
+        }
         Ok(diffs)
     }
 
@@ -438,7 +462,8 @@ impl Tracker {
         let Some(peer) = self.peers.remove(&node) else {
             return Vec::new();
         };
-        peer.topics
+        let diffs: Vec<Diff> = peer
+            .topics
             .into_iter()
             .filter(|(_, m)| !m.is_empty())
             .map(|(topic, members)| Diff {
@@ -446,7 +471,11 @@ impl Tracker {
                 joins: Vec::new(),
                 leaves: members.into_values().collect(),
             })
-            .collect()
+            .collect();
+        for d in &diffs {
+            self.states.remove(&d.topic);
+        }
+        diffs
     }
 
     /// Peers not heard from for longer than `timeout`.
@@ -567,8 +596,43 @@ mod tests {
             Meta::new(),
         );
         assert_eq!(t.count(&TopicKey::new("room", false)), 0);
-        assert_eq!(t.state_payload(&TopicKey::new("room", false)), "{}");
+        assert_eq!(&*t.state_payload(&TopicKey::new("room", false)), "{}");
         assert_eq!(t.count(&TopicKey::new("room", true)), 1);
+    }
+
+    #[test]
+    fn the_state_is_built_once_until_the_topic_changes_by_any_path() {
+        let (a, b) = (NodeId(1), NodeId(2));
+        let mut ta = Tracker::new(a);
+        let mut tb = Tracker::new(b);
+        let now = Instant::now();
+        ta.track(&topic(), 1, "alice".into(), meta("alice"));
+        let first = ta.state_payload(&topic());
+        assert!(
+            Arc::ptr_eq(&first, &ta.state_payload(&topic())),
+            "joins share one payload"
+        );
+        let has = |t: &mut Tracker, key: &str| t.state_payload(&topic()).contains(key);
+        // A peer's full state, its delta and its departure each drop it.
+        tb.track(&topic(), 10, "bob".into(), meta("bob"));
+        ta.seen(b, 1, now);
+        ta.apply_state(b, &tb.local_state_body()).unwrap();
+        assert!(has(&mut ta, "bob"));
+        let (_, delta) = tb.track(&topic(), 11, "carol".into(), meta("carol"));
+        ta.seen(b, 2, now);
+        ta.apply_delta(b, &delta).unwrap();
+        assert!(has(&mut ta, "carol"));
+        ta.remove_peer(b);
+        assert!(!has(&mut ta, "bob") && has(&mut ta, "alice"));
+        // A local untrack and a retrack too.
+        ta.track(&topic(), 1, "alice".into(), meta("alice2"));
+        assert!(has(&mut ta, "alice2"));
+        ta.untrack(&topic(), 1);
+        assert_eq!(&*ta.state_payload(&topic()), "{}");
+        assert!(
+            ta.states.is_empty(),
+            "a topic without presences keeps nothing"
+        );
     }
 
     #[test]

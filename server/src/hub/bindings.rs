@@ -1,9 +1,13 @@
 //! The `postgres_changes` (realtime-js 2.x) subscription index.
 //!
-//! Bindings are indexed by schema, then table; within a table, `eq` and `in`
-//! filters by column and canonical value, so a change costs one lookup per
-//! filtered column however many sockets filter on other values. Only the
-//! range and `neq` filters of the change's own table are scanned.
+//! Bindings are indexed by schema, then table; within a table, a filter
+//! with a plain `eq` or `in` condition by that condition's column and
+//! canonical values, so a change costs one lookup per indexed column however
+//! many sockets filter on other values (a binding found there is checked
+//! against its other conditions). Only filters without such a condition
+//! (ranges, `neq`, patterns, `is`, negations) of the change's own table are
+//! scanned. Filters look at the whole row (before `MAX_RECORD_BYTES` cut
+//! it): the new row, or the old row for DELETE.
 //!
 //! When channels are secured, a binding whose group's policies reduce to
 //! `column = value` (the owner pattern) is indexed by that column and value
@@ -20,8 +24,9 @@ use indexmap::IndexSet;
 use super::{SocketId, Subscriber};
 use crate::authz::plan::Access;
 use crate::change::{Cell, Change, ChangeKind};
-use crate::filter::{Comparison, Filter, Value};
+use crate::filter::{Comparison, Field, Filter, Value};
 use crate::phoenix::frame::Vsn;
+use crate::select::Selection;
 
 /// A binding that acts as someone: its key, socket, topic, table (`None`:
 /// the whole schema) and subscriber.
@@ -40,6 +45,8 @@ pub struct Binding {
     /// `None`: every event (`*`).
     pub event: Option<ChangeKind>,
     pub filter: Option<Filter>,
+    /// The columns its subscriber receives (`select`); `None`: all.
+    pub select: Option<Arc<Selection>>,
     /// Who the binding acts as, when channels are secured.
     pub subscriber: Option<Subscriber>,
 }
@@ -73,7 +80,7 @@ type Key = u64;
 /// to the channel's own bindings and values, whatever else is subscribed.
 type Keys = IndexSet<Key>;
 
-/// The `eq`/`in` bindings on one column of a table.
+/// The bindings indexed by an `eq`/`in` condition on one column of a table.
 #[derive(Debug)]
 struct EqColumn {
     /// How the column's values compare (the same for every binding on it:
@@ -121,8 +128,8 @@ pub(super) struct BindingIndex {
 }
 
 impl BindingIndex {
-    /// Adds a binding: time in proportion to its filter's values (at most
-    /// [`crate::filter::MAX_IN_VALUES`], each once).
+    /// Adds a binding: time in proportion to its indexed condition's values
+    /// (at most `MAX_FILTER_VALUES`, each once).
     pub(super) fn add(&mut self, b: Binding) {
         self.next += 1;
         let k = self.next;
@@ -152,20 +159,23 @@ impl BindingIndex {
                         .or_default()
                         .insert(k);
                 } else {
-                    match b.filter.as_ref().map(|f| (f, f.eq_keys())) {
+                    match b.filter.as_ref().map(|f| f.index_keys()) {
                         None => {
                             node.unfiltered.insert(k);
                         }
-                        Some((f, Some(keys))) => {
-                            let col = node.eq.entry(f.column.clone()).or_insert_with(|| EqColumn {
-                                kind: f.kind,
-                                values: HashMap::new(),
-                            });
-                            for key in keys {
+                        Some(Some(index)) => {
+                            let col =
+                                node.eq.entry(index.column.to_string()).or_insert_with(|| {
+                                    EqColumn {
+                                        kind: index.kind,
+                                        values: HashMap::new(),
+                                    }
+                                });
+                            for key in index.keys {
                                 col.values.entry(key).or_default().insert(k);
                             }
                         }
-                        Some((_, None)) => {
+                        Some(None) => {
                             node.scanned.insert(k);
                         }
                     }
@@ -213,13 +223,13 @@ impl BindingIndex {
                             }
                         }
                     } else {
-                        match b.filter.as_ref().map(|f| (f, f.eq_keys())) {
+                        match b.filter.as_ref().map(|f| f.index_keys()) {
                             None => {
                                 node.unfiltered.swap_remove(&k);
                             }
-                            Some((f, Some(keys))) => {
-                                if let Some(col) = node.eq.get_mut(&f.column) {
-                                    for key in keys {
+                            Some(Some(index)) => {
+                                if let Some(col) = node.eq.get_mut(index.column) {
+                                    for key in index.keys {
                                         if let Some(v) = col.values.get_mut(&key) {
                                             v.swap_remove(&k);
                                             if v.is_empty() {
@@ -228,11 +238,11 @@ impl BindingIndex {
                                         }
                                     }
                                     if col.values.is_empty() {
-                                        node.eq.remove(&f.column);
+                                        node.eq.remove(index.column);
                                     }
                                 }
                             }
-                            Some((_, None)) => {
+                            Some(None) => {
                                 node.scanned.swap_remove(&k);
                             }
                         }
@@ -257,61 +267,62 @@ impl BindingIndex {
         let Some(schema) = self.schemas.get(&change.table.schema) else {
             return;
         };
-        let mut visit = |k: &'a Key| {
+        let row = |column: &str| field(change, column);
+        // Visits binding `k` when its event is the change's and `passes`
+        // says its filter (if any) lets the row through.
+        let mut visit = |k: &'a Key, passes: &dyn Fn(&Filter) -> bool| {
             if let Some(b) = self.bindings.get(k) {
-                if b.event.is_none_or(|e| e == change.kind) {
+                if b.event.is_none_or(|e| e == change.kind) && b.filter.as_ref().is_none_or(passes)
+                {
                     f(b);
                 }
             }
         };
-        schema.all_tables.iter().for_each(&mut visit);
+        let unfiltered = |_: &Filter| true;
+        let whole = |f: &Filter| f.matches(row);
+        // Found by its indexed condition: the others are checked.
+        let rest = |f: &Filter| f.conditions.len() == 1 || f.matches_unindexed(row);
+        for k in &schema.all_tables {
+            visit(k, &unfiltered);
+        }
         let Some(node) = schema.tables.get(&change.table.name) else {
             return;
         };
-        node.unfiltered.iter().for_each(&mut visit);
+        for k in &node.unfiltered {
+            visit(k, &unfiltered);
+        }
         for (column, col) in &node.eq {
-            let Some(text) = row_text(change, column) else {
+            let Field::Text(text) = field(change, column) else {
                 continue;
             };
             if let Some(v) = Value::parse(col.kind, &text) {
                 if let Some(keys) = col.values.get(&v.key()) {
-                    keys.iter().for_each(&mut visit);
+                    for k in keys {
+                        visit(k, &rest);
+                    }
                 }
             }
         }
         for k in &node.scanned {
-            if let Some(b) = self.bindings.get(k) {
-                let filter = b.filter.as_ref().expect("scanned bindings have a filter");
-                let text = row_text(change, &filter.column);
-                if filter.matches(text.as_deref()) {
-                    visit(k);
-                }
-            }
+            visit(k, &whole);
         }
         // Owner-indexed: one lookup by the deciding row's value; their own
         // filter is checked here. A row that does not hold the column (a
         // key-only old row of a DELETE) cannot be looked up: all of them are
         // visited, and the policies' rule for such deletes applies.
         for (column, values) in &node.owned {
-            let mut visit_filtered = |k: &'a Key| {
-                if let Some(b) = self.bindings.get(k) {
-                    let passes = b
-                        .filter
-                        .as_ref()
-                        .is_none_or(|f| f.matches(row_text(change, &f.column).as_deref()));
-                    if passes {
-                        visit(k);
-                    }
-                }
-            };
             match deciding_text(change, column) {
                 Some(text) => {
                     if let Some(keys) = values.get(text.as_str()) {
-                        keys.iter().for_each(&mut visit_filtered);
+                        for k in keys {
+                            visit(k, &whole);
+                        }
                     }
                 }
                 None if change.kind == ChangeKind::Delete => {
-                    values.values().flatten().for_each(&mut visit_filtered);
+                    for k in values.values().flatten() {
+                        visit(k, &whole);
+                    }
                 }
                 None => {}
             }
@@ -365,15 +376,141 @@ fn deciding_text(change: &Change, column: &str) -> Option<String> {
     }
 }
 
-/// A filter looks at the new row, or the old row for DELETE.
-fn row_text(change: &Change, column: &str) -> Option<String> {
-    let idx = change.table.column_index(column)?;
-    let row = match change.kind {
-        ChangeKind::Delete => change.old_record.as_ref()?,
-        _ => change.record.as_ref()?,
-    };
-    match row.get(idx)? {
-        Cell::Text(b) => Some(String::from_utf8_lossy(b).into_owned()),
-        _ => None,
+/// The value of `column` that a filter looks at: in the new row, or the
+/// old row for DELETE, whole (before `MAX_RECORD_BYTES` cut it down, as
+/// PostgreSQL would see it). A column the row image does not carry (a
+/// key-only old row, an unchanged TOASTed value) is unknown.
+fn field<'c>(change: &'c Change, column: &str) -> Field<'c> {
+    let cell = change
+        .table
+        .column_index(column)
+        .and_then(|idx| crate::authz::image::primary(change)?.get(idx));
+    match cell {
+        Some(Cell::Text(b)) => Field::Text(String::from_utf8_lossy(b)),
+        Some(Cell::Null) => Field::Null,
+        _ => Field::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::change::{ColumnInfo, TableInfo};
+    use crate::replication::catalog::TypeKind;
+    use crate::replication::pgoutput::ReplicaIdentity;
+
+    fn table() -> Arc<TableInfo> {
+        let col = |name: &str, type_name: &str, kind: TypeKind, is_key: bool| ColumnInfo {
+            name: name.into(),
+            type_name: type_name.into(),
+            kind,
+            type_oid: 0,
+            type_modifier: -1,
+            is_key,
+        };
+        Arc::new(TableInfo::new(
+            1,
+            "public".into(),
+            "items".into(),
+            ReplicaIdentity::Full,
+            vec![
+                col("id", "int8", TypeKind::Integer, true),
+                col("room", "int4", TypeKind::Integer, false),
+                col("body", "text", TypeKind::Text, false),
+            ],
+        ))
+    }
+
+    fn cell(v: Option<&str>) -> Cell {
+        match v {
+            Some(t) => Cell::Text(bytes::Bytes::copy_from_slice(t.as_bytes())),
+            None => Cell::Null,
+        }
+    }
+
+    fn insert(room: Option<&str>, body: Option<&str>) -> Change {
+        Change {
+            kind: ChangeKind::Insert,
+            table: table(),
+            commit_timestamp: "2024-01-01T00:00:00.000000Z".into(),
+            record: Some(vec![cell(Some("1")), cell(room), cell(body)]),
+            old_record: None,
+            errors: Vec::new(),
+            unlimited: None,
+        }
+    }
+
+    fn binding(socket: SocketId, filter: &str) -> Binding {
+        let columns = |c: &str| match c {
+            "id" | "room" => Some(Comparison::Number),
+            "body" => Some(Comparison::Text),
+            _ => None,
+        };
+        Binding {
+            socket,
+            topic: "realtime:t".into(),
+            vsn: Vsn::V2,
+            id: 1,
+            schema: "public".into(),
+            table: Some("items".into()),
+            event: None,
+            filter: Some(Filter::parse(filter, columns).unwrap()),
+            select: None,
+            subscriber: None,
+        }
+    }
+
+    fn reached(index: &BindingIndex, change: &Change) -> Vec<SocketId> {
+        let mut sockets = Vec::new();
+        index.matching(change, |b| sockets.push(b.socket));
+        sockets.sort_unstable();
+        sockets
+    }
+
+    /// A filter of several conditions is indexed by its plain eq/in (a
+    /// change costs one lookup for it), and the bindings found there are
+    /// checked against their other conditions; filters without one are
+    /// scanned.
+    #[test]
+    fn several_conditions_are_indexed_by_one_eq_or_in_and_the_rest_checked() {
+        let mut index = BindingIndex::default();
+        index.add(binding(1, "body=like.a%,room=eq.1"));
+        index.add(binding(2, "room=in.(1,2),body=not.is.null"));
+        index.add(binding(3, "room=gt.0,body=like.a%"));
+        index.add(binding(4, "room=not.eq.1"));
+        let node = &index.schemas["public"].tables["items"];
+        let mut keys: Vec<&String> = node.eq["room"].values.keys().collect();
+        keys.sort();
+        assert_eq!(keys, ["1", "2"]);
+        assert_eq!(node.eq["room"].values["1"].len(), 2);
+        assert_eq!(node.scanned.len(), 2, "the filters without a plain eq/in");
+
+        assert_eq!(reached(&index, &insert(Some("1"), Some("abc"))), [1, 2, 3]);
+        assert_eq!(reached(&index, &insert(Some("1"), Some("xbc"))), [2]);
+        assert_eq!(reached(&index, &insert(Some("2"), None)), [4]);
+        assert_eq!(
+            reached(&index, &insert(None, Some("a"))),
+            Vec::<SocketId>::new()
+        );
+
+        index.remove_channel(1, &"realtime:t".into());
+        index.remove_channel(2, &"realtime:t".into());
+        index.remove_channel(3, &"realtime:t".into());
+        index.remove_channel(4, &"realtime:t".into());
+        assert!(index.schemas.is_empty(), "{:?}", index.schemas);
+    }
+
+    /// A value `MAX_RECORD_BYTES` left out of the record is still there
+    /// for the filter, as it is for PostgreSQL.
+    #[test]
+    fn filters_see_the_whole_row() {
+        let mut index = BindingIndex::default();
+        index.add(binding(1, "body=like.%end"));
+        let mut change = insert(Some("1"), Some("a long body's end"));
+        change.unlimited = Some(Arc::new((change.record.clone(), None)));
+        change.record.as_mut().unwrap()[2] = Cell::Absent;
+        assert_eq!(reached(&index, &change), [1]);
+        change.unlimited = None;
+        assert_eq!(reached(&index, &change), Vec::<SocketId>::new());
     }
 }

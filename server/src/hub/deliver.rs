@@ -4,9 +4,9 @@
 //! Owns the verdict of each group of subscribers for one change (once per
 //! group, see `authz::decide`), the subscribers whose group needs a check
 //! inside PostgreSQL (handed to the table's lane, see `authz::lanes`), and
-//! encoding: each payload once per variant (with or without the old values)
-//! and each frame once per topic, serializer and ids, its bytes shared by
-//! every socket that receives it.
+//! encoding: each payload once per variant (with or without the old values,
+//! and per `select` column list) and each frame once per topic, serializer
+//! and ids, its bytes shared by every socket that receives it.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -22,10 +22,15 @@ use crate::authz::lanes::GroupCheck;
 use crate::authz::plan::PolicyPlan;
 use crate::change::{Cell, Change};
 use crate::phoenix::frame::{self, Frame, Vsn};
+use crate::select::Selection;
 
 /// A 2.x channel's delivery: its serializer, the binding ids, whether with
 /// old values.
 type ChannelDelivery = (Vsn, Vec<u32>, bool);
+
+/// The frames of one 2.x channel: its socket, topic and the columns its
+/// bindings selected (`None`: all).
+type ChannelKey = (SocketId, Arc<str>, Option<Arc<Selection>>);
 
 /// One group waiting for its check: (whether its old images are checked,
 /// whether some of its subscribers get old images unchecked, who receives
@@ -37,8 +42,10 @@ pub(super) type GroupTargets = (bool, bool, Vec<Target>);
 pub(super) struct Deliveries {
     /// 1.x topics: (topic, socket, serializer, old values).
     legacy: Vec<(Arc<str>, SocketId, Vsn, bool)>,
-    /// 2.x channels: (socket, topic) -> (serializer, binding ids, old values).
-    channels: HashMap<(SocketId, Arc<str>), ChannelDelivery>,
+    /// 2.x channels: (socket, topic, selected columns) -> (serializer,
+    /// binding ids, old values). Bindings of one channel that select other
+    /// columns get their own frames, each with its ids, as from Supabase.
+    channels: HashMap<ChannelKey, ChannelDelivery>,
 }
 
 /// One subscriber waiting for its group's check.
@@ -54,6 +61,7 @@ pub(super) enum Target {
         topic: Arc<str>,
         vsn: Vsn,
         id: u32,
+        select: Option<Arc<Selection>>,
     },
 }
 
@@ -66,10 +74,11 @@ impl Deliveries {
                 topic,
                 vsn,
                 id,
+                select,
             } => {
                 let entry = self
                     .channels
-                    .entry((socket, topic))
+                    .entry((socket, topic, select))
                     .or_insert_with(|| (vsn, Vec::new(), old));
                 entry.1.push(id);
                 entry.2 &= old;
@@ -120,17 +129,32 @@ impl Deliveries {
         }
         if !self.channels.is_empty() {
             let mut data: [Option<String>; 2] = [None, None];
-            type FrameCache<'a> = HashMap<(&'a Arc<str>, Vsn, Vec<u32>, bool), Frame>;
+            let mut selected: HashMap<(bool, &Arc<Selection>), String> = HashMap::new();
+            type FrameCache<'a> = HashMap<
+                (
+                    &'a Arc<str>,
+                    Vsn,
+                    Vec<u32>,
+                    bool,
+                    Option<&'a Arc<Selection>>,
+                ),
+                Frame,
+            >;
             let mut frames: FrameCache = HashMap::new();
-            for ((socket, topic), (vsn, ids, old)) in &self.channels {
+            for ((socket, topic, select), (vsn, ids, old)) in &self.channels {
                 let mut ids = ids.clone();
                 ids.sort_unstable();
                 ids.dedup();
-                let data = data[*old as usize]
-                    .get_or_insert_with(|| crate::typed::postgres_changes_data(variant(*old)));
+                let data = match select {
+                    None => data[*old as usize]
+                        .get_or_insert_with(|| crate::typed::postgres_changes_data(variant(*old))),
+                    Some(s) => selected.entry((*old, s)).or_insert_with(|| {
+                        crate::typed::postgres_changes_data_selected(variant(*old), s)
+                    }),
+                };
                 let frame = frames
-                    .entry((topic, *vsn, ids, *old))
-                    .or_insert_with_key(|(topic, vsn, ids, _)| {
+                    .entry((topic, *vsn, ids, *old, select.as_ref()))
+                    .or_insert_with_key(|(topic, vsn, ids, _, _)| {
                         let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
                         let payload = format!("{{\"ids\":[{}],\"data\":{}}}", ids.join(","), data);
                         frame::encode(*vsn, None, None, topic, "postgres_changes", &payload)

@@ -23,6 +23,7 @@ use crate::authz::authorizer::{Authorizer, ChannelRights, Group, GroupAccess};
 use crate::authz::lanes::Item;
 use crate::change::Change;
 use crate::cluster::{BusError, Cluster, ClusterSettings, Sent, TopicKey};
+use crate::limits::MemoryBudget;
 use crate::metrics::METRICS;
 use crate::phoenix::close;
 use crate::phoenix::frame::{self, Frame, Vsn};
@@ -38,7 +39,7 @@ use deliver::{Deliveries, Pending, Target, Verdicts};
 use legacy::LegacyIndex;
 pub use legacy::LegacyTopic;
 use members::{Member, Members};
-pub use queue::{QueueRx, QueueTx, QUEUED_BYTES};
+pub use queue::{queued_bytes, QueueRx, QueueTx};
 
 pub type SocketId = u64;
 
@@ -71,6 +72,9 @@ pub enum Outbound {
     /// A text frame, possibly shared by many sockets (reference-counted:
     /// each socket's WebSocket writes the same bytes, none copies them).
     Frame(Frame),
+    /// A binary frame (a broadcast with a binary payload, for vsn 2.0.0),
+    /// shared the same way.
+    Binary(bytes::Bytes),
     /// Close the socket with this code (one of `phoenix::close`) and reason.
     Close(u16, String),
 }
@@ -129,6 +133,9 @@ pub struct Hub {
     /// Members of 2.x channels, by topic (the cluster delivers to them too).
     members: Arc<Members>,
     cluster: Arc<Cluster>,
+    /// `MEMORY_BUDGET_MB`: past it, broadcasts from this server's clients
+    /// are refused (what is already accepted is still delivered).
+    memory_budget: Option<MemoryBudget>,
 }
 
 impl Hub {
@@ -142,6 +149,12 @@ impl Hub {
     /// as this server sees it (`MAX_PRESENCE_MEMBERS`).
     pub fn with_max_presence_members(mut self, max: usize) -> Self {
         self.max_presence_members = max;
+        self
+    }
+
+    /// Refuses broadcasts past `budget` (`MEMORY_BUDGET_MB`).
+    pub fn with_memory_budget(mut self, budget: MemoryBudget) -> Self {
+        self.memory_budget = Some(budget);
         self
     }
 
@@ -166,6 +179,7 @@ impl Hub {
             max_presence_members: crate::config::DEFAULT_MAX_PRESENCE_MEMBERS,
             queue_bytes: crate::config::DEFAULT_SOCKET_QUEUE_BYTES,
             cluster: Cluster::new(settings, members.clone()),
+            memory_budget: None,
             members,
         }
     }
@@ -298,6 +312,7 @@ impl Hub {
                     topic: b.topic.clone(),
                     vsn: b.vsn,
                     id: b.id,
+                    select: b.select.clone(),
                 };
                 verdicts.route(b.subscriber.as_ref(), target, &mut now, &mut pending);
             });
@@ -415,6 +430,17 @@ impl Hub {
         }
     }
 
+    /// [`Hub::add_bindings`], then `then` before the index is unlocked: no
+    /// change reaches the bindings before what `then` queues, and it is
+    /// queued only once they are subscribed. `then` must not call the hub.
+    pub fn add_bindings_then<R>(&self, bindings: Vec<Binding>, then: impl FnOnce() -> R) -> R {
+        let mut index = self.write();
+        for b in bindings {
+            index.bindings.add(b);
+        }
+        then()
+    }
+
     /// Makes `socket` a member of the 2.x channel `topic`, for broadcast and
     /// presence; returns the cluster's `presence_state` payload of it, read
     /// in one step with the joining (no diff falls between them).
@@ -424,7 +450,7 @@ impl Hub {
         topic: &TopicKey,
         vsn: Vsn,
         self_broadcast: bool,
-    ) -> String {
+    ) -> Arc<str> {
         self.join_channel_reading(socket, topic, vsn, self_broadcast, ChannelRights::ALL)
     }
 
@@ -437,7 +463,7 @@ impl Hub {
         vsn: Vsn,
         self_broadcast: bool,
         reads: ChannelRights,
-    ) -> String {
+    ) -> Arc<str> {
         let Some((tx, cancel)) = self
             .read()
             .sockets
@@ -481,9 +507,39 @@ impl Hub {
         from: Option<SocketId>,
         payload: &str,
     ) -> Result<Sent, BusError> {
+        self.within_budget()?;
         let sent = self.cluster.publish(topic, "broadcast", payload);
         if !matches!(sent, Err(BusError::TooLarge { .. })) {
             self.members.relay(topic, from, "broadcast", payload);
+        }
+        sent
+    }
+
+    /// `Err` past `MEMORY_BUDGET_MB`: a broadcast is new work, refused.
+    fn within_budget(&self) -> Result<(), BusError> {
+        match self.memory_budget.filter(MemoryBudget::exceeded) {
+            Some(budget) => {
+                METRICS.limit_reached(crate::config::var::MEMORY_BUDGET_MB);
+                Err(BusError::OverBudget { mb: budget.mb })
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// [`Hub::broadcast`] of a broadcast whose payload is the bytes `data`
+    /// (`event` is the user's): members on vsn 2.0.0 get it as a binary
+    /// frame, those on vsn 1.0.0 cannot read one and do not.
+    pub fn broadcast_binary(
+        &self,
+        topic: &TopicKey,
+        from: Option<SocketId>,
+        event: &str,
+        data: &[u8],
+    ) -> Result<Sent, BusError> {
+        self.within_budget()?;
+        let sent = self.cluster.publish_binary(topic, event, data);
+        if !matches!(sent, Err(BusError::TooLarge { .. })) {
+            self.members.relay_binary(topic, from, event, data);
         }
         sent
     }

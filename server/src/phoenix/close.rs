@@ -50,9 +50,34 @@ pub fn truncate_reason(reason: &str) -> String {
     reason[..end].to_string()
 }
 
+/// The longest part of a client's input an error reply echoes.
+pub const MAX_ECHO_BYTES: usize = 100;
+
+/// `input` quoted as a Rust string literal, cut to [`MAX_ECHO_BYTES`] on a
+/// character boundary with `…` and its length when longer: an error reply
+/// names what was wrong without sending a megabyte back.
+pub fn quoted(input: &str) -> String {
+    if input.len() <= MAX_ECHO_BYTES {
+        return format!("{input:?}");
+    }
+    let mut end = MAX_ECHO_BYTES;
+    while !input.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}… ({} bytes)", &input[..end], input.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_echoed_input_is_quoted_and_cut() {
+        assert_eq!(quoted("ev"), "\"ev\"");
+        let long = "x".repeat(5000);
+        let q = quoted(&long);
+        assert_eq!(q, format!("{:?}… (5000 bytes)", "x".repeat(100)));
+    }
 
     #[test]
     fn a_reason_is_cut_to_a_control_frame_on_a_character_boundary() {

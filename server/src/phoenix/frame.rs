@@ -2,8 +2,11 @@
 //!
 //! Owns the wire form of one message: `vsn=1.0.0` sends a JSON object
 //! `{"topic","event","payload","ref"}`, `vsn=2.0.0` a JSON array
-//! `[join_ref, ref, topic, event, payload]`. Refs are echoed exactly as the
-//! client sent them (phoenix.js sends strings). Knows nothing of channels.
+//! `[join_ref, ref, topic, event, payload]`, and realtime-js 2.1xx's binary
+//! frames on `vsn=2.0.0`: the user broadcast push it sends (kind 3, with a
+//! JSON or a binary payload) and the user broadcast it reads (kind 4, for a
+//! binary payload). Refs are echoed exactly as the client sent them
+//! (phoenix.js sends strings). Knows nothing of channels.
 
 use serde_json::value::RawValue;
 
@@ -47,6 +50,12 @@ pub struct Inbound {
     /// parses what it reads into its type (`payloads`); a broadcast is
     /// relayed as is. `null` when the frame has none.
     pub payload: Box<RawValue>,
+    /// A binary frame's user broadcast whose payload is bytes (encoding 0):
+    /// `payload` then names its event and carries no payload.
+    pub binary: Option<BinaryPayload>,
+    /// A binary frame's metadata, a JSON object (realtime-js sends
+    /// `{"persist": ...}` there); `None` for a text frame.
+    pub meta: Option<Box<RawValue>>,
 }
 
 /// Why a text frame is not a Phoenix message.
@@ -130,6 +139,8 @@ impl Inbound {
             topic,
             event,
             payload: payload.unwrap_or_else(null),
+            binary: None,
+            meta: None,
         })
     }
 }
@@ -138,16 +149,36 @@ fn raw(r: Option<&RawValue>) -> &str {
     r.map(RawValue::get).unwrap_or("null")
 }
 
-/// The binary frame kind of realtime-js 2.x's "user broadcast push": the
-/// newest clients send `broadcast` pushes on vsn 2.0.0 this way.
+/// The binary frame kinds of realtime-js 2.x's serializer (vsn 2.0.0):
+/// the newest clients send `broadcast` pushes as kind 3, and read kind 4
+/// (a user broadcast) for a broadcast whose payload is binary.
 const USER_BROADCAST_PUSH: u8 = 3;
+const USER_BROADCAST: u8 = 4;
+/// The payload encodings of kinds 3 and 4.
+const BINARY_ENCODING: u8 = 0;
 const JSON_ENCODING: u8 = 1;
+
+/// The most bytes a binary frame gives a name (topic, event, refs,
+/// metadata): its length is one byte.
+pub const MAX_BINARY_FIELD_BYTES: usize = u8::MAX as usize;
+
+/// A user broadcast whose payload is bytes, not JSON: relayed as sent, as a
+/// kind 4 frame to binary-capable (vsn 2.0.0) members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BinaryPayload {
+    /// The user's event name (at most [`MAX_BINARY_FIELD_BYTES`]).
+    pub event: String,
+    pub data: bytes::Bytes,
+}
 
 impl Inbound {
     /// Decodes a binary frame (vsn 2.0.0 only): a user broadcast push, laid
     /// out as kind, the byte lengths of join_ref, ref, topic, event and
-    /// metadata, the payload encoding, those fields, then the payload. It
-    /// becomes the `broadcast` message the JSON form would have been.
+    /// metadata, the payload encoding (0 binary, 1 JSON), those fields, then
+    /// the payload. It becomes the `broadcast` message the JSON form would
+    /// have been; a binary payload is kept in [`Inbound::binary`], the
+    /// metadata (a JSON object, e.g. `{"persist":true}`) in
+    /// [`Inbound::meta`].
     pub fn decode_binary(vsn: Vsn, bytes: &[u8]) -> Result<Inbound, FrameError> {
         let bad = |why: &str| FrameError(format!("binary frame: {why}"));
         if vsn != Vsn::V2 {
@@ -176,16 +207,17 @@ impl Inbound {
         let msg_ref = field(header[2], "ref")?;
         let topic = field(header[3], "topic")?;
         let event = field(header[4], "event")?;
-        let _metadata = field(header[5], "metadata")?;
-        if header[6] != JSON_ENCODING {
-            return Err(bad("only JSON payloads are supported (encoding 1)"));
-        }
-        let user_payload = std::str::from_utf8(rest)
-            .map_err(|_| bad("the payload is not UTF-8"))
-            .and_then(|text| {
-                serde_json::from_str::<&RawValue>(text)
-                    .map_err(|e| bad(&format!("the payload is not JSON: {e}")))
-            })?;
+        let metadata = field(header[5], "metadata")?;
+        let meta = if metadata.is_empty() {
+            None
+        } else {
+            let value: &RawValue = serde_json::from_str(&metadata)
+                .map_err(|e| bad(&format!("the metadata is not JSON: {e}")))?;
+            if !value.get().trim_start().starts_with('{') {
+                return Err(bad("the metadata is not a JSON object"));
+            }
+            Some(value.to_owned())
+        };
         let raw = |s: String| -> Option<Box<RawValue>> {
             (!s.is_empty()).then(|| {
                 RawValue::from_string(serde_json::to_string(&s).expect("a string serializes"))
@@ -195,26 +227,78 @@ impl Inbound {
         if topic.is_empty() {
             return Err(bad("no topic"));
         }
+        let (payload, binary) = match header[6] {
+            JSON_ENCODING => {
+                let user_payload = std::str::from_utf8(rest)
+                    .map_err(|_| bad("the payload is not UTF-8"))
+                    .and_then(|text| {
+                        serde_json::from_str::<&RawValue>(text)
+                            .map_err(|e| bad(&format!("the payload is not JSON: {e}")))
+                    })?;
+                (broadcast_payload(&event, Some(user_payload)), None)
+            }
+            BINARY_ENCODING => (
+                broadcast_payload(&event, None),
+                Some(BinaryPayload {
+                    event,
+                    data: bytes::Bytes::copy_from_slice(rest),
+                }),
+            ),
+            other => {
+                return Err(bad(&format!(
+                    "payload encoding {other} is not supported (0 binary, 1 JSON)"
+                )))
+            }
+        };
         Ok(Inbound {
             join_ref: raw(join_ref),
             msg_ref: raw(msg_ref),
             topic,
             event: "broadcast".into(),
-            payload: broadcast_payload(&event, user_payload),
+            payload,
+            binary,
+            meta,
         })
     }
 }
 
 /// `{"type":"broadcast","event":E,"payload":P}`, the payload of the JSON
-/// form of a user broadcast push, with P as sent.
-fn broadcast_payload(event: &str, payload: &RawValue) -> Box<RawValue> {
-    let mut out = String::with_capacity(payload.get().len() + event.len() + 48);
+/// form of a user broadcast push, with P as sent; without P for a binary
+/// payload (which travels beside it).
+fn broadcast_payload(event: &str, payload: Option<&RawValue>) -> Box<RawValue> {
+    let len = payload.map_or(0, |p| p.get().len());
+    let mut out = String::with_capacity(len + event.len() + 48);
     out.push_str("{\"type\":\"broadcast\",\"event\":");
     push_json_str(&mut out, event);
-    out.push_str(",\"payload\":");
-    out.push_str(payload.get());
+    if let Some(payload) = payload {
+        out.push_str(",\"payload\":");
+        out.push_str(payload.get());
+    }
     out.push('}');
     RawValue::from_string(out).expect("a map of JSON values is JSON")
+}
+
+/// The kind 4 frame (a user broadcast) realtime-js 2.x reads for a
+/// broadcast with a binary payload: kind, the byte lengths of topic, event
+/// and metadata (none), the payload encoding (0, binary), those fields,
+/// then the bytes as the sender sent them. `None` when the topic or the
+/// event is over [`MAX_BINARY_FIELD_BYTES`], which the frame cannot carry.
+pub fn encode_user_broadcast(topic: &str, event: &str, data: &[u8]) -> Option<bytes::Bytes> {
+    if topic.len() > MAX_BINARY_FIELD_BYTES || event.len() > MAX_BINARY_FIELD_BYTES {
+        return None;
+    }
+    let mut out = Vec::with_capacity(5 + topic.len() + event.len() + data.len());
+    out.extend_from_slice(&[
+        USER_BROADCAST,
+        topic.len() as u8,
+        event.len() as u8,
+        0,
+        BINARY_ENCODING,
+    ]);
+    out.extend_from_slice(topic.as_bytes());
+    out.extend_from_slice(event.as_bytes());
+    out.extend_from_slice(data);
+    Some(bytes::Bytes::from(out))
 }
 
 /// Encodes one outgoing message. `payload` is JSON text; refs are raw JSON
@@ -339,6 +423,61 @@ mod tests {
         let mut other = b.clone();
         other[0] = 9;
         assert!(Inbound::decode_binary(Vsn::V2, &other).is_err());
+        assert!(m.binary.is_none() && m.meta.is_none());
+    }
+
+    /// realtime-js 2.119.1's `send({type: 'broadcast', event: 'blob',
+    /// payload: new Uint8Array([0, 255, 1]), persist: true})` on vsn 2.0.0,
+    /// byte for byte as its serializer lays it out.
+    #[test]
+    fn decodes_a_binary_user_broadcast_push_and_its_metadata() {
+        let meta = br#"{"persist":true}"#;
+        let mut b = vec![3, 1, 2, 13, 4, meta.len() as u8, 0];
+        b.extend_from_slice(b"112realtime:room");
+        b.extend_from_slice(b"blob");
+        b.extend_from_slice(meta);
+        b.extend_from_slice(&[0, 255, 1]);
+        let m = Inbound::decode_binary(Vsn::V2, &b).unwrap();
+        assert_eq!(m.join_ref.unwrap().get(), "\"1\"");
+        assert_eq!(m.msg_ref.unwrap().get(), "\"12\"");
+        assert_eq!(m.topic, "realtime:room");
+        assert_eq!(m.event, "broadcast");
+        assert_eq!(m.payload.get(), r#"{"type":"broadcast","event":"blob"}"#);
+        let binary = m.binary.unwrap();
+        assert_eq!(binary.event, "blob");
+        assert_eq!(&binary.data[..], &[0, 255, 1]);
+        assert_eq!(m.meta.unwrap().get(), r#"{"persist":true}"#);
+
+        // Metadata is a JSON object or nothing; the encoding 0 or 1.
+        let mut bad_meta = vec![3, 0, 0, 1, 1, 3, 0];
+        bad_meta.extend_from_slice(b"te[1]");
+        let e = Inbound::decode_binary(Vsn::V2, &bad_meta).unwrap_err();
+        assert!(e.0.contains("not a JSON object"), "{e}");
+        let mut bad_encoding = vec![3, 0, 0, 1, 1, 0, 7];
+        bad_encoding.extend_from_slice(b"te");
+        let e = Inbound::decode_binary(Vsn::V2, &bad_encoding).unwrap_err();
+        assert!(e.0.contains("payload encoding 7"), "{e}");
+        // An empty binary payload is a payload.
+        let mut empty = vec![3, 0, 0, 1, 1, 0, 0];
+        empty.extend_from_slice(b"te");
+        let m = Inbound::decode_binary(Vsn::V2, &empty).unwrap();
+        assert!(m.binary.unwrap().data.is_empty());
+    }
+
+    /// The kind 4 frame realtime-js 2.119.1's `_decodeUserBroadcast` reads:
+    /// kind, topic, event and metadata lengths, encoding, then the fields.
+    #[test]
+    fn encodes_a_binary_user_broadcast() {
+        let f = encode_user_broadcast("realtime:room", "blob", &[0, 255, 1]).unwrap();
+        let mut want = vec![4, 13, 4, 0, 0];
+        want.extend_from_slice(b"realtime:room");
+        want.extend_from_slice(b"blob");
+        want.extend_from_slice(&[0, 255, 1]);
+        assert_eq!(&f[..], &want[..]);
+        let long = "x".repeat(256);
+        assert!(encode_user_broadcast(&long, "e", b"").is_none());
+        assert!(encode_user_broadcast("t", &long, b"").is_none());
+        assert!(encode_user_broadcast(&long[..255], &long[..255], b"").is_some());
     }
 
     #[test]
@@ -488,10 +627,11 @@ mod properties {
             msg_ref in "[0-9]{0,4}",
             topic in "\\PC{1,40}",
             event in "\\PC{0,20}",
-            metadata in "\\PC{0,20}",
+            persist in proptest::option::of(any::<bool>()),
             payload in json(),
         ) {
             let payload_text = payload.to_string();
+            let metadata = persist.map(|p| format!("{{\"persist\":{p}}}")).unwrap_or_default();
             let mut b = vec![
                 USER_BROADCAST_PUSH,
                 join_ref.len() as u8,
@@ -517,10 +657,39 @@ mod properties {
             let want = |s: &str| (!s.is_empty()).then(|| format!("\"{s}\""));
             prop_assert_eq!(refs(&m.join_ref), want(&join_ref));
             prop_assert_eq!(refs(&m.msg_ref), want(&msg_ref));
+            prop_assert_eq!(m.meta.as_ref().map(|m| m.get().to_string()), (!metadata.is_empty()).then_some(metadata));
+            prop_assert!(m.binary.is_none());
             // Every cut of a valid frame is refused, never mis-read.
             for cut in 0..b.len().saturating_sub(payload_text.len()) {
                 prop_assert!(Inbound::decode_binary(Vsn::V2, &b[..cut]).is_err());
             }
+        }
+
+        /// A binary payload arrives as sent, and the kind 4 frame that
+        /// relays it carries the same topic, event and bytes.
+        #[test]
+        fn binary_payloads_decode_as_sent_and_relay_as_kind_4(
+            topic in "\\PC{1,40}",
+            event in "\\PC{0,20}",
+            data in prop::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut b = vec![
+                USER_BROADCAST_PUSH, 0, 0, topic.len() as u8, event.len() as u8, 0, BINARY_ENCODING,
+            ];
+            b.extend_from_slice(topic.as_bytes());
+            b.extend_from_slice(event.as_bytes());
+            b.extend_from_slice(&data);
+            let m = Inbound::decode_binary(Vsn::V2, &b)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let binary = m.binary.expect("a binary payload");
+            prop_assert_eq!(&binary.event, &event);
+            prop_assert_eq!(&binary.data[..], &data[..]);
+            let out = encode_user_broadcast(&m.topic, &binary.event, &binary.data).expect("short names");
+            let (t, e) = (out[1] as usize, out[2] as usize);
+            prop_assert_eq!((out[0], out[3], out[4]), (USER_BROADCAST, 0, BINARY_ENCODING));
+            prop_assert_eq!(&out[5..5 + t], topic.as_bytes());
+            prop_assert_eq!(&out[5 + t..5 + t + e], event.as_bytes());
+            prop_assert_eq!(&out[5 + t + e..], &data[..]);
         }
     }
 }

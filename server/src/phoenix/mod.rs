@@ -15,3 +15,9 @@ pub mod frame;
 pub mod payloads;
 pub mod session;
 mod writer;
+
+/// Why a broadcast asking to be stored (realtime-js's `persist`, on a socket
+/// or over HTTP) is refused: nothing is stored, so nothing could be
+/// replayed.
+pub const NO_PERSIST: &str = "persist is not supported: this server stores no broadcast \
+     (nothing to replay later); send it without persist";

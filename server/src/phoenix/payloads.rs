@@ -97,6 +97,24 @@ pub struct JoinConfig {
     pub private: bool,
     #[serde(deserialize_with = "null_as_default")]
     pub postgres_changes: Vec<BindingRequest>,
+    /// How the join waits for its `postgres_changes` bindings (the newest
+    /// realtime-js's `postgres_changes_options`).
+    #[serde(deserialize_with = "map_or_null")]
+    pub postgres_changes_options: PostgresChangesOptions,
+}
+
+/// `config.postgres_changes_options`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, expecting = "a map")]
+pub struct PostgresChangesOptions {
+    /// Hold the join's reply until the bindings are live (and refuse the
+    /// join when they cannot be).
+    #[serde(deserialize_with = "flexible_bool")]
+    pub wait: bool,
+    /// How long to hold it, in milliseconds (clamped to the server's
+    /// `POSTGRES_CHANGES_WAIT_MAX_MS`); `None`: the client's default.
+    #[serde(deserialize_with = "milliseconds")]
+    pub timeout: Option<u64>,
 }
 
 /// `config.broadcast`.
@@ -109,6 +127,23 @@ pub struct BroadcastConfig {
     /// The sender receives its own broadcasts.
     #[serde(rename = "self", deserialize_with = "flexible_bool")]
     pub self_broadcast: bool,
+    /// A `system` push once the replication stream is live (and an error,
+    /// closing the channel, when it is not in time).
+    #[serde(deserialize_with = "flexible_bool")]
+    pub replication_ready: bool,
+    /// Broadcasts stored before the join to replay (private channels).
+    #[serde(deserialize_with = "optional_map")]
+    pub replay: Option<ReplayConfig>,
+}
+
+/// `config.broadcast.replay`: `{"since": ms since the epoch, "limit": n}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, expecting = "a map")]
+pub struct ReplayConfig {
+    #[serde(deserialize_with = "milliseconds")]
+    pub since: Option<u64>,
+    #[serde(deserialize_with = "milliseconds")]
+    pub limit: Option<u64>,
 }
 
 /// `config.presence`.
@@ -119,10 +154,18 @@ pub struct PresenceConfig {
     /// server makes one up.
     #[serde(deserialize_with = "presence_key")]
     pub key: Option<String>,
-    /// Newer clients say whether they use presence: checked for its type,
-    /// not acted on (a channel always gets `presence_state`).
-    #[serde(deserialize_with = "flexible_bool")]
-    pub enabled: bool,
+    /// Whether this member receives presence (`presence_state` at join,
+    /// `presence_diff` after): the newest clients send false unless the
+    /// app listens to presence. Absent (older clients): true.
+    #[serde(deserialize_with = "optional_bool")]
+    pub enabled: Option<bool>,
+}
+
+impl PresenceConfig {
+    /// Whether the member receives presence.
+    pub fn receives(&self) -> bool {
+        self.enabled.unwrap_or(true)
+    }
 }
 
 /// One entry of `config.postgres_changes`:
@@ -254,6 +297,34 @@ fn flexible_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     }
 }
 
+/// [`flexible_bool`], with absent or null as none.
+fn optional_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    match Option::<Value>::deserialize(d)? {
+        None => Ok(None),
+        Some(v) => flexible_bool(v).map(Some).map_err(D::Error::custom),
+    }
+}
+
+/// A whole number that is not negative (a duration in milliseconds, a
+/// count), or null (none). A number given as a float with no fraction is
+/// taken.
+fn milliseconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    match Option::<Value>::deserialize(d)? {
+        None => Ok(None),
+        Some(Value::Number(n)) if n.as_u64().is_some() => Ok(n.as_u64()),
+        Some(Value::Number(n))
+            if n.as_f64()
+                .is_some_and(|f| f >= 0.0 && f.fract() == 0.0 && f < 1e18) =>
+        {
+            Ok(n.as_f64().map(|f| f as u64))
+        }
+        Some(other) => Err(D::Error::custom(format!(
+            "expected a whole number that is not negative, got {}",
+            Shown(&other)
+        ))),
+    }
+}
+
 /// A string, a number or a boolean, as text; null is none.
 fn presence_key<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     match Option::<Value>::deserialize(d)? {
@@ -312,7 +383,7 @@ mod tests {
         let c = p.config.unwrap();
         assert!(c.broadcast.ack && !c.broadcast.self_broadcast);
         assert_eq!(c.presence.key.as_deref(), Some("alice"));
-        assert!(c.presence.enabled && !c.private);
+        assert!(c.presence.receives() && !c.private);
         let b = &c.postgres_changes[0];
         assert_eq!(
             (b.event.as_deref(), b.schema.as_deref(), b.table.as_deref()),
@@ -320,6 +391,49 @@ mod tests {
         );
         assert_eq!(b.filter.as_deref(), Some("id=eq.1"));
         assert_eq!(b.echo["extra"], serde_json::json!([1]), "echoed as sent");
+    }
+
+    /// What realtime-js 2.119.1's `subscribe()` sends, options included.
+    #[test]
+    fn reads_the_join_config_flags_of_the_newest_client() {
+        let c = join(
+            r#"{"config": {"broadcast": {"ack": false, "self": false, "replication_ready": true,
+                "replay": {"since": 1700000000000, "limit": 10}},
+                "presence": {"key": "", "enabled": false},
+                "postgres_changes": [{"event": "*", "schema": "public", "table": "m"}],
+                "private": true,
+                "postgres_changes_options": {"wait": true, "timeout": 5000}},
+               "access_token": "jwt"}"#,
+        )
+        .unwrap()
+        .config
+        .unwrap();
+        assert!(c.broadcast.replication_ready);
+        let replay = c.broadcast.replay.unwrap();
+        assert_eq!(
+            (replay.since, replay.limit),
+            (Some(1_700_000_000_000), Some(10))
+        );
+        assert_eq!(c.presence.enabled, Some(false));
+        assert!(!c.presence.receives());
+        assert!(c.postgres_changes_options.wait);
+        assert_eq!(c.postgres_changes_options.timeout, Some(5000));
+
+        // What older clients send: presence without `enabled` receives it;
+        // no options, no replay.
+        let c = join(r#"{"config": {"presence": {"key": ""}, "broadcast": {"self": true}}}"#)
+            .unwrap()
+            .config
+            .unwrap();
+        assert!(c.presence.receives() && c.presence.enabled.is_none());
+        assert!(!c.broadcast.replication_ready && c.broadcast.replay.is_none());
+        assert!(!c.postgres_changes_options.wait);
+        assert_eq!(c.postgres_changes_options.timeout, None);
+        let c = join(r#"{"config": {"presence": {"enabled": "TRUE"}}}"#)
+            .unwrap()
+            .config
+            .unwrap();
+        assert_eq!(c.presence.enabled, Some(true));
     }
 
     #[test]
@@ -393,6 +507,26 @@ mod tests {
             (
                 r#"{"config": {"postgres_changes": [{"event": "*", "table": 5}]}}"#,
                 "invalid join payload: config.postgres_changes[0]: table: expected a string, got 5",
+            ),
+            (
+                r#"{"config": {"presence": {"enabled": 1}}}"#,
+                "invalid join payload: config.presence.enabled: expected true or false, got 1",
+            ),
+            (
+                r#"{"config": {"postgres_changes_options": {"timeout": -5}}}"#,
+                "invalid join payload: config.postgres_changes_options.timeout: expected a whole number that is not negative, got -5",
+            ),
+            (
+                r#"{"config": {"postgres_changes_options": {"wait": "soon"}}}"#,
+                "invalid join payload: config.postgres_changes_options.wait: expected true or false, got \"soon\"",
+            ),
+            (
+                r#"{"config": {"broadcast": {"replay": {"since": "yesterday"}}}}"#,
+                "invalid join payload: config.broadcast.replay.since: expected a whole number that is not negative, got \"yesterday\"",
+            ),
+            (
+                r#"{"config": {"broadcast": {"replication_ready": []}}}"#,
+                "invalid join payload: config.broadcast.replication_ready: expected true or false, got an array",
             ),
             (
                 r#"{"access_token": 12}"#,

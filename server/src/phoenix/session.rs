@@ -26,11 +26,12 @@ use crate::hub::QueueTx;
 use crate::hub::{Hub, Outbound, SocketId};
 use crate::limits::{MemoryBudget, Rate, SharedRate};
 use crate::metrics::METRICS;
-use crate::phoenix::channel::Channel;
+use crate::phoenix::channel::{Channel, Waiting};
 use crate::phoenix::close;
 use crate::phoenix::frame::{self, Frame, Inbound, Vsn};
 use crate::phoenix::writer;
 use crate::published::PublishedTables;
+use crate::replication::stream::StreamStatus;
 
 /// A socket that sends nothing, not even a heartbeat, for this long is closed
 /// (phoenix.js heartbeats every 30 s).
@@ -43,10 +44,11 @@ pub struct SocketLimits {
     pub max_frame_bytes: usize,
     /// `PRIVATE_ONLY`: public channels are refused.
     pub private_only: bool,
-    /// `MAX_FILTER_VALUES`, `MAX_BINDINGS_PER_JOIN`, `MAX_TOPIC_BYTES`,
-    /// `MAX_PRESENCE_KEY_BYTES`, `MAX_PRESENCE_META_BYTES`: see
-    /// [`crate::config`].
+    /// `MAX_FILTER_VALUES`, `MAX_FILTER_CONDITIONS`, `MAX_BINDINGS_PER_JOIN`,
+    /// `MAX_TOPIC_BYTES`, `MAX_PRESENCE_KEY_BYTES`, `MAX_PRESENCE_META_BYTES`:
+    /// see [`crate::config`].
     pub max_filter_values: usize,
+    pub max_filter_conditions: usize,
     pub max_bindings_per_join: usize,
     pub max_topic_bytes: usize,
     pub max_presence_key_bytes: usize,
@@ -56,6 +58,9 @@ pub struct SocketLimits {
     pub max_events_per_second: u32,
     pub max_joins_per_second: u32,
     pub max_presence_events_per_second: u32,
+    /// `REPLICATION_READY_TIMEOUT_MS`, `POSTGRES_CHANGES_WAIT_MAX_MS`.
+    pub replication_ready_timeout: Duration,
+    pub postgres_changes_wait_max: Duration,
 }
 
 /// A socket's own rates, each a token bucket (see [`Rate`]).
@@ -84,6 +89,7 @@ impl SocketLimits {
             max_frame_bytes: config.max_frame_bytes,
             private_only: config.private_only,
             max_filter_values: config.max_filter_values,
+            max_filter_conditions: config.max_filter_conditions,
             max_bindings_per_join: config.max_bindings_per_join,
             max_topic_bytes: config.max_topic_bytes,
             max_presence_key_bytes: config.max_presence_key_bytes,
@@ -91,6 +97,8 @@ impl SocketLimits {
             max_events_per_second: config.max_events_per_second,
             max_joins_per_second: config.max_joins_per_second,
             max_presence_events_per_second: config.max_presence_events_per_second,
+            replication_ready_timeout: config.replication_ready_timeout,
+            postgres_changes_wait_max: config.postgres_changes_wait_max,
         }
     }
 }
@@ -107,6 +115,9 @@ pub struct SocketContext {
     pub catalog_lookups: Arc<SharedRate>,
     /// `MEMORY_BUDGET_MB`: past it, joins are refused.
     pub memory_budget: MemoryBudget,
+    /// Whether the replication stream is live: channels waiting for their
+    /// bindings to be live watch it.
+    pub stream: Arc<StreamStatus>,
 }
 
 /// A WebSocket on the connection hyper upgraded.
@@ -134,6 +145,10 @@ pub(in crate::phoenix) struct Session {
     /// The claims of the token the socket connected with (channels
     /// secured): a join without a token of its own acts with them.
     pub(in crate::phoenix) socket_claims: Option<Arc<Claims>>,
+    pub(in crate::phoenix) stream: Arc<StreamStatus>,
+    /// What channels wait for, in the order it was asked: the replication
+    /// stream to be live, or their deadline (see `channel::ready`).
+    pub(in crate::phoenix) waiting: Vec<Waiting>,
     /// Into the socket's own queue, behind the changes the hub queued.
     tx: QueueTx,
 }
@@ -171,18 +186,31 @@ pub async fn serve(
         memory_budget: ctx.memory_budget,
         next_presence: 0,
         socket_claims: socket_claims.map(Arc::new),
+        stream: ctx.stream.clone(),
+        waiting: Vec::new(),
         tx: reg.tx,
     };
     tracing::debug!(socket = session.id, ?vsn, "socket connected");
 
     loop {
         let expiry = session.next_expiry();
+        let live = session.live_watch();
+        let deadline = session.next_wait_deadline();
         let next = tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
             _ = shutdown.cancelled() => break,
             _ = sleep_until_unix(expiry.unwrap_or(u64::MAX)), if expiry.is_some() => {
                 session.expire_channels();
+                continue;
+            }
+            _ = until_live(live.clone()), if live.is_some() => {
+                session.stream_live();
+                continue;
+            }
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)),
+                if deadline.is_some() => {
+                session.waits_expired();
                 continue;
             }
             next = tokio::time::timeout(IDLE_TIMEOUT, stream.next()) => next,
@@ -258,9 +286,19 @@ impl Session {
     /// reads their answers fills its own queue and is closed as a slow
     /// consumer, as when changes fill it, instead of stalling the read loop.
     fn enqueue(&self, item: Outbound) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(item) {
+        if !self.enqueue_only(item) {
             self.hub.close_slow_consumer(self.id);
         }
+    }
+
+    /// Queues without waiting and without touching the hub (which may be
+    /// locked by the caller); false when the queue is full, and the caller
+    /// closes the socket as a slow consumer once the hub is free.
+    pub(in crate::phoenix) fn enqueue_only(&self, item: Outbound) -> bool {
+        !matches!(
+            self.tx.try_send(item),
+            Err(mpsc::error::TrySendError::Full(_))
+        )
     }
 
     /// A `phx_reply` to `m`, `ok` or error, with `response` (JSON text).
@@ -379,6 +417,16 @@ impl Session {
             }
         }
     }
+}
+
+/// Resolves once the replication stream is live (never, without a watch).
+async fn until_live(live: Option<tokio::sync::watch::Receiver<bool>>) {
+    if let Some(mut live) = live {
+        if live.wait_for(|l| *l).await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending().await
 }
 
 pub(in crate::phoenix) fn unix_now() -> u64 {

@@ -17,7 +17,6 @@ use tokio_util::sync::CancellationToken;
 use crate::hub::{Outbound, QueueRx, WriterGuard};
 use crate::metrics::METRICS;
 use crate::phoenix::close;
-use crate::phoenix::frame::Frame;
 use crate::phoenix::session::WebSocket;
 
 /// Frames written before one flush: amortizes the syscall without delaying
@@ -98,7 +97,12 @@ async fn drain(sink: &mut Sink, rx: &mut QueueRx) -> Ending {
         loop {
             match item {
                 Outbound::Frame(frame) => {
-                    if !feed(sink, frame).await {
+                    if !feed(sink, Message::Text(frame)).await {
+                        return Ending::Broken;
+                    }
+                }
+                Outbound::Binary(bytes) => {
+                    if !feed(sink, Message::Binary(bytes)).await {
                         return Ending::Broken;
                     }
                 }
@@ -121,11 +125,11 @@ async fn drain(sink: &mut Sink, rx: &mut QueueRx) -> Ending {
     }
 }
 
-/// Queues one text frame on the sink and counts it; false when the socket
-/// is gone.
-async fn feed(sink: &mut Sink, frame: Frame) -> bool {
-    let len = frame.len() as u64;
-    if sink.feed(Message::Text(frame)).await.is_err() {
+/// Queues one frame on the sink and counts it; false when the socket is
+/// gone.
+async fn feed(sink: &mut Sink, message: Message) -> bool {
+    let len = message.len() as u64;
+    if sink.feed(message).await.is_err() {
         return false;
     }
     METRICS.messages_sent.inc();

@@ -18,7 +18,6 @@
 //! requests and sends standby status updates on a timer.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,18 +58,36 @@ const IDLE_WAKEUP: Duration = Duration::from_secs(10);
 /// A session that streamed this long resets the reconnect backoff.
 const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 
-/// Whether the replication stream is live (`/readyz`).
-#[derive(Debug, Default)]
+/// Whether the replication stream is live (`/readyz`): the slot exists and
+/// is streaming (or, with a durable slot, holds what is committed from now
+/// on), so a change committed from now on reaches the hub. Channels that
+/// wait for it (`replication_ready`, `postgres_changes_options.wait`)
+/// watch it.
+#[derive(Debug)]
 pub struct StreamStatus {
-    live: AtomicBool,
+    live: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for StreamStatus {
+    fn default() -> Self {
+        StreamStatus {
+            live: tokio::sync::watch::Sender::new(false),
+        }
+    }
 }
 
 impl StreamStatus {
     pub fn is_live(&self) -> bool {
-        self.live.load(Ordering::Relaxed)
+        *self.live.borrow()
     }
+
+    /// A receiver that sees every change of [`StreamStatus::is_live`].
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.live.subscribe()
+    }
+
     fn set_live(&self, live: bool) {
-        self.live.store(live, Ordering::Relaxed);
+        self.live.send_replace(live);
     }
 }
 
@@ -500,11 +517,27 @@ async fn session(
             }
         }
         if create {
+            // A failover slot where PostgreSQL has them (17+), as the
+            // operator creates them.
+            let version: i32 = client
+                .simple_query("SHOW server_version_num")
+                .await
+                .map_err(conn_err)?
+                .first()
+                .map(|r| text(r, 0))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
             client
-                .simple_query(&format!("CREATE_REPLICATION_SLOT {slot} LOGICAL pgoutput"))
+                .simple_query(&realtime_contract::slots::create_slot_command(
+                    &slot, version,
+                ))
                 .await
                 .map_err(conn_err)?;
-            tracing::info!(slot = %slot, "created durable slot");
+            tracing::info!(
+                slot = %slot,
+                failover = version >= realtime_contract::slots::FAILOVER_SLOTS_SINCE,
+                "created durable slot"
+            );
         }
         carry.recreate = None;
     }

@@ -3,7 +3,10 @@
 //! Owns the checks every join passes (a `realtime:` topic, the token, the
 //! channel limit, a payload of the right shape, `PRIVATE_ONLY`), the 1.x
 //! join (the topic says which rows) and the 2.x join (`config`: its reply,
-//! `system` and `presence_state` pushes, in that order). A second join of a
+//! `system` and `presence_state` pushes, in that order, and the flags of
+//! the newest clients: `presence.enabled`, `broadcast.replay`,
+//! `broadcast.replication_ready`, `postgres_changes_options`; when the
+//! bindings are live is `ready`'s). A second join of a
 //! joined topic replaces the first. When channels are secured, a join acts
 //! as its token's role and claims: every subscription carries its group
 //! (see `authz`), a table the role may not read is refused, and a private
@@ -12,11 +15,12 @@
 //! presences (`presence`): it calls them.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 
 use super::postgres_changes::Resolved;
-use super::{Channel, ChannelKind};
+use super::{ready, Channel, ChannelKind};
 use crate::auth::Claims;
 use crate::authz::authorizer::{ChannelError, ChannelRights};
 use crate::authz::plan::{Access, Command};
@@ -27,6 +31,10 @@ use crate::metrics::METRICS;
 use crate::phoenix::frame::Inbound;
 use crate::phoenix::payloads::{self, JoinConfig, JoinPayload};
 use crate::phoenix::session::Session;
+
+/// Supabase's answer to a join asking to replay a public channel's broadcasts.
+const REPLAY_PUBLIC: &str =
+    "UnableToReplayMessages: Replay is not allowed for public channels (join with config.private: true)";
 
 /// Supabase's answer to a public join when only private channels are allowed.
 const PRIVATE_ONLY: &str =
@@ -290,14 +298,18 @@ impl Session {
             .subscribe_legacy(self.id, self.vsn, &key, &m.topic, subscriber);
         let expires_at = claims.as_ref().and_then(|c| c.expires_at);
         let mut channel = Channel::new(join_ref, ChannelKind::Legacy(key), expires_at);
+        channel.held.add(3 * m.topic.len());
         channel.claims = claims;
         self.channels.insert(m.topic, channel);
     }
 
     /// The reply echoes the bindings with their ids; then the `system` push
-    /// says whether they all stand, and `presence_state` lists who is
-    /// tracked (for a private channel whose token may read presence; `{}`
-    /// otherwise).
+    /// says whether they all stand (once they are live: `ready`), and
+    /// `presence_state` lists who is tracked (for a member that receives
+    /// presence: `presence.enabled` not false, and on a private channel a
+    /// token that may read presence). With `postgres_changes_options.wait`
+    /// the reply itself waits until the bindings are live, and a refused
+    /// binding refuses the join.
     fn join_v2(
         &mut self,
         m: Inbound,
@@ -306,15 +318,59 @@ impl Session {
         resolved: Resolved,
         private: Option<(ChannelRights, ChannelRights)>,
     ) {
+        if config.broadcast.replay.is_some() {
+            match private {
+                None => return self.reply_error(&m, REPLAY_PUBLIC),
+                Some((read, _)) if !read.broadcast => {
+                    let short = m.topic.strip_prefix("realtime:").unwrap_or(&m.topic);
+                    return self.reply_error(
+                        &m,
+                        &format!(
+                            "Unauthorized: You do not have permissions to read from this \
+                             Channel topic: {short}"
+                        ),
+                    );
+                }
+                // Nothing to replay: this server stores no broadcast.
+                Some(_) => {}
+            }
+        }
+        let has_bindings = !config.postgres_changes.is_empty();
+        let wait = config.postgres_changes_options.wait && has_bindings;
+        let reply = resolved.reply();
+        let (mut bindings, error) = resolved.into_parts();
+        if wait {
+            if let Some(reason) = &error {
+                tracing::info!(socket = self.id, topic = %m.topic, %reason, "refused a join: a postgres_changes binding was refused");
+                return self.reply_error(&m, reason);
+            }
+        }
         let join_ref = m.join_ref.clone();
         let topic = TopicKey::new(&m.topic, private.is_some());
         let presence_key = self.presence_key(&config.presence);
         if let Some(old) = self.channels.remove(&m.topic) {
             self.unsubscribe(&old);
         }
-        self.reply(&m, join_ref.as_deref(), true, &resolved.reply());
-        let status = self.subscribe_bindings(resolved);
-        let reads = private.map_or(ChannelRights::ALL, |(read, _)| read);
+        self.forget_waits(&m.topic);
+        // Topic copies (session, TopicKey, members) and the bindings, by
+        // their size as sent.
+        let held = 3 * m.topic.len() + super::BINDING_BYTES_PER_BYTE * reply.len();
+        // Without wait, the reply is queued before the bindings are
+        // subscribed, so it precedes every change they receive.
+        if !wait {
+            self.reply(&m, join_ref.as_deref(), true, &reply);
+            if error.is_none() {
+                self.hub.add_bindings(std::mem::take(&mut bindings));
+            }
+        }
+        let receives_presence = config.presence.receives();
+        let reads = {
+            let read = private.map_or(ChannelRights::ALL, |(read, _)| read);
+            ChannelRights {
+                broadcast: read.broadcast,
+                presence: read.presence && receives_presence,
+            }
+        };
         let state = self.hub.join_channel_reading(
             self.id,
             &topic,
@@ -332,13 +388,33 @@ impl Session {
             },
             expires_at,
         );
+        channel.held.add(held);
         channel.claims = claims;
         channel.private = private;
         self.channels.insert(m.topic.clone(), channel);
-        if !config.postgres_changes.is_empty() {
-            self.push_bindings_status(join_ref.as_deref(), &m.topic, status);
+        let topic = m.topic.clone();
+        if wait {
+            let timeout = config
+                .postgres_changes_options
+                .timeout
+                .map_or(ready::DEFAULT_WAIT, Duration::from_millis);
+            self.reply_when_live(m, bindings, reply, timeout);
+        } else if has_bindings {
+            match error {
+                Some(reason) => {
+                    self.push_bindings_status(join_ref.as_deref(), &topic, Some(reason))
+                }
+                None => self.push_subscribed_when_live(&topic, join_ref.as_deref()),
+            }
         }
-        let state = if reads.presence { state } else { "{}".into() };
-        self.push(join_ref.as_deref(), &m.topic, "presence_state", &state);
+        if receives_presence {
+            // A private channel's member that may not read presence gets an
+            // empty state.
+            let state = if reads.presence { state } else { "{}".into() };
+            self.push(join_ref.as_deref(), &topic, "presence_state", &state);
+        }
+        if config.broadcast.replication_ready {
+            self.push_ready_when_live(&topic, join_ref.as_deref());
+        }
     }
 }

@@ -12,6 +12,7 @@
 //! | `broadcast` | `broadcast.rs` |
 //! | `presence` (track, untrack) | `presence.rs` |
 //! | `access_token`, and the token of a join | `access_token.rs` |
+//! | telling a channel its bindings are live (`replication_ready`, `postgres_changes_options.wait`) | `ready.rs` |
 //! | `phx_leave`, `heartbeat`, anything else | here |
 //!
 //! Must not read the socket or parse frames (`session`, `frame`), nor keep
@@ -27,7 +28,9 @@ use crate::authz::authorizer::ChannelRights;
 use crate::cluster::TopicKey;
 use crate::config::var;
 use crate::hub::LegacyTopic;
+use crate::limits::Held;
 use crate::metrics::{ChannelGauge, METRICS};
+use crate::phoenix::close::quoted;
 use crate::phoenix::frame::Inbound;
 use crate::phoenix::session::Session;
 
@@ -36,6 +39,9 @@ mod broadcast;
 mod join;
 mod postgres_changes;
 mod presence;
+mod ready;
+
+pub(in crate::phoenix) use ready::Waiting;
 
 /// The reasons given over a rate limit: Supabase Realtime's, code first, so
 /// clients that handle them (back off, retry later) keep working.
@@ -77,7 +83,25 @@ pub(in crate::phoenix) struct Channel {
     pub(in crate::phoenix) private: Option<(ChannelRights, ChannelRights)>,
     /// Counts the channel at `/metrics` while it is joined.
     _open: ChannelGauge,
+    /// What the channel makes the server keep (its entries, topic copies,
+    /// bindings), charged against `MEMORY_BUDGET_MB` while it is joined.
+    pub(in crate::phoenix) held: Held,
+    /// The socket's presence on the channel, charged while it is tracked.
+    pub(in crate::phoenix) presence_held: Held,
 }
+
+/// What a joined channel costs beside its topic and bindings: its entries
+/// in the session, the hub's members and the metrics (measured order of
+/// magnitude, rounded up).
+pub(in crate::phoenix) const CHANNEL_BYTES: usize = 512;
+
+/// What a tracked presence costs beside its key and meta as JSON: the
+/// tracker's entry and its `phx_ref`.
+pub(in crate::phoenix) const PRESENCE_BYTES: usize = 256;
+
+/// What a `postgres_changes` binding costs per byte of its request as sent
+/// (the parsed filter, the index's keys and the echo), rounded up.
+pub(in crate::phoenix) const BINDING_BYTES_PER_BYTE: usize = 4;
 
 impl Channel {
     fn new(join_ref: Option<Box<RawValue>>, kind: ChannelKind, expires_at: Option<u64>) -> Self {
@@ -88,6 +112,8 @@ impl Channel {
             claims: None,
             private: None,
             _open: ChannelGauge::open(),
+            held: Held::new(CHANNEL_BYTES),
+            presence_held: Held::default(),
         }
     }
 }
@@ -120,7 +146,7 @@ impl Session {
             }
             (topic, event) => {
                 let reason = if self.channels.contains_key(topic) {
-                    format!("unknown event {event:?} on topic {topic:?}")
+                    format!("unknown event {} on topic {}", quoted(event), quoted(topic))
                 } else {
                     "unmatched topic".to_string()
                 };
@@ -158,6 +184,7 @@ impl Session {
         let Some(channel) = self.channels.remove(&m.topic) else {
             return self.reply_error(&m, "unmatched topic");
         };
+        self.forget_waits(&m.topic);
         self.unsubscribe(&channel);
         let join_ref = channel.join_ref.as_deref();
         self.reply(&m, join_ref, true, "{}");
@@ -180,6 +207,7 @@ impl Session {
         channel: Channel,
         reason: &str,
     ) {
+        self.forget_waits(topic);
         self.unsubscribe(&channel);
         let join_ref = channel.join_ref.as_deref();
         let short = topic.strip_prefix("realtime:").unwrap_or(topic);

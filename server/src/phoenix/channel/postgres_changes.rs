@@ -2,8 +2,9 @@
 //!
 //! Owns turning each requested binding into a hub [`Binding`]: its event,
 //! the published table(s) it names (looked up in the catalog: the one step
-//! of handling a message that waits), its filter checked against the
-//! table's columns. Also the join reply's echo of the bindings with their
+//! of handling a message that waits), its filter and its `select` column
+//! list checked against the table's columns. Also the join reply's echo of
+//! the bindings with their
 //! ids, and the `system` push that says whether they all stand; one refused
 //! binding means none is subscribed. Must not answer the join or keep the
 //! channel (`join`), nor match changes (the hub does).
@@ -18,11 +19,12 @@ use crate::authz::authorizer::Group;
 use crate::authz::plan::Access;
 use crate::change::ChangeKind;
 use crate::config::var;
-use crate::filter::Filter;
+use crate::filter::{self, Filter};
 use crate::hub::{Binding, Subscriber};
 use crate::metrics::METRICS;
 use crate::phoenix::payloads::BindingRequest;
 use crate::phoenix::session::Session;
+use crate::select::Selection;
 
 /// A join's bindings after the catalog was asked about each.
 #[derive(Debug, Default)]
@@ -39,6 +41,12 @@ impl Resolved {
     /// The join reply's response: `{"postgres_changes": [...]}`.
     pub(super) fn reply(&self) -> String {
         serde_json::json!({ "postgres_changes": self.echo }).to_string()
+    }
+
+    /// The bindings to subscribe, and why the first refused one was refused
+    /// (then none may be).
+    pub(super) fn into_parts(self) -> (Vec<Binding>, Option<String>) {
+        (self.bindings, self.error)
     }
 }
 
@@ -70,14 +78,6 @@ impl Session {
             }
         }
         out
-    }
-
-    /// Subscribes the bindings, unless one was refused; returns why.
-    pub(super) fn subscribe_bindings(&self, resolved: Resolved) -> Option<String> {
-        if resolved.error.is_none() {
-            self.hub.add_bindings(resolved.bindings);
-        }
-        resolved.error
     }
 
     /// The `system` push after the join reply: "Subscribed to PostgreSQL",
@@ -123,6 +123,13 @@ impl Session {
         };
         let schema = req.schema.clone().unwrap_or_else(|| "public".to_string());
         let table = req.table.clone().filter(|t| !t.is_empty() && t != "*");
+        // `select` arrives in the entry as sent (realtime-js 2.1xx: a list
+        // of column names); a whole schema may not select, and that needs
+        // no lookup to say.
+        let select = req.echo.get("select");
+        if table.is_none() {
+            Selection::parse(select, false, |_| true, &[])?;
+        }
         if !self.catalog_lookups.take() {
             METRICS.limit_reached(var::MAX_CATALOG_LOOKUPS_PER_SECOND);
             return Err(super::rate::CATALOG.to_string());
@@ -139,22 +146,28 @@ impl Session {
                 ),
             });
         };
-        let filter = match req.filter.as_deref().filter(|f| !f.is_empty()) {
+        // A filter of only whitespace is no filter, as in Supabase Realtime.
+        let filter = match req.filter.as_deref().filter(|f| !f.trim().is_empty()) {
             None => None,
             Some(text) => {
                 if table.is_none() {
                     return Err(format!("filter {text:?} needs a table"));
                 }
-                let max = self.limits.max_filter_values;
-                let parsed = Filter::parse_with_limit(text, |c| first.column(c), max);
-                if parsed
-                    .as_ref()
-                    .is_err_and(|e| e.0.contains("MAX_FILTER_VALUES"))
-                {
-                    METRICS.limit_reached(var::MAX_FILTER_VALUES);
+                let limits = filter::Limits {
+                    max_conditions: self.limits.max_filter_conditions,
+                    max_values: self.limits.max_filter_values,
+                };
+                let parsed = Filter::parse_with_limits(text, |c| first.column(c), limits);
+                if let Some(limit) = parsed.as_ref().err().and_then(|e| e.limit) {
+                    METRICS.limit_reached(limit);
                 }
-                Some(parsed.map_err(|e| e.0)?)
+                Some(parsed.map_err(|e| e.message)?)
             }
+        };
+        let select = match &table {
+            Some(_) => Selection::parse(select, true, |c| first.column(c).is_some(), &first.keys)?
+                .map(Arc::new),
+            None => None,
         };
         let subscriber = match (group, &self.authz) {
             (Some(group), Some(authz)) => Some(match &table {
@@ -199,6 +212,7 @@ impl Session {
             table,
             event,
             filter,
+            select,
             subscriber,
         })
     }

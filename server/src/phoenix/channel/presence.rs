@@ -65,13 +65,18 @@ impl Session {
                 )
             }
         };
-        match push.event.as_deref() {
+        let charge = match push.event.as_deref() {
             Some("track") if private.is_some_and(|(_, write)| !write.presence) => {
                 let short = m.topic.strip_prefix("realtime:").unwrap_or(&m.topic);
                 let reason = format!(
                     "Unauthorized: You do not have permissions to track presence on this \
                      Channel topic: {short}"
                 );
+                return self.reply(&m, join_ref.as_deref(), false, &frame::reason(&reason));
+            }
+            Some("track") if self.memory_budget.exceeded() => {
+                METRICS.limit_reached(var::MEMORY_BUDGET_MB);
+                let reason = self.memory_budget.reason();
                 return self.reply(&m, join_ref.as_deref(), false, &frame::reason(&reason));
             }
             Some("track") => {
@@ -93,12 +98,23 @@ impl Session {
                         format!("too many presences on this topic (MAX_PRESENCE_MEMBERS={limit})");
                     return self.reply(&m, join_ref.as_deref(), false, &frame::reason(&reason));
                 }
+                size + presence_key.len() + super::PRESENCE_BYTES
             }
-            Some("untrack") => self.hub.untrack(self.id, topic),
+            Some("untrack") => {
+                self.hub.untrack(self.id, topic);
+                0
+            }
             other => {
-                let reason = format!("unknown presence event {other:?}: use track or untrack");
+                let reason = format!(
+                    "unknown presence event {}: use track or untrack",
+                    crate::phoenix::close::quoted(other.unwrap_or("null"))
+                );
                 return self.reply(&m, join_ref.as_deref(), false, &frame::reason(&reason));
             }
+        };
+        let join_ref = join_ref.clone();
+        if let Some(channel) = self.channels.get_mut(&m.topic) {
+            channel.presence_held.set(charge);
         }
         self.reply(&m, join_ref.as_deref(), true, "{}");
     }
