@@ -12,6 +12,8 @@
 #   - prometheus (for its promtool: `promtool check rules` and `promtool test
 #     rules` on the chart's PrometheusRule, in tests/tests/monitoring.rs)
 #   - cargo-nextest: the test runner
+#   - cargo-fuzz (pinned): builds the fuzz targets of fuzz/, which
+#     tests/tests/fuzz_smoke.rs runs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -54,6 +56,14 @@ fi
 if ! command -v cargo-nextest >/dev/null 2>&1; then
   log "installing cargo-nextest"
   cargo install --locked cargo-nextest >&2
+fi
+
+# cargo-fuzz, at one version (about 2 minutes to build): reinstalled only
+# when absent or another version.
+CARGO_FUZZ_VERSION=0.13.2
+if [ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]; then
+  log "installing cargo-fuzz $CARGO_FUZZ_VERSION"
+  cargo install --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION" >&2
 fi
 
 # The real-client tests (tests/js, driven by tests/tests/realtime_js.rs): the

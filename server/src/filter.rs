@@ -642,8 +642,22 @@ fn split_conditions(text: &str, max: usize) -> Result<Vec<&str>, Why> {
     let b = text.as_bytes();
     let mut out = Vec::new();
     let (mut depth, mut quoted, mut prev, mut start, mut i) = (0usize, false, 0u8, 0usize, 0usize);
+    // Before a condition's `=` is its column, whose name is read as written:
+    // a `(` or `"` there groups nothing (the printed filter writes the name
+    // as is, so grouping there would split it differently when read again).
+    let mut column = true;
     while i < b.len() {
         let c = b[i];
+        if column {
+            match c {
+                b'=' => column = false,
+                b',' => {}
+                _ => {
+                    i += 1;
+                    continue;
+                }
+            }
+        }
         if quoted {
             match c {
                 b'\\' => {
@@ -672,6 +686,7 @@ fn split_conditions(text: &str, max: usize) -> Result<Vec<&str>, Why> {
                     }
                     start = i + 1;
                     prev = 0;
+                    column = true;
                     i += 1;
                     continue;
                 }

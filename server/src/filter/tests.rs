@@ -457,6 +457,39 @@ fn filters_print_as_realtime_js_writes_them() {
     assert_eq!(f("name=in.(null,a)").to_string(), "name=in.(a,NULL)");
 }
 
+/// A column's name is read as written: a `(` or `"` in it groups nothing,
+/// so the commas after it still separate conditions, and the filter prints
+/// back to itself (found by the `filter` fuzz target: `id(=eq.3,id=eq.5`
+/// was one condition whose value was `3,id=eq.5`).
+#[test]
+fn parentheses_and_quotes_in_a_column_name_group_nothing() {
+    let any = |_: &str| Some(Comparison::Text);
+    for text in [
+        "id(=eq.3,id=eq.5)",
+        "\"a=eq.1,b\"=eq.2",
+        "f(x)=in.(1,2),y=eq.3",
+    ] {
+        let parsed = Filter::parse(text, any).unwrap_or_else(|e| panic!("{text}: {e}"));
+        let columns: Vec<&str> = parsed
+            .conditions
+            .iter()
+            .map(|c| c.column.as_str())
+            .collect();
+        let want: Vec<&str> = match text {
+            "id(=eq.3,id=eq.5)" => vec!["id(", "id"],
+            "\"a=eq.1,b\"=eq.2" => vec!["\"a", "b\""],
+            _ => vec!["f(x)", "y"],
+        };
+        assert_eq!(columns, want, "{text}");
+        let printed = parsed.to_string();
+        assert_eq!(
+            Filter::parse(&printed, any).unwrap(),
+            parsed,
+            "{text} as {printed}"
+        );
+    }
+}
+
 /// What realtime-js 2.119.1's `postgresChangesFilter()` builds (its output,
 /// written out) parses to what the app asked for.
 #[test]
