@@ -8,6 +8,14 @@
 //! prints `port P`, then `ready` once `--sockets` handshakes completed;
 //! a line `go` on stdin broadcasts every frame of `--frames` (one per line);
 //! end of stdin exits.
+//!
+//! With `--follow`, stdin is instead `pg_recvlogical`'s `test_decoding`
+//! output, and each change stamped with `sent_us` is broadcast as it
+//! arrives: `--frames` holds one template frame whose [`STAMP_HOLE`] takes
+//! the change's stamp. This is the latency floor: the same replication
+//! stream, the same frames at the same moments, the same kind of sockets,
+//! and nothing a server does besides (no routing, no JSON, no queue
+//! accounting).
 
 use std::sync::Arc;
 
@@ -35,7 +43,11 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
     };
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     println!("port {}", listener.local_addr()?.port());
-    let (tx, _) = broadcast::channel::<Utf8Bytes>(frames.len().max(16));
+    // Following, the frames are not known ahead: room for a few seconds of
+    // them, so that a socket that falls behind is not cut off (a lagging
+    // receiver ends its writer).
+    let capacity = if opts.follow { 1 << 16 } else { frames.len() };
+    let (tx, _) = broadcast::channel::<Utf8Bytes>(capacity.max(16));
     let all_connected = Arc::new(Barrier::new(sockets + 1));
     {
         let tx = tx.clone();
@@ -61,6 +73,22 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
     all_connected.wait().await;
     println!("ready");
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    if opts.follow {
+        let template = frames
+            .first()
+            .context("--follow needs a template frame in --frames")?;
+        let (head, tail) = template
+            .as_str()
+            .split_once(STAMP_HOLE)
+            .with_context(|| format!("the template frame has no {STAMP_HOLE}"))?;
+        while let Some(line) = lines.next_line().await? {
+            if let Some(sent) = test_decoding_stamp(&line) {
+                let frame = format!("{head}{sent}{tail}");
+                let _ = tx.send(Utf8Bytes::from(frame));
+            }
+        }
+        return Ok(());
+    }
     while let Some(line) = lines.next_line().await? {
         if line.trim() == "go" {
             for f in &frames {
@@ -69,6 +97,18 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Where a `--follow` template frame takes each change's stamp (the
+/// digits of its `sent_us`).
+pub const STAMP_HOLE: &str = "@SENT_US@";
+
+/// The `sent_us` of a `test_decoding` line (`... sent_us[bigint]:N ...`).
+pub fn test_decoding_stamp(line: &str) -> Option<u64> {
+    const KEY: &str = "sent_us[bigint]:";
+    let rest = &line[line.find(KEY)? + KEY.len()..];
+    let end = rest.find(' ').unwrap_or(rest.len());
+    rest[..end].parse().ok()
 }
 
 async fn write_loop(
@@ -108,14 +148,40 @@ pub struct Floor {
 impl Floor {
     /// Starts `realtime-bench floor` for `sockets` sockets and `frames`.
     pub fn spawn(sockets: usize, frames: Option<&std::path::Path>) -> anyhow::Result<Floor> {
+        Self::start(sockets, frames, None)
+    }
+
+    /// Starts the floor in `--follow` mode: it broadcasts `template` (with
+    /// [`STAMP_HOLE`]) for each stamped change `feed` (a `pg_recvlogical`
+    /// with `test_decoding`, its stdout piped) prints.
+    pub fn follow(
+        sockets: usize,
+        template: &std::path::Path,
+        feed: std::process::ChildStdout,
+    ) -> anyhow::Result<Floor> {
+        Self::start(sockets, Some(template), Some(feed))
+    }
+
+    fn start(
+        sockets: usize,
+        frames: Option<&std::path::Path>,
+        feed: Option<std::process::ChildStdout>,
+    ) -> anyhow::Result<Floor> {
         use std::io::BufRead;
         let mut cmd = std::process::Command::new(std::env::current_exe()?);
         cmd.arg("floor").arg("--sockets").arg(sockets.to_string());
         if let Some(f) = frames {
             cmd.arg("--frames").arg(f);
         }
+        let stdin = match feed {
+            Some(feed) => {
+                cmd.arg("--follow");
+                std::process::Stdio::from(feed)
+            }
+            None => std::process::Stdio::piped(),
+        };
         let mut child = cmd
-            .stdin(std::process::Stdio::piped())
+            .stdin(stdin)
             .stdout(std::process::Stdio::piped())
             .spawn()
             .context("starting the floor process")?;

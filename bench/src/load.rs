@@ -128,24 +128,7 @@ impl Reference {
         slot: &str,
         phase: &Phase,
     ) -> anyhow::Result<Reference> {
-        db.execute(
-            "SELECT pg_create_logical_replication_slot($1, 'test_decoding')",
-            &[&slot],
-        )
-        .await?;
-        let mut child = tokio::process::Command::from(pg.client_command("pg_recvlogical"))
-            .args([
-                "-d",
-                "postgres",
-                "--slot",
-                slot,
-                "--start",
-                "--no-loop",
-                "-f",
-                "-",
-            ])
-            .args(["-o", "include-xids=0", "-o", "skip-empty-xacts=1"])
-            .stdout(std::process::Stdio::piped())
+        let mut child = tokio::process::Command::from(recvlogical(pg, db, slot).await?)
             .kill_on_drop(true)
             .spawn()
             .context("starting pg_recvlogical")?;
@@ -157,14 +140,9 @@ impl Reference {
             tokio::spawn(async move {
                 let mut lines = tokio::io::BufReader::new(stdout).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
-                    const KEY: &str = "sent_us[bigint]:";
-                    if let Some(at) = line.find(KEY) {
-                        let rest = &line[at + KEY.len()..];
-                        let end = rest.find(' ').unwrap_or(rest.len());
-                        if let Ok(sent) = rest[..end].parse::<u64>() {
-                            let lat = now_us().saturating_sub(sent);
-                            samples.lock().unwrap().add(phase.get(), lat);
-                        }
+                    if let Some(sent) = crate::floor::test_decoding_stamp(&line) {
+                        let lat = now_us().saturating_sub(sent);
+                        samples.lock().unwrap().add(phase.get(), lat);
                     }
                 }
             })
@@ -188,6 +166,27 @@ impl Reference {
         let _ = self.child.kill().await;
         self.reader.abort();
     }
+}
+
+/// `pg_recvlogical` streaming slot `slot` (created here, `test_decoding`)
+/// to its stdout, piped.
+pub async fn recvlogical(
+    pg: &TempPostgres,
+    db: &tokio_postgres::Client,
+    slot: &str,
+) -> anyhow::Result<std::process::Command> {
+    db.execute(
+        "SELECT pg_create_logical_replication_slot($1, 'test_decoding')",
+        &[&slot],
+    )
+    .await
+    .with_context(|| format!("creating the slot {slot}"))?;
+    let mut cmd = pg.client_command("pg_recvlogical");
+    cmd.args(["-d", "postgres", "--slot", slot, "--start", "--no-loop"])
+        .args(["-f", "-"])
+        .args(["-o", "include-xids=0", "-o", "skip-empty-xacts=1"])
+        .stdout(std::process::Stdio::piped());
+    Ok(cmd)
 }
 
 /// Commits `rate` one-row transactions per second for `duration`, spread

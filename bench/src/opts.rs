@@ -30,7 +30,7 @@ pub struct Cli {
 pub enum Scenario {
     /// rows/s decoded and delivered vs pg_recvlogical [--rows 1000000 --txns 100000]
     Ingest,
-    /// commit-to-client percentiles vs pg_recvlogical [--sockets 1000 --rates 1000,5000 --seconds 10]
+    /// commit-to-client percentiles vs the floor fed from the same stream, and pg_recvlogical [--sockets 500 --rates 64,640 --seconds 10]
     Latency,
     /// msg/s and CPU per million msgs vs a bare broadcaster [--sockets 10000 --changes 500]
     Fanout,
@@ -116,6 +116,10 @@ pub struct Opts {
     /// File of pre-encoded frames, one per line (floor).
     #[arg(long, value_name = "PATH", hide = true)]
     pub frames: Option<String>,
+    /// Broadcast a stamped template frame per change of the
+    /// `pg_recvlogical` output on stdin (floor).
+    #[arg(long, hide = true)]
+    pub follow: bool,
 }
 
 impl Opts {
