@@ -13,7 +13,9 @@
 //! At a fixed rate the database has CPU to spare, so a consumer's cost shows
 //! as the CPU it adds, not as TPS lost on a machine pgbench already fills.
 //! "The database" is the postmaster, every backend (reaped or live) and the
-//! walsenders; the consumers' own backends are also measured apart.
+//! walsenders; the consumers' own backends are also measured apart. Each
+//! case starts after a `CHECKPOINT`, and autovacuum is off on the table, so
+//! that neither lands in one case at random.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,7 +32,8 @@ use crate::stack::{self, TempPostgres};
 use crate::sys::{CpuDelta, CpuMeter, Who};
 
 const SCHEMA: &str = "
-    CREATE TABLE dbc (id bigserial PRIMARY KEY, v int, body text);
+    CREATE TABLE dbc (id bigserial PRIMARY KEY, v int, body text)
+        WITH (autovacuum_enabled = false);
     CREATE PUBLICATION bench FOR TABLE dbc;
     CREATE FUNCTION dbc_notify() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN PERFORM pg_notify('dbc', row_to_json(NEW)::text); RETURN NEW; END $$;";
@@ -237,6 +240,11 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
         with_server.per_1000("its other backends"),
         "ms",
     );
+    report::figure(
+        "dbcost.trigger_notify.listen_backend_per_1000_txns",
+        with_notify.per_1000("LISTEN backend"),
+        "ms",
+    );
     report::note(&format!(
         "no consumer before/after: {:.1} / {:.1} ms per 1,000 transactions (drift {:.1} ms)",
         none_before.per_1000("postgres"),
@@ -395,6 +403,9 @@ async fn measure(
     ];
     who.extend(parts);
     who.push(("load generator", Who::LoadGenerator));
+    // Not inside a case: a timed checkpoint, or autovacuum (off on the
+    // table), would land in one case at random.
+    db.batch_execute("CHECKPOINT").await?;
     let meter = CpuMeter::start(who);
     let (tps, committed) = bench.run(secs).await?;
     // pgbench's backends, reaped by the postmaster, count in its children's CPU.
