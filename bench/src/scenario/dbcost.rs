@@ -7,7 +7,9 @@
 //! - the server streaming every row to one subscribed socket,
 //! - `pg_recvlogical` with pgoutput on the same publication into
 //!   `/dev/null`: the walsender's decoding, the floor any logical consumer
-//!   pays,
+//!   pays; and again with the replication options the server uses (logical
+//!   messages on, a status update a second), to tell what those options
+//!   cost from what the server does,
 //! - a row trigger calling `pg_notify` and one LISTEN client.
 //!
 //! At a fixed rate the database has CPU to spare, so a consumer's cost shows
@@ -42,6 +44,11 @@ const SCRIPT: &str = "INSERT INTO dbc (v, body) VALUES (1, 'a short body');\n";
 
 /// The slot `pg_recvlogical` reads.
 const RECV_SLOT: &str = "dbcost_recv";
+
+/// What the server's replication session asks for beyond pg_recvlogical's
+/// defaults: `messages 'true'` (pgwire-replication's START_REPLICATION) and
+/// a status update each second (the server's STATUS_INTERVAL).
+const SERVER_OPTIONS: &[&str] = &["-o", "messages=true", "-s", "1"];
 
 /// How long a consumer may take to catch up after pgbench ends, and a
 /// process to appear or go.
@@ -120,55 +127,12 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
     )
     .await?;
 
-    // pg_recvlogical: pgoutput, the same publication, into /dev/null.
-    db.execute(
-        "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-        &[&RECV_SLOT],
-    )
-    .await?;
-    let mut recv = tokio::process::Command::from(pg.client_command("pg_recvlogical"))
-        .args([
-            "-d",
-            "postgres",
-            "--slot",
-            RECV_SLOT,
-            "--start",
-            "--no-loop",
-        ])
-        .args(["-f", "/dev/null"])
-        .args(["-o", "proto_version=1", "-o", "publication_names=bench"])
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting pg_recvlogical")?;
-    until(
-        &db,
-        "SELECT count(*) = 1 FROM pg_stat_replication \
-         WHERE application_name = 'pg_recvlogical' AND state = 'streaming'",
-        "pg_recvlogical to stream",
-    )
-    .await?;
-    let mut parts = vec![("pg_recvlogical", Who::Pid(recv.id().unwrap_or(0)))];
-    parts.extend(backends(&db, "pg_recvlogical").await?);
-    let with_recv = measure(
-        &bench,
-        &db,
-        secs,
-        parts,
-        Drain {
-            walsender: true,
-            delivered: None,
-        },
-    )
-    .await?;
-    recv.kill().await.context("stopping pg_recvlogical")?;
-    until(
-        &db,
-        &format!("SELECT NOT active FROM pg_replication_slots WHERE slot_name = '{RECV_SLOT}'"),
-        "pg_recvlogical's slot to be released",
-    )
-    .await?;
-    db.execute("SELECT pg_drop_replication_slot($1)", &[&RECV_SLOT])
-        .await?;
+    // pg_recvlogical: pgoutput, the same publication, into /dev/null; then
+    // with the options the server starts replication with (logical
+    // messages on, a status update every second), which tells an option's
+    // cost from the server's.
+    let with_recv = recvlogical(&bench, &db, secs, &[]).await?;
+    let with_recv_opts = recvlogical(&bench, &db, secs, SERVER_OPTIONS).await?;
 
     // Trigger + NOTIFY with a LISTEN client.
     db.batch_execute(
@@ -204,6 +168,7 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
         ("no_consumer.before", &none_before),
         ("server", &with_server),
         ("pg_recvlogical", &with_recv),
+        ("pg_recvlogical_server_options", &with_recv_opts),
         ("trigger_notify", &with_notify),
         ("no_consumer.after", &none_after),
     ];
@@ -220,6 +185,7 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
     for (name, case) in [
         ("server", &with_server),
         ("pg_recvlogical", &with_recv),
+        ("pg_recvlogical_server_options", &with_recv_opts),
         ("trigger_notify", &with_notify),
     ] {
         report::figure(
@@ -228,7 +194,11 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
             "ms",
         );
     }
-    for (name, case) in [("server", &with_server), ("pg_recvlogical", &with_recv)] {
+    for (name, case) in [
+        ("server", &with_server),
+        ("pg_recvlogical", &with_recv),
+        ("pg_recvlogical_server_options", &with_recv_opts),
+    ] {
         report::figure(
             &format!("dbcost.{name}.walsender_per_1000_txns"),
             case.per_1000("walsender"),
@@ -284,6 +254,13 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
         with_server.per_1000("walsender"),
         with_recv.per_1000("walsender"),
         "the server's walsender CPU / pg_recvlogical's walsender CPU, per transaction",
+        None,
+    );
+    report::ratio(
+        "dbcost.walsender.server_options_vs_pg_recvlogical",
+        with_recv_opts.per_1000("walsender"),
+        with_recv.per_1000("walsender"),
+        "walsender CPU of pg_recvlogical with the server's options / with its defaults",
         None,
     );
     report::ratio(
@@ -509,6 +486,66 @@ async fn until(db: &tokio_postgres::Client, sql: &str, what: &str) -> anyhow::Re
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// One case with `pg_recvlogical` (pgoutput, the publication, into
+/// `/dev/null`, `extra` arguments) on a slot of its own.
+async fn recvlogical(
+    bench: &Pgbench<'_>,
+    db: &tokio_postgres::Client,
+    secs: usize,
+    extra: &[&str],
+) -> anyhow::Result<Case> {
+    db.execute(
+        "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+        &[&RECV_SLOT],
+    )
+    .await?;
+    let mut recv = tokio::process::Command::from(bench.pg.client_command("pg_recvlogical"))
+        .args([
+            "-d",
+            "postgres",
+            "--slot",
+            RECV_SLOT,
+            "--start",
+            "--no-loop",
+        ])
+        .args(["-f", "/dev/null"])
+        .args(["-o", "proto_version=1", "-o", "publication_names=bench"])
+        .args(extra)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting pg_recvlogical")?;
+    until(
+        db,
+        "SELECT count(*) = 1 FROM pg_stat_replication \
+         WHERE application_name = 'pg_recvlogical' AND state = 'streaming'",
+        "pg_recvlogical to stream",
+    )
+    .await?;
+    let mut parts = vec![("pg_recvlogical", Who::Pid(recv.id().unwrap_or(0)))];
+    parts.extend(backends(db, "pg_recvlogical").await?);
+    let case = measure(
+        bench,
+        db,
+        secs,
+        parts,
+        Drain {
+            walsender: true,
+            delivered: None,
+        },
+    )
+    .await?;
+    recv.kill().await.context("stopping pg_recvlogical")?;
+    until(
+        db,
+        &format!("SELECT NOT active FROM pg_replication_slots WHERE slot_name = '{RECV_SLOT}'"),
+        "pg_recvlogical's slot to be released",
+    )
+    .await?;
+    db.execute("SELECT pg_drop_replication_slot($1)", &[&RECV_SLOT])
+        .await?;
+    Ok(case)
 }
 
 /// A LISTEN client on `channel` counting notifications.
