@@ -250,6 +250,13 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
         Some(Target::Below(1.0)),
     );
     report::ratio(
+        "dbcost.pg_recvlogical_vs_trigger_notify",
+        added(&with_recv),
+        added(&with_notify),
+        "database CPU pg_recvlogical adds / what trigger+NOTIFY adds: the floor against the target",
+        None,
+    );
+    report::ratio(
         "dbcost.walsender.server_vs_pg_recvlogical",
         with_server.per_1000("walsender"),
         with_recv.per_1000("walsender"),
