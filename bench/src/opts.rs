@@ -38,7 +38,7 @@ pub enum Scenario {
     Connections,
     /// 10,000 sockets with id=eq.N bindings vs 10 [--sockets 10000 --few 10 --rate 1000 --seconds 10]
     Filters,
-    /// pgbench TPS: no consumer, server, trigger+NOTIFY [--seconds 15 --clients 4]
+    /// database CPU per 1,000 transactions at a fixed rate: no consumer, server, pg_recvlogical, trigger+NOTIFY [--rate 500 --seconds 20 --clients 4]
     Dbcost,
     /// bus candidates (NOTIFY vs logical messages); broadcast across two servers vs one; presence convergence [--part all|bus|servers --bus-rate 500 --bulk-rows 500000 --receivers 100 --rates 1000,5000 --seconds 5 --members 1000]
     Cluster,
@@ -86,7 +86,7 @@ pub struct Opts {
     /// Sockets in the small comparison run (filters).
     #[arg(long, value_name = "N", value_parser = whole_number)]
     pub few: Option<usize>,
-    /// One-row transactions per second (filters, rls).
+    /// One-row transactions per second (filters, rls, dbcost).
     #[arg(long, value_name = "N", value_parser = whole_number)]
     pub rate: Option<usize>,
     /// pgbench clients (dbcost).

@@ -43,6 +43,9 @@ pub fn ratio(name: &str, value: f64, reference: f64, what: &str, target: Option<
             " (target <= {t}: {})",
             if r <= t { "met" } else { "MISSED" }
         ),
+        Some(Target::Below(t)) => {
+            format!(" (target < {t}: {})", if r < t { "met" } else { "MISSED" })
+        }
     };
     println!("ratio {name} = {r:.3}  [{what}]{verdict}");
 }
@@ -51,6 +54,8 @@ pub fn ratio(name: &str, value: f64, reference: f64, what: &str, target: Option<
 pub enum Target {
     AtLeast(f64),
     AtMost(f64),
+    /// Strictly less than.
+    Below(f64),
 }
 
 /// One line of per-process CPU over a phase.

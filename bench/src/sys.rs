@@ -113,6 +113,8 @@ fn status_bytes(pid: u32, field: &str) -> u64 {
 /// A source of CPU seconds to measure over a phase.
 pub enum Who {
     Pid(u32),
+    /// Several processes summed (e.g. a consumer's backends).
+    Pids(Vec<u32>),
     /// The cluster whose data directory this is.
     Postgres(PathBuf),
     LoadGenerator,
@@ -123,6 +125,7 @@ impl Who {
     fn read(&self) -> f64 {
         match self {
             Who::Pid(pid) => cpu_seconds(*pid, false),
+            Who::Pids(pids) => pids.iter().map(|p| cpu_seconds(*p, false)).sum(),
             Who::Postgres(dir) => postgres_cpu_seconds(dir),
             Who::LoadGenerator => self_cpu_seconds(),
             Who::ReapedChildren => reaped_children_cpu_seconds(),
