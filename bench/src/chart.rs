@@ -184,19 +184,25 @@ type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
 fn draw_panel(area: &Area, panel: &Panel) -> anyhow::Result<()> {
     let xs = values(panel, |p| p.0, panel.x.scale);
     let ys = values(panel, |p| p.1, panel.y.scale);
-    let (x, y) = (range(&xs, panel.x.scale), range(&ys, panel.y.scale));
+    // Room above a linear y for the legend (see `legend_at`).
+    let (x, y) = (
+        range(&xs, panel.x.scale, 0.05),
+        range(&ys, panel.y.scale, 0.3),
+    );
     let x_log = panel.x.scale == Scale::Log;
     let y_log = panel.y.scale == Scale::Log;
+    // Integer ends on a percentile axis: one tick per nine.
+    let ticks = x.end as usize + 1;
     // plotters gives a log axis its own coordinate type: one call per pair.
     match (x_log, y_log) {
-        (false, false) => draw_in(area, panel, x, y),
-        (false, true) => draw_in(area, panel, x, y.log_scale()),
-        (true, false) => draw_in(area, panel, x.log_scale(), y),
-        (true, true) => draw_in(area, panel, x.log_scale(), y.log_scale()),
+        (false, false) => draw_in(area, panel, ticks, x, y),
+        (false, true) => draw_in(area, panel, ticks, x, y.log_scale()),
+        (true, false) => draw_in(area, panel, ticks, x.log_scale(), y),
+        (true, true) => draw_in(area, panel, ticks, x.log_scale(), y.log_scale()),
     }
 }
 
-fn draw_in<X, Y>(area: &Area, panel: &Panel, x: X, y: Y) -> anyhow::Result<()>
+fn draw_in<X, Y>(area: &Area, panel: &Panel, x_ticks: usize, x: X, y: Y) -> anyhow::Result<()>
 where
     X: AsRangedCoord<Value = f64>,
     Y: AsRangedCoord<Value = f64>,
@@ -209,6 +215,7 @@ where
     }
     let mut chart = builder
         .margin(12)
+        .margin_right(28)
         .x_label_area_size(44)
         .y_label_area_size(64)
         .build_cartesian_2d(x, y)
@@ -219,7 +226,12 @@ where
         .configure_mesh()
         .x_desc(panel.x.label.as_str())
         .y_desc(panel.y.label.as_str())
-        .x_labels(if panel.x.scale == Scale::Nines { 7 } else { 8 })
+        // A tick per nine on a percentile axis (90%, 99%, ...).
+        .x_labels(match panel.x.scale {
+            Scale::Nines => x_ticks,
+            _ => 8,
+        })
+        .y_labels(8)
         .x_label_formatter(&x_label)
         .y_label_formatter(&y_label)
         .label_style(("sans-serif", 12))
@@ -246,13 +258,24 @@ where
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(legend_at(panel))
         .label_font(("sans-serif", 13))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK.mix(0.4))
         .draw()
         .map_err(err)?;
     Ok(())
+}
+
+/// Where the legend hides nothing: a percentile curve rises to the right,
+/// leaving the lower right empty; over a linear y it goes in the room
+/// [`range`] leaves above the highest value.
+fn legend_at(panel: &Panel) -> SeriesLabelPosition {
+    if panel.x.scale == Scale::Nines {
+        SeriesLabelPosition::LowerRight
+    } else {
+        SeriesLabelPosition::UpperRight
+    }
 }
 
 /// Series colours, told apart in print too: red, blue, green, orange, purple.
@@ -299,8 +322,9 @@ fn values(panel: &Panel, pick: impl Fn(&(f64, f64)) -> f64, scale: Scale) -> Vec
         .collect()
 }
 
-/// The axis range for these positions, with a little room.
-fn range(vs: &[f64], scale: Scale) -> Range<f64> {
+/// The axis range for these positions, with `room` (a fraction of the
+/// span) above them on a linear scale.
+fn range(vs: &[f64], scale: Scale, room: f64) -> Range<f64> {
     let lo = vs.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = vs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     if !lo.is_finite() || !hi.is_finite() {
@@ -313,7 +337,7 @@ fn range(vs: &[f64], scale: Scale) -> Range<f64> {
         Scale::Linear => {
             let lo = lo.min(0.0);
             let hi = if hi > lo { hi } else { lo + 1.0 };
-            lo..hi + (hi - lo) * 0.05
+            lo..hi + (hi - lo) * room
         }
         Scale::Log => {
             let (lo, hi) = if hi > lo {
@@ -323,7 +347,8 @@ fn range(vs: &[f64], scale: Scale) -> Range<f64> {
             };
             lo / 1.25..hi * 1.25
         }
-        Scale::Nines => 0.0..hi.ceil().max(1.0),
+        // 1 - 10^-3 is 0.999 and back to 3.0000000000000004: not a fourth nine.
+        Scale::Nines => 0.0..(hi - 1e-9).ceil().max(1.0),
     }
 }
 
