@@ -8,6 +8,7 @@
 //! Scenarios: ingest, latency, fanout, connections, filters, dbcost, cluster, rls, all
 //! (`--help` lists each one's options and defaults). See BENCHMARKS.md for what each measures and the latest figures.
 
+mod chart;
 mod client;
 mod floor;
 mod load;
@@ -17,11 +18,11 @@ mod scenario;
 mod stack;
 mod sys;
 
-use clap::{Parser, ValueEnum};
+use clap::ValueEnum;
 use opts::{Cli, Scenario};
 
 fn main() -> anyhow::Result<()> {
-    let Cli { scenario, opts } = Cli::parse();
+    let Cli { scenario, opts } = Cli::parse_checked();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -3,7 +3,10 @@
 //! scenario that reads it (several scenarios share a name with their own
 //! defaults: `realtime-bench --help` lists them per scenario).
 
-use clap::{Args, Parser, ValueEnum};
+use std::path::PathBuf;
+
+use clap::error::ErrorKind;
+use clap::{Args, CommandFactory, Parser, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,7 +35,7 @@ pub enum Scenario {
     Ingest,
     /// commit-to-client percentiles vs the floor fed from the same stream, and pg_recvlogical [--sockets 500 --rates 64,640 --seconds 10]
     Latency,
-    /// msg/s and CPU per million msgs vs a bare broadcaster [--sockets 10000 --changes 500]
+    /// msg/s and CPU per million msgs vs a bare broadcaster, once per size [--sockets 10000 (or 1000,5000,...) --changes 500]
     Fanout,
     /// RSS per idle joined socket, time to connect [--sockets 50000 --hold 30 --heartbeat 25]
     Connections,
@@ -65,8 +68,19 @@ pub struct Opts {
     /// One-row transactions in the second run (ingest).
     #[arg(long, value_name = "N", value_parser = whole_number)]
     pub txns: Option<usize>,
-    /// Client sockets (latency, fanout, connections, filters, rls).
-    #[arg(long, value_name = "N", value_parser = whole_number)]
+    /// Client sockets (latency, fanout, connections, filters, rls); fanout
+    /// takes a comma-separated list and runs once per size.
+    #[arg(
+        long = "sockets",
+        id = "sockets",
+        value_name = "N[,N]",
+        value_parser = whole_number,
+        value_delimiter = ','
+    )]
+    pub socket_sizes: Option<Vec<usize>>,
+    /// The one `--sockets` size of the scenarios that take one (set by
+    /// [`Cli::try_parse_checked_from`]).
+    #[arg(skip)]
     pub sockets: Option<usize>,
     /// Commit rates per second, comma-separated (latency, cluster).
     #[arg(long, value_name = "N,N", value_parser = whole_number, value_delimiter = ',')]
@@ -116,10 +130,48 @@ pub struct Opts {
     /// File of pre-encoded frames, one per line (floor).
     #[arg(long, value_name = "PATH", hide = true)]
     pub frames: Option<String>,
+    /// Write the scenario's charts as SVG files into DIR (latency, fanout).
+    #[arg(long, value_name = "DIR")]
+    pub charts: Option<PathBuf>,
     /// Broadcast a stamped template frame per change of the
     /// `pg_recvlogical` output on stdin (floor).
     #[arg(long, hide = true)]
     pub follow: bool,
+}
+
+impl Cli {
+    /// The command line, or clap's error message and exit.
+    pub fn parse_checked() -> Cli {
+        Cli::try_parse_checked_from(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// Parses, then checks what clap cannot: only fanout takes a list of
+    /// socket counts.
+    pub fn try_parse_checked_from<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut cli = Cli::try_parse_from(args)?;
+        match cli.opts.socket_sizes.as_deref() {
+            None => {}
+            Some(&[one]) => cli.opts.sockets = Some(one),
+            Some(_) if cli.scenario == Scenario::Fanout => {}
+            Some(list) => {
+                return Err(Cli::command().error(
+                    ErrorKind::ValueValidation,
+                    format!(
+                        "--sockets {list:?}: only fanout runs once per size; {} takes one number",
+                        cli.scenario
+                            .to_possible_value()
+                            .expect("a listed scenario")
+                            .get_name()
+                    ),
+                ))
+            }
+        }
+        Ok(cli)
+    }
 }
 
 impl Opts {
@@ -166,6 +218,39 @@ mod tests {
     }
 
     #[test]
+    fn only_fanout_takes_a_list_of_socket_counts() {
+        let cli =
+            Cli::try_parse_checked_from(["realtime-bench", "fanout", "--sockets", "1000,5_000"])
+                .unwrap();
+        assert_eq!(
+            cli.opts.list(&cli.opts.socket_sizes, &[1], &[2]),
+            vec![1000, 5000]
+        );
+        assert_eq!(cli.opts.sockets, None);
+        let cli =
+            Cli::try_parse_checked_from(["realtime-bench", "latency", "--sockets", "500"]).unwrap();
+        assert_eq!(cli.opts.size(cli.opts.sockets, 1, 2), 500);
+        assert_eq!(cli.opts.socket_sizes, Some(vec![500]));
+        let err = Cli::try_parse_checked_from(["realtime-bench", "latency", "--sockets", "1,2"])
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("only fanout runs once per size; latency takes one"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn charts_are_written_only_when_asked() {
+        let cli = Cli::try_parse_checked_from(["realtime-bench", "fanout"]).unwrap();
+        assert_eq!(cli.opts.charts, None);
+        let cli =
+            Cli::try_parse_checked_from(["realtime-bench", "fanout", "--charts", "docs/bench"])
+                .unwrap();
+        assert_eq!(cli.opts.charts, Some(PathBuf::from("docs/bench")));
+    }
+
+    #[test]
     fn a_bad_number_or_scenario_is_refused_with_the_reason() {
         let err = Cli::try_parse_from(["realtime-bench", "ingest", "--rows", "many"]).unwrap_err();
         assert!(
@@ -196,11 +281,13 @@ mod tests {
             "--rows",
             "--bus-rate",
             "--peer-changes",
+            "--charts",
         ] {
             assert!(help.contains(name), "--help does not name {name}:\n{help}");
         }
+        // Other scenarios' descriptions name the floor; the process is hidden.
         assert!(
-            !help.contains("floor"),
+            !help.contains("- floor:"),
             "the floor process is internal:\n{help}"
         );
     }

@@ -3,11 +3,14 @@
 //! and prints its figures and ratios. No timing is asserted: numbers belong
 //! in BENCHMARKS.md, not in a test.
 
+use std::path::Path;
 use std::process::Command;
 
-fn smoke(scenario: &str) {
+/// Runs `realtime-bench <scenario> --smoke <extra>` and returns its stdout.
+fn smoke_with(scenario: &str, extra: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_realtime-bench"))
         .args([scenario, "--smoke"])
+        .args(extra)
         .env(
             "REALTIME_SERVER_BIN",
             realtime_harness::server::server_bin().unwrap_or_else(|e| panic!("{e}")),
@@ -15,11 +18,11 @@ fn smoke(scenario: &str) {
         .env_remove("CARGO")
         .output()
         .expect("run realtime-bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "realtime-bench {scenario} --smoke failed ({}):\n{stdout}\n{stderr}",
+        "realtime-bench {scenario} --smoke {extra:?} failed ({}):\n{stdout}\n{stderr}",
         out.status
     );
     let prefix = format!("ratio {scenario}.");
@@ -31,6 +34,36 @@ fn smoke(scenario: &str) {
         stdout.lines().any(|l| l.starts_with("figure ")),
         "realtime-bench {scenario} printed no figure:\n{stdout}"
     );
+    stdout
+}
+
+fn smoke(scenario: &str) {
+    smoke_with(scenario, &[]);
+}
+
+/// The SVG chart `name` in `dir`, announced on stdout, with its title and
+/// series names in it.
+fn assert_chart(dir: &Path, name: &str, stdout: &str, holds: &[&str]) {
+    let path = dir.join(format!("{name}.svg"));
+    assert!(
+        stdout.contains(&format!("chart {}", path.display())),
+        "no `chart {}` line:\n{stdout}",
+        path.display()
+    );
+    let svg = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}\n{stdout}", path.display()));
+    assert!(
+        svg.trim_start().starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+        "{} is not an SVG document:\n{svg}",
+        path.display()
+    );
+    for text in holds {
+        assert!(
+            svg.contains(&format!(">{text}<")) || svg.contains(&format!("\n{text}\n")),
+            "{} has no text {text:?}:\n{svg}",
+            path.display()
+        );
+    }
 }
 
 #[test]
@@ -39,13 +72,42 @@ fn ingest_runs() {
 }
 
 #[test]
-fn latency_runs() {
-    smoke("latency");
+fn latency_runs_and_charts() {
+    let dir = tempfile::tempdir().unwrap();
+    let stdout = smoke_with("latency", &["--charts", dir.path().to_str().unwrap()]);
+    assert_chart(dir.path(), "latency", &stdout, &["server", "percentile"]);
 }
 
 #[test]
-fn fanout_runs() {
-    smoke("fanout");
+fn fanout_runs_per_size_and_charts() {
+    let dir = tempfile::tempdir().unwrap();
+    let stdout = smoke_with(
+        "fanout",
+        &[
+            "--sockets",
+            "20,40",
+            "--charts",
+            dir.path().to_str().unwrap(),
+        ],
+    );
+    for sockets in [20, 40] {
+        let title = format!("== fan-out: {sockets} sockets on one topic");
+        assert!(stdout.contains(&title), "no `{title}`:\n{stdout}");
+    }
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.starts_with("ratio fanout.server_vs_floor_cpu "))
+            .count(),
+        2,
+        "one CPU ratio per size:\n{stdout}"
+    );
+    assert_chart(
+        dir.path(),
+        "fanout",
+        &stdout,
+        &["server", "floor", "sockets on the topic"],
+    );
 }
 
 #[test]

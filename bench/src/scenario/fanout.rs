@@ -9,6 +9,7 @@ use anyhow::Context;
 use futures::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::chart::{self, Axis, Panel, Scale, Series};
 use crate::client::{self, Join, Ws};
 use crate::floor::Floor;
 use crate::opts::Opts;
@@ -20,9 +21,65 @@ const SCHEMA: &str = "
     CREATE TABLE fan (id bigint PRIMARY KEY, sent_us bigint, body text);
     CREATE PUBLICATION bench FOR TABLE fan;";
 
+/// One size's figures, for the chart.
+struct Point {
+    sockets: usize,
+    server_cpu_per_million: f64,
+    floor_cpu_per_million: f64,
+    server_rate: f64,
+    floor_rate: f64,
+}
+
+/// Runs once per `--sockets` size (each with its own database and server),
+/// then charts CPU per message and delivery rate against the size.
 pub async fn run(opts: &Opts) -> anyhow::Result<()> {
-    let sockets = opts.size(opts.sockets, 10_000, 50);
+    let sizes = opts.list(&opts.socket_sizes, &[10_000], &[50]);
     let changes = opts.size(opts.changes, 500, 20);
+    let mut points = Vec::new();
+    for sockets in sizes {
+        points.push(run_one(sockets, changes).await?);
+    }
+    chart(opts, changes, &points)
+}
+
+fn chart(opts: &Opts, changes: usize, points: &[Point]) -> anyhow::Result<()> {
+    let sockets = Axis::new("sockets on the topic", Scale::Linear);
+    let line = |name: &str, y: fn(&Point) -> f64| {
+        Series::new(
+            name,
+            points.iter().map(|p| (p.sockets as f64, y(p))).collect(),
+        )
+    };
+    let panels = [
+        Panel {
+            title: "server CPU per message vs the floor".into(),
+            x: sockets.clone(),
+            y: Axis::new("CPU seconds per million messages", Scale::Linear),
+            series: vec![
+                line("server", |p| p.server_cpu_per_million),
+                line("floor", |p| p.floor_cpu_per_million),
+            ],
+        },
+        Panel {
+            title: "delivery rate".into(),
+            x: sockets,
+            y: Axis::new("messages per second", Scale::Linear),
+            series: vec![
+                line("server", |p| p.server_rate),
+                line("floor", |p| p.floor_rate),
+            ],
+        },
+    ];
+    chart::write(
+        opts.charts.as_deref(),
+        "fanout",
+        &format!("fan-out: {changes} changes to every socket on one topic"),
+        &panels,
+    )?;
+    Ok(())
+}
+
+async fn run_one(sockets: usize, changes: usize) -> anyhow::Result<Point> {
     let nofile = sys::raise_nofile_limit();
     let sockets = sys::cap_sockets(sockets, nofile);
     sys::warn_about_limits(sockets, client::PER_SOURCE, nofile);
@@ -107,7 +164,13 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
         Some(Target::AtMost(1.5)),
     );
     report::server_warnings(&warnings);
-    Ok(())
+    Ok(Point {
+        sockets,
+        server_cpu_per_million: per_million(server_cpu),
+        floor_cpu_per_million: per_million(floor_cpu[0].1.seconds),
+        server_rate,
+        floor_rate,
+    })
 }
 
 /// Per socket: the frames kept, when the first and the last arrived.

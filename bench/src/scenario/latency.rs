@@ -17,6 +17,7 @@ use anyhow::Context;
 use futures::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::chart;
 use crate::client::{self, Join};
 use crate::floor::{Floor, STAMP_HOLE};
 use crate::load::{self, Phase, Reference, Samples};
@@ -124,6 +125,7 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
         floor_all.push(r.await?);
     }
 
+    let mut panels = Vec::new();
     for (p, (rate, n, wall, cpu)) in cpu_lines.into_iter().enumerate() {
         let name = format!("latency.{rate}_per_s");
         report::section(&format!(
@@ -148,6 +150,14 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
             report::note("no samples");
             continue;
         };
+        panels.push(chart::latency_panel(
+            &format!("{rate} changes/s"),
+            &[
+                ("server", &server_s),
+                ("floor (same stream, same frames)", &floor_s),
+                ("pg_recvlogical (rows, no sockets)", &ref_s),
+            ],
+        ));
         for (i, q) in ["p50", "p99", "p99.9", "max"].iter().enumerate() {
             report::figure(&format!("{name}.server.{q}"), s[i], "ms");
         }
@@ -186,6 +196,14 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
             None,
         );
         report::cpu(&name, wall, &cpu);
+    }
+    if !panels.is_empty() {
+        chart::write(
+            opts.charts.as_deref(),
+            "latency",
+            &format!("latency: commit to client, {sockets} sockets on one topic"),
+            &panels,
+        )?;
     }
     let warnings = server.warnings();
     report::server_warnings(&warnings);
