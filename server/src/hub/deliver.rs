@@ -45,7 +45,7 @@ pub(super) struct Deliveries {
     /// 2.x channels: (socket, topic, selected columns) -> (serializer,
     /// binding ids, old values). Bindings of one channel that select other
     /// columns get their own frames, each with its ids, as from Supabase.
-    channels: HashMap<ChannelKey, ChannelDelivery>,
+    channels: HashMap<ChannelKey, ChannelDelivery, foldhash::fast::RandomState>,
 }
 
 /// One subscriber waiting for its group's check.
@@ -94,7 +94,7 @@ impl Deliveries {
     /// queued, and the sockets whose queue was full in `slow`.
     pub(super) fn queue(&self, index: &Index, change: &Change, slow: &mut Vec<SocketId>) -> u64 {
         let mut queued = 0;
-        let mut send = |socket: SocketId, frame: Frame| {
+        self.encode(change, |socket, frame| {
             let Some(entry) = index.sockets.get(&socket) else {
                 return;
             };
@@ -104,7 +104,13 @@ impl Deliveries {
                 // The socket is going away and unregisters itself.
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
-        };
+        });
+        queued
+    }
+
+    /// Encodes each frame once and hands it to `send` for each socket that
+    /// receives it, in the order of the deliveries.
+    pub(super) fn encode(&self, change: &Change, mut send: impl FnMut(SocketId, Frame)) {
         let stripped = std::cell::OnceCell::new();
         let variant = |old: bool| -> &Change {
             if old {
@@ -117,13 +123,23 @@ impl Deliveries {
             let event = change.kind.as_str();
             let mut payloads: [Option<String>; 2] = [None, None];
             let mut frames: HashMap<(&Arc<str>, Vsn, bool), Frame> = HashMap::new();
+            // Subscribers of one topic come together: the frame of the one
+            // before is most often the one wanted, without hashing the topic.
+            let mut last: Option<(&Arc<str>, Vsn, bool, Frame)> = None;
             for (topic, socket, vsn, old) in &self.legacy {
+                if let Some((t, v, o, frame)) = &last {
+                    if Arc::ptr_eq(t, topic) && v == vsn && o == old {
+                        send(*socket, frame.clone());
+                        continue;
+                    }
+                }
                 let payload =
                     payloads[*old as usize].get_or_insert_with(|| variant(*old).legacy_json());
                 let frame = frames
                     .entry((topic, *vsn, *old))
                     .or_insert_with(|| frame::encode(*vsn, None, None, topic, event, payload))
                     .clone();
+                last = Some((topic, *vsn, *old, frame.clone()));
                 send(*socket, frame);
             }
         }
@@ -163,7 +179,6 @@ impl Deliveries {
                 send(*socket, frame);
             }
         }
-        queued
     }
 }
 

@@ -66,6 +66,79 @@ pub struct Revoked {
     pub reason: String,
 }
 
+/// Most changes a [`Batch`] holds before the stream flushes it: bounds how
+/// long the first of them waits behind the others being routed.
+pub const BATCH_MAX_CHANGES: usize = 64;
+
+/// Most (socket, frame) pairs a [`Batch`] holds before the stream flushes
+/// it: each is a frame handle (the frame's bytes are shared), about 40
+/// bytes with its share of the map, so a batch holds at most ~10 MiB of
+/// handles, beside the frames of at most [`BATCH_MAX_CHANGES`] changes.
+pub const BATCH_MAX_ENTRIES: usize = 1 << 18;
+
+/// Changes being routed as one batch: the replication stream routes the
+/// messages of one read (those ready without waiting) through one
+/// `Routing`, and each socket gets their frames as one item of its queue
+/// when it is dropped (its writer wakes once for them, not once per
+/// change).
+///
+/// Holds the hub's index for reading from the first change to the last,
+/// as routing one change always did: a channel's leave, which takes the
+/// index for writing, happens before the batch or after its frames are
+/// queued, never between, so nothing reaches a channel after its
+/// `phx_close` reply. Must not be held across an await (the stream drops
+/// it before it waits for the next read). A change that goes through a
+/// row level security lane queues the batch first, so every socket still
+/// gets every change in order.
+pub struct Routing<'h> {
+    hub: &'h Arc<Hub>,
+    index: std::sync::RwLockReadGuard<'h, Index>,
+    batch: Batch,
+}
+
+impl Routing<'_> {
+    /// Routes `change`: its frames wait in the batch.
+    pub fn dispatch(&mut self, change: &Change) {
+        self.hub.dispatch_into(change, &self.index, &mut self.batch);
+    }
+
+    /// Whether the batch should be queued before another change is routed.
+    pub fn is_full(&self) -> bool {
+        self.batch.changes >= BATCH_MAX_CHANGES || self.batch.entries >= BATCH_MAX_ENTRIES
+    }
+}
+
+impl Drop for Routing<'_> {
+    /// Queues the batch, however routing ends.
+    fn drop(&mut self) {
+        self.hub.flush(&self.index, &mut self.batch);
+    }
+}
+
+/// Frames decided for sockets and not yet queued (see [`Routing`]). Not
+/// counted in the queued bytes until queued (bounded by
+/// [`BATCH_MAX_CHANGES`] and [`BATCH_MAX_ENTRIES`]).
+#[derive(Debug, Default)]
+struct Batch {
+    frames: SocketMap<Vec<Frame>>,
+    changes: usize,
+    entries: usize,
+}
+
+/// A map keyed by socket ids: hashed with foldhash (the ids are the
+/// server's own, so no client can aim at its buckets).
+pub(crate) type SocketMap<V> = HashMap<SocketId, V, foldhash::fast::RandomState>;
+
+impl Batch {
+    fn push(&mut self, socket: SocketId, frame: Frame) {
+        self.frames
+            .entry(socket)
+            .or_insert_with(|| Vec::with_capacity(4))
+            .push(frame);
+        self.entries += 1;
+    }
+}
+
 /// What a socket's writer sends, in order.
 #[derive(Debug, Clone)]
 pub enum Outbound {
@@ -75,6 +148,11 @@ pub enum Outbound {
     /// A binary frame (a broadcast with a binary payload, for vsn 2.0.0),
     /// shared the same way.
     Binary(bytes::Bytes),
+    /// Text frames handed over at once (the changes of one replication
+    /// read, see [`Batch`]): one queue operation and one wake-up of the
+    /// writer for all of them. Counts as its frames against the queue's
+    /// depth.
+    Frames(Vec<Frame>),
     /// Close the socket with this code (one of `phoenix::close`) and reason.
     Close(u16, String),
 }
@@ -86,7 +164,7 @@ struct SocketEntry {
 
 #[derive(Default)]
 struct Index {
-    sockets: HashMap<SocketId, SocketEntry>,
+    sockets: SocketMap<SocketEntry>,
     legacy: LegacyIndex,
     bindings: BindingIndex,
 }
@@ -288,13 +366,24 @@ impl Hub {
     /// change from the table's lane, after the check, still in order; so do
     /// all of the table's subscribers while its lane holds earlier changes.
     pub fn dispatch(self: &Arc<Self>, change: &Change) {
+        self.routing().dispatch(change);
+    }
+
+    /// Starts a batch of changes to route (see [`Routing`]).
+    pub fn routing(self: &Arc<Self>) -> Routing<'_> {
+        Routing {
+            hub: self,
+            index: self.read(),
+            batch: Batch::default(),
+        }
+    }
+
+    fn dispatch_into(self: &Arc<Self>, change: &Change, index: &Index, batch: &mut Batch) {
         METRICS.changes_received.inc();
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
-        let mut slow: Vec<SocketId> = Vec::new();
         let mut now = Deliveries::default();
         let mut pending = Pending::default();
         {
-            let index = self.read();
             let mut verdicts = Verdicts::new(self.authz.as_ref(), change);
             index.legacy.matching(change, |subs| {
                 for (&socket, sub) in &subs.sockets {
@@ -321,13 +410,10 @@ impl Hub {
                 .as_ref()
                 .is_some_and(|a| a.lanes.busy(change.table.id));
             if !busy && !now.is_empty() {
-                let queued = now.queue(&index, change, &mut slow);
-                METRICS.frames_queued.inc_by(queued);
+                now.encode(change, |socket, frame| batch.push(socket, frame));
+                batch.changes += 1;
                 now = Deliveries::default();
             }
-        }
-        if !slow.is_empty() {
-            self.close_slow(slow);
         }
         if pending.is_empty() && now.is_empty() {
             return;
@@ -335,6 +421,8 @@ impl Hub {
         let Some(authz) = &self.authz else {
             return;
         };
+        // The lane may deliver before the batch would be flushed.
+        self.flush(index, batch);
         // Behind the table's earlier changes: the checks, then everyone.
         let (checks, waiting) = pending.into_parts();
         let hub = self.clone();
@@ -350,6 +438,39 @@ impl Hub {
                 }),
             },
         );
+    }
+
+    /// Hands each socket its frames from `batch` (one queue item each) and
+    /// empties it; a socket whose queue cannot take them is closed as a slow
+    /// consumer.
+    fn flush(&self, index: &Index, batch: &mut Batch) {
+        if batch.frames.is_empty() {
+            batch.changes = 0;
+            return;
+        }
+        let mut slow = Vec::new();
+        let mut queued = 0u64;
+        for (socket, mut frames) in batch.frames.drain() {
+            let Some(entry) = index.sockets.get(&socket) else {
+                continue;
+            };
+            let n = frames.len() as u64;
+            let item = if frames.len() == 1 {
+                Outbound::Frame(frames.pop().expect("one frame"))
+            } else {
+                Outbound::Frames(frames)
+            };
+            match entry.tx.try_send(item) {
+                Ok(()) => queued += n,
+                Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => slow.push(socket),
+                // The socket is going away and unregisters itself.
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        batch.changes = 0;
+        batch.entries = 0;
+        METRICS.frames_queued.inc_by(queued);
+        self.close_slow_in(index, slow);
     }
 
     /// Queues decided deliveries (from a lane).
@@ -572,7 +693,12 @@ impl Hub {
     }
 
     fn close_slow(&self, ids: Vec<SocketId>) {
-        let index = self.read();
+        if !ids.is_empty() {
+            self.close_slow_in(&self.read(), ids);
+        }
+    }
+
+    fn close_slow_in(&self, index: &Index, ids: Vec<SocketId>) {
         for id in ids {
             if let Some(entry) = index.sockets.get(&id) {
                 if !entry.cancel.is_cancelled() {

@@ -1,6 +1,8 @@
 //! A socket's send queue, bounded in frames (`SOCKET_QUEUE_DEPTH`) and in
 //! bytes (`SOCKET_QUEUE_BYTES`), and the count of bytes queued over every
-//! socket, which the server-wide memory budget is checked against.
+//! socket, which the server-wide memory budget is checked against. A batch
+//! of frames ([`Outbound::Frames`]) is one item of the queue and counts as
+//! its frames and bytes.
 //!
 //! A frame shared by many sockets (a change or a broadcast, encoded once)
 //! counts its full length in each queue that holds it: the bound is on
@@ -52,49 +54,71 @@ pub fn queued_bytes() -> usize {
     QUEUED_BYTES.load(Ordering::Relaxed).max(0) as usize
 }
 
-/// Bytes an item holds in a queue: a frame's length; a close is free (it
-/// must always get in).
-fn size(item: &Outbound) -> usize {
+/// Bytes and frames an item holds in a queue: a frame's length; a close is
+/// free (it must always get in).
+fn size(item: &Outbound) -> (usize, usize) {
     match item {
-        Outbound::Frame(frame) => frame.len(),
-        Outbound::Binary(bytes) => bytes.len(),
-        Outbound::Close(..) => 0,
+        Outbound::Frame(frame) => (frame.len(), 1),
+        Outbound::Binary(bytes) => (bytes.len(), 1),
+        Outbound::Frames(frames) => (frames.iter().map(|f| f.len()).sum(), frames.len()),
+        Outbound::Close(..) => (0, 0),
     }
 }
 
-/// A queue of at most `depth` items and `max_bytes` bytes; a single item
-/// larger than `max_bytes` is taken when the queue is empty (so the bound
-/// is `max_bytes` plus one frame).
+/// A queue of at most `depth` frames and `max_bytes` bytes; a single item
+/// larger than `max_bytes` (or a batch of more than `depth` frames) is taken
+/// when the queue is empty, so the bound is `max_bytes` plus one item.
 pub fn channel(depth: usize, max_bytes: usize) -> (QueueTx, QueueRx) {
     let (tx, rx) = mpsc::channel(depth);
-    let bytes = Arc::new(AtomicUsize::new(0));
+    let held = Arc::new(Held::default());
     (
         QueueTx {
             tx,
-            bytes: bytes.clone(),
+            held: held.clone(),
             max_bytes,
+            max_frames: depth,
         },
-        QueueRx { rx, bytes },
+        QueueRx { rx, held },
     )
+}
+
+/// What a queue holds.
+#[derive(Debug, Default)]
+struct Held {
+    bytes: AtomicUsize,
+    frames: AtomicUsize,
 }
 
 /// The sending side, shared by the hub and the socket's session.
 #[derive(Debug, Clone)]
 pub struct QueueTx {
     tx: mpsc::Sender<Outbound>,
-    bytes: Arc<AtomicUsize>,
+    held: Arc<Held>,
     max_bytes: usize,
+    max_frames: usize,
 }
 
 impl QueueTx {
     /// Queues `item` without waiting; `Full` when the queue is at its depth
-    /// or the item would take it past its bytes.
+    /// or the item would take it past its bytes or frames.
     pub fn try_send(&self, item: Outbound) -> Result<(), TrySendError<Outbound>> {
-        let n = size(&item);
+        let (n, frames) = size(&item);
         if n > 0 {
-            let before = self.bytes.fetch_add(n, Ordering::AcqRel);
+            let before = self.held.bytes.fetch_add(n, Ordering::AcqRel);
             if before > 0 && before + n > self.max_bytes {
-                self.bytes.fetch_sub(n, Ordering::AcqRel);
+                self.held.bytes.fetch_sub(n, Ordering::AcqRel);
+                return Err(TrySendError::Full(item));
+            }
+        }
+        if frames > 1 {
+            // Single frames are bounded by the channel's slots, batches by
+            // their frames: together, at most the depth (each batch counted
+            // once more as its slot, which errs on the safe side).
+            let items = self.max_frames - self.tx.capacity();
+            let before = self.held.frames.fetch_add(frames, Ordering::AcqRel) + items;
+            if before > 0 && before + frames > self.max_frames {
+                self.held.frames.fetch_sub(frames, Ordering::AcqRel);
+                self.held.bytes.fetch_sub(n, Ordering::AcqRel);
                 return Err(TrySendError::Full(item));
             }
         }
@@ -104,7 +128,10 @@ impl QueueTx {
                 Ok(())
             }
             Err(e) => {
-                self.bytes.fetch_sub(n, Ordering::AcqRel);
+                self.held.bytes.fetch_sub(n, Ordering::AcqRel);
+                if frames > 1 {
+                    self.held.frames.fetch_sub(frames, Ordering::AcqRel);
+                }
                 Err(e)
             }
         }
@@ -115,7 +142,7 @@ impl QueueTx {
 #[derive(Debug)]
 pub struct QueueRx {
     rx: mpsc::Receiver<Outbound>,
-    bytes: Arc<AtomicUsize>,
+    held: Arc<Held>,
 }
 
 impl QueueRx {
@@ -132,8 +159,11 @@ impl QueueRx {
     }
 
     fn taken(&self, item: &Outbound) {
-        let n = size(item);
-        self.bytes.fetch_sub(n, Ordering::AcqRel);
+        let (n, frames) = size(item);
+        self.held.bytes.fetch_sub(n, Ordering::AcqRel);
+        if frames > 1 {
+            self.held.frames.fetch_sub(frames, Ordering::AcqRel);
+        }
         account(-(n as isize));
     }
 }
@@ -184,6 +214,43 @@ mod tests {
         account(-(1 << 30));
         assert_eq!(queued_bytes(), 0);
         account(1 << 30);
+    }
+
+    fn batch(n: usize, len: usize) -> Outbound {
+        Outbound::Frames((0..n).map(|_| Frame::from("x".repeat(len))).collect())
+    }
+
+    #[test]
+    fn a_batch_counts_as_its_frames_and_bytes() {
+        let (tx, mut rx) = channel(10, 1000);
+        assert!(tx.try_send(batch(6, 10)).is_ok());
+        assert!(tx.try_send(frame(10)).is_ok());
+        // 6 + 1 queued: a batch of 4 would make 11 frames.
+        assert!(matches!(
+            tx.try_send(batch(4, 10)),
+            Err(TrySendError::Full(_))
+        ));
+        assert!(tx.try_send(batch(2, 10)).is_ok());
+        assert!(matches!(
+            tx.try_send(batch(2, 10)),
+            Err(TrySendError::Full(_))
+        ));
+        // Bytes too: 900 more bytes would pass 1000.
+        while rx.try_recv().is_ok() {}
+        assert!(tx.try_send(batch(2, 100)).is_ok());
+        assert!(matches!(
+            tx.try_send(batch(2, 450)),
+            Err(TrySendError::Full(_))
+        ));
+        // An empty queue takes a batch larger than its depth, once.
+        while rx.try_recv().is_ok() {}
+        assert!(tx.try_send(batch(20, 1)).is_ok());
+        assert!(matches!(
+            tx.try_send(batch(2, 1)),
+            Err(TrySendError::Full(_))
+        ));
+        assert!(rx.try_recv().is_ok());
+        assert!(tx.try_send(batch(10, 1)).is_ok());
     }
 
     #[test]

@@ -106,6 +106,14 @@ async fn drain(sink: &mut Sink, rx: &mut QueueRx) -> Ending {
                         return Ending::Broken;
                     }
                 }
+                Outbound::Frames(frames) => {
+                    n += frames.len().saturating_sub(1);
+                    for frame in frames {
+                        if !feed(sink, Message::Text(frame)).await {
+                            return Ending::Broken;
+                        }
+                    }
+                }
                 Outbound::Close(code, reason) => {
                     return Ending::Close(close_message(code, reason));
                 }

@@ -10,11 +10,13 @@
 //! `START_REPLICATION`), so a temporary slot lives exactly as long as the
 //! session that reads it.
 //!
-//! Progress: the confirmed LSN moves to a transaction's end only after
-//! [`Hub::dispatch`] handed all of its changes to the socket queues: at its
-//! Commit message, or, when some of its changes wait in a row level security
-//! lane, once none of them (nor any earlier change) is left there; and to a
-//! keepalive's position only between transactions with no change waiting. pgwire-replication answers keepalive
+//! Progress: the confirmed LSN moves to a transaction's end only after the
+//! hub handed all of its changes to the socket queues: at its Commit
+//! message (or, when the frames of the messages read with it are still
+//! batched, once they are queued, see [`crate::hub::Routing`]), or, when
+//! some of its changes wait in a row level security lane, once none of them
+//! (nor any earlier change) is left there; and to a keepalive's position only
+//! between transactions with no change waiting. pgwire-replication answers keepalive
 //! requests and sends standby status updates on a timer.
 
 use std::collections::HashMap;
@@ -22,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::FutureExt;
 use pgwire_replication::{
     FeedbackObserver, Lsn, PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent,
     TlsConfig,
@@ -31,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::change::{self, Cell, Change, ChangeKind, ColumnInfo, Row, TableInfo};
 use crate::config::{Config, DbSsl, SlotConfig};
-use crate::hub::Hub;
+use crate::hub::{Hub, Routing};
 use crate::metrics::{SlotRecreation, METRICS};
 use crate::replication::catalog::{TypeCatalog, TypeRow};
 use crate::replication::pgoutput::{
@@ -599,6 +602,20 @@ async fn session(
             .as_ref()
             .is_none_or(|i| i.earliest().is_none_or(|e| e > seq))
     };
+    // The position to confirm once the routed changes' frames are queued:
+    // a change counts as handed over only when its frames are in the
+    // sockets' queues.
+    let mut unconfirmed: Option<Lsn> = None;
+    let confirm = |client: &mut ReplicationClient,
+                   batching: bool,
+                   unconfirmed: &mut Option<Lsn>,
+                   lsn: Lsn| {
+        if batching {
+            *unconfirmed = Some(unconfirmed.map_or(lsn, |u| u.max(lsn)));
+        } else {
+            client.update_applied_lsn(lsn);
+        }
+    };
     loop {
         let event = tokio::select! {
             biased;
@@ -620,68 +637,92 @@ async fn session(
                 continue;
             }
         };
-        let Some(event) = event else {
-            return Err(ReplicationError::Ended);
-        };
-        match event {
-            ReplicationEvent::Begin {
-                final_lsn,
-                commit_time_micros,
-                ..
-            } => {
-                decoder.begin(commit_time_micros);
-                tx = (final_lsn, 0, carry.delivered.already(final_lsn));
-                METRICS.transactions.inc();
-            }
-            ReplicationEvent::XLogData { data, wal_end, .. } => {
-                wal_end_seen = wal_end_seen.max(wal_end);
-                let (lsn, seen, skip) = &mut tx;
-                let mut handed = 0u64;
-                decoder.message(pgoutput::decode(data)?, &mut catalog, |change| {
-                    *seen += 1;
-                    if *seen <= *skip {
-                        METRICS.duplicate_changes_skipped.inc();
-                        return;
-                    }
-                    hub.dispatch(&change);
-                    handed += 1;
-                })?;
-                if handed > 0 {
-                    carry.delivered.partial = Some((*lsn, *seen));
-                    METRICS.observe_lag(decoder.lag_micros());
-                }
-            }
-            ReplicationEvent::Commit { lsn, end_lsn, .. } => {
-                decoder.in_transaction = false;
-                carry.delivered = Delivered {
-                    through: carry.delivered.through.max(lsn),
-                    partial: None,
+        // The messages of one read arrive together: route them all through
+        // one `Routing` (see `hub::Routing`), taking the next message while
+        // one is ready without waiting and the batch is not full; its drop
+        // queues every socket's frames at once, however this block ends
+        // (an error too: those changes then count as delivered, and a new
+        // session skips them). No await in here: the routing holds the
+        // hub's index.
+        {
+            let mut routing: Option<Routing> = None;
+            let mut next = Some(event);
+            while let Some(event) = next.take() {
+                let Some(event) = event else {
+                    return Err(ReplicationError::Ended);
                 };
-                let last = hub.last_seq();
-                if waiting.is_empty() && settled(last) {
-                    applied = applied.max(end_lsn);
-                    client.update_applied_lsn(end_lsn);
-                } else {
-                    waiting.push_back((last, end_lsn));
+                match event {
+                    ReplicationEvent::Begin {
+                        final_lsn,
+                        commit_time_micros,
+                        ..
+                    } => {
+                        decoder.begin(commit_time_micros);
+                        tx = (final_lsn, 0, carry.delivered.already(final_lsn));
+                        METRICS.transactions.inc();
+                    }
+                    ReplicationEvent::XLogData { data, wal_end, .. } => {
+                        wal_end_seen = wal_end_seen.max(wal_end);
+                        let (lsn, seen, skip) = &mut tx;
+                        let mut handed = 0u64;
+                        decoder.message(pgoutput::decode(data)?, &mut catalog, |change| {
+                            *seen += 1;
+                            if *seen <= *skip {
+                                METRICS.duplicate_changes_skipped.inc();
+                                return;
+                            }
+                            routing
+                                .get_or_insert_with(|| hub.routing())
+                                .dispatch(&change);
+                            handed += 1;
+                        })?;
+                        if handed > 0 {
+                            carry.delivered.partial = Some((*lsn, *seen));
+                            METRICS.observe_lag(decoder.lag_micros());
+                        }
+                    }
+                    ReplicationEvent::Commit { lsn, end_lsn, .. } => {
+                        decoder.in_transaction = false;
+                        carry.delivered = Delivered {
+                            through: carry.delivered.through.max(lsn),
+                            partial: None,
+                        };
+                        let last = hub.last_seq();
+                        if waiting.is_empty() && settled(last) {
+                            applied = applied.max(end_lsn);
+                            confirm(&mut client, routing.is_some(), &mut unconfirmed, end_lsn);
+                        } else {
+                            waiting.push_back((last, end_lsn));
+                        }
+                        check_lag(wal_end_seen.max(end_lsn), applied, max_lag)?;
+                    }
+                    ReplicationEvent::KeepAlive { wal_end, .. } => {
+                        wal_end_seen = wal_end_seen.max(wal_end);
+                        // Between transactions everything before wal_end that concerns
+                        // the publications has been handed over.
+                        if !decoder.in_transaction
+                            && wal_end > Lsn::ZERO
+                            && waiting.is_empty()
+                            && settled(hub.last_seq())
+                        {
+                            applied = applied.max(wal_end);
+                            confirm(&mut client, routing.is_some(), &mut unconfirmed, wal_end);
+                        }
+                        check_lag(wal_end_seen, applied, max_lag)?;
+                    }
+                    ReplicationEvent::Message { .. } => {}
+                    ReplicationEvent::StoppedAt { .. } => return Ok(()),
                 }
-                check_lag(wal_end_seen.max(end_lsn), applied, max_lag)?;
+                next = match &routing {
+                    Some(r) if !r.is_full() => {
+                        client.recv().now_or_never().transpose().map_err(conn_err)?
+                    }
+                    _ => None,
+                };
             }
-            ReplicationEvent::KeepAlive { wal_end, .. } => {
-                wal_end_seen = wal_end_seen.max(wal_end);
-                // Between transactions everything before wal_end that concerns
-                // the publications has been handed over.
-                if !decoder.in_transaction
-                    && wal_end > Lsn::ZERO
-                    && waiting.is_empty()
-                    && settled(hub.last_seq())
-                {
-                    applied = applied.max(wal_end);
-                    client.update_applied_lsn(wal_end);
-                }
-                check_lag(wal_end_seen, applied, max_lag)?;
-            }
-            ReplicationEvent::Message { .. } => {}
-            ReplicationEvent::StoppedAt { .. } => return Ok(()),
+        }
+        if let Some(lsn) = unconfirmed.take() {
+            client.update_applied_lsn(lsn);
         }
     }
 }
