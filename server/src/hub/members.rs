@@ -97,22 +97,7 @@ impl Members {
                     frame::encode(m.vsn, None, None, &topic.topic, event, payload)
                 })
                 .clone();
-            match m.tx.try_send(Outbound::Frame(frame)) {
-                Ok(()) => reached += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    if !m.cancel.is_cancelled() {
-                        METRICS.slow_consumer_closes.inc();
-                        tracing::warn!(
-                            socket = id,
-                            queue_depth = self.queue_depth,
-                            "closing a slow consumer: its send queue is full"
-                        );
-                        m.cancel.cancel();
-                    }
-                }
-                // The socket is going away and leaves its channels itself.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
-            }
+            self.send(id, m, Outbound::Frame(frame), &mut reached);
         }
         reached
     }
