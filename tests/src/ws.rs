@@ -190,6 +190,20 @@ impl PhxClient {
         }
     }
 
+    /// The next frame with event `event`, skipping others (`presence_state`,
+    /// replies).
+    pub async fn next_named(&mut self, event: &str) -> Msg {
+        loop {
+            let m = self
+                .next()
+                .await
+                .unwrap_or_else(|e| panic!("waiting for {event}: {e:?}"));
+            if m.event == event {
+                return m;
+            }
+        }
+    }
+
     /// Asserts that nothing arrives within `d`.
     pub async fn expect_silence(&mut self, d: Duration) {
         match self.next_within(d).await {

@@ -107,27 +107,13 @@ impl Env {
             .execute("INSERT INTO items (id, body) VALUES ($1, 'good')", &[&id])
             .await
             .expect("insert");
-        let m = next_named(&mut c, "postgres_changes").await;
+        let m = c.next_named("postgres_changes").await;
         assert_eq!(m.payload["data"]["record"]["id"], id, "during {during}");
         let took = t.elapsed();
         assert!(
             took < SERVED_WITHIN,
             "during {during}: join + INSERT round trip took {took:?} (bound {SERVED_WITHIN:?})"
         );
-    }
-}
-
-/// The next frame with event `event`, skipping others (`presence_state`,
-/// replies).
-async fn next_named(c: &mut PhxClient, event: &str) -> Msg {
-    loop {
-        let m = c
-            .next()
-            .await
-            .unwrap_or_else(|e| panic!("waiting for {event}: {e:?}"));
-        if m.event == event {
-            return m;
-        }
     }
 }
 
@@ -157,7 +143,7 @@ async fn filter_values_are_bounded_and_counted_once() {
         )
         .await;
     assert_eq!(reply.payload["status"], "ok", "{reply:?}");
-    let system = next_named(&mut attacker, "system").await;
+    let system = attacker.next_named("system").await;
     assert_eq!(system.payload["status"], "error", "{system:?}");
     let message = system.payload["message"].as_str().unwrap_or_default();
     assert!(
@@ -176,7 +162,7 @@ async fn filter_values_are_bounded_and_counted_once() {
             )
             .await;
         assert_eq!(reply.payload["status"], "ok", "{reply:?}");
-        let system = next_named(&mut attacker, "system").await;
+        let system = attacker.next_named("system").await;
         assert_eq!(system.payload["status"], "ok", "{system:?}");
     }
     env.round_trip(1, "joins with repeated values").await;
@@ -188,7 +174,7 @@ async fn filter_values_are_bounded_and_counted_once() {
         .expect("insert");
     let mut seen = Vec::new();
     for _ in 0..2 {
-        let m = next_named(&mut attacker, "postgres_changes").await;
+        let m = attacker.next_named("postgres_changes").await;
         assert_eq!(m.payload["ids"], json!([1]), "{m:?}");
         seen.push(m.topic);
     }
@@ -904,7 +890,7 @@ async fn kept_state_counts_in_the_memory_budget_and_is_given_back() {
     }
     good.push("realtime:room", "broadcast", shout(2), None)
         .await;
-    let m = next_named(&mut good, "broadcast").await;
+    let m = good.next_named("broadcast").await;
     assert_eq!(m.payload["payload"]["n"], 2, "{m:?}");
     env.round_trip(11, "after the budget was given back").await;
     health.assert_served("state up to the memory budget");

@@ -36,22 +36,10 @@ async fn join(server: &ServerProcess, topic: &str, bindings: Value) -> (PhxClien
     let reply = c
         .join(topic, json!({"config": {"postgres_changes": bindings}}))
         .await;
-    let system = next_named(&mut c, "system").await;
+    let system = c.next_named("system").await;
     let state = c.next().await.expect("presence_state push");
     assert_eq!(state.event, "presence_state");
     (c, reply, system)
-}
-
-async fn next_named(c: &mut PhxClient, event: &str) -> Msg {
-    loop {
-        let m = c
-            .next()
-            .await
-            .unwrap_or_else(|e| panic!("waiting for {event}: {e:?}"));
-        if m.event == event {
-            return m;
-        }
-    }
 }
 
 /// The rows every filter below is held to: numbers, text with the
@@ -159,7 +147,7 @@ async fn every_operator_and_its_negation_select_rows_as_postgresql_does() {
             .collect();
         let mut got = Vec::new();
         for _ in 0..want.len() {
-            let m = next_named(c, "postgres_changes").await;
+            let m = c.next_named("postgres_changes").await;
             got.push(m.payload["data"]["record"]["id"].as_i64().unwrap());
         }
         assert_eq!(got, want, "filter {filter} (SQL: {sql})");
@@ -199,7 +187,7 @@ async fn a_column_the_old_row_does_not_carry_passes_no_condition() {
         )
         .await
         .unwrap();
-    let m = next_named(&mut by_key[0], "postgres_changes").await;
+    let m = by_key[0].next_named("postgres_changes").await;
     assert_eq!(m.payload["data"]["old_record"], json!({"id": 1}));
     for c in &mut by_key {
         c.expect_silence(Duration::from_millis(300)).await;
@@ -235,8 +223,8 @@ async fn select_trims_what_the_subscriber_receives() {
         .await
         .unwrap();
     let mut frames = [
-        next_named(&mut c, "postgres_changes").await,
-        next_named(&mut c, "postgres_changes").await,
+        c.next_named("postgres_changes").await,
+        c.next_named("postgres_changes").await,
     ];
     frames.sort_by_key(|m| m.payload["ids"].to_string());
     assert_eq!(frames[0].payload["ids"], json!([1]));
@@ -250,7 +238,7 @@ async fn select_trims_what_the_subscriber_receives() {
     assert_eq!(frames[1].payload["ids"], json!([2]));
     assert_eq!(frames[1].payload["data"]["record"]["note"], "secret");
 
-    let update = next_named(&mut c, "postgres_changes").await;
+    let update = c.next_named("postgres_changes").await;
     assert_eq!(update.payload["ids"], json!([1]));
     assert_eq!(
         update.payload["data"]["record"],
@@ -402,7 +390,7 @@ async fn worst_case_patterns_cost_time_linear_in_the_value() {
         ))
         .await
         .unwrap();
-    let m = next_named(&mut good, "postgres_changes").await;
+    let m = good.next_named("postgres_changes").await;
     assert_eq!(m.payload["data"]["record"]["id"], 2);
     let took = t.elapsed();
     assert!(
@@ -410,6 +398,6 @@ async fn worst_case_patterns_cost_time_linear_in_the_value() {
         "the change after the attacker's row took {took:?}"
     );
     // And they were evaluated, not skipped: `(a+)+$` matches the row.
-    let m = next_named(&mut attackers[4], "postgres_changes").await;
+    let m = attackers[4].next_named("postgres_changes").await;
     assert_eq!(m.payload["data"]["record"]["id"], 1);
 }
