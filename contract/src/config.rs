@@ -64,7 +64,7 @@
 //! | `MAX_EVENTS_PER_SECOND` | 100 | messages one socket may send per second (heartbeats aside), in bursts of as many; > 0 |
 //! | `MAX_JOINS_PER_SECOND` | 100 | joins one socket may send per second; > 0 |
 //! | `MAX_PRESENCE_EVENTS_PER_SECOND` | 10 | presence `track`/`untrack` one socket may send per second; > 0 |
-//! | `MAX_CATALOG_LOOKUPS_PER_SECOND` | 2000 | catalog queries (one per `postgres_changes` binding of a join) the whole server sends PostgreSQL per second; > 0 |
+//! | `MAX_CATALOG_LOOKUPS_PER_SECOND` | 2000 | catalog queries (one per `postgres_changes` binding the published tables' snapshot would refuse) the whole server sends PostgreSQL per second; > 0 |
 //! | `CLUSTER_NAME` | `default` | servers on one database with the same name share Broadcast and Presence (`[a-z0-9_]`, 1-40 bytes) |
 //! | `CLUSTER_HEARTBEAT_MS` | 1000 | how often a server tells the cluster it is alive; > 0 and < the node timeout |
 //! | `CLUSTER_NODE_TIMEOUT_MS` | 5000 | a server not heard from for this long is gone, and its presences leave; > 0 |
@@ -196,8 +196,9 @@ pub const DEFAULT_MAX_JOINS_PER_SECOND: u32 = 100;
 /// Default `MAX_PRESENCE_EVENTS_PER_SECOND` (per socket): presence is for who
 /// is there, not for positions; every track is sent to every member.
 pub const DEFAULT_MAX_PRESENCE_EVENTS_PER_SECOND: u32 = 10;
-/// Default `MAX_CATALOG_LOOKUPS_PER_SECOND` (whole server): each binding of a
-/// join is a query to PostgreSQL; this keeps a join storm from becoming a
+/// Default `MAX_CATALOG_LOOKUPS_PER_SECOND` (whole server): a binding the
+/// snapshot of the published tables would refuse is checked once more with
+/// a query to PostgreSQL; this keeps a storm of such joins from becoming a
 /// database storm.
 pub const DEFAULT_MAX_CATALOG_LOOKUPS_PER_SECOND: u32 = 2000;
 

@@ -119,10 +119,22 @@ pub async fn serve_with(
         tokio::spawn(apply_catalog_changes(authz.clone(), hub.clone()));
     }
     let status = Arc::new(StreamStatus::default());
+    // The published tables joins are checked against: loaded now, kept
+    // current from the catalog's fingerprint and the stream's Relation
+    // messages (see `published`).
+    let published = Arc::new(PublishedTables::new(config.clone()));
+    {
+        let published = published.clone();
+        let interval = config.authz_refresh;
+        tokio::spawn(async move {
+            published.preload().await;
+            published.watch(interval).await;
+        });
+    }
     let sockets = Arc::new(SocketContext {
         hub: hub.clone(),
         verifier: verifier.clone(),
-        published: Arc::new(PublishedTables::new(config.clone())),
+        published: published.clone(),
         limits: SocketLimits::of(&config),
         memory_budget,
         catalog_lookups: Arc::new(limits::SharedRate::per_second(
@@ -156,7 +168,10 @@ pub async fn serve_with(
         bus_stop.clone(),
     ));
 
-    let control = StreamControl::default();
+    let control = StreamControl {
+        published: Some(published),
+        ..StreamControl::default()
+    };
     let mut replication = tokio::spawn(stream::run(
         config.clone(),
         hub.clone(),

@@ -111,6 +111,11 @@ pub struct Metrics {
     /// (change, group) pairs withheld because the change's image lacks a
     /// column the policies read, or the group's access was not computed yet.
     pub rls_undecidable: Counter,
+    /// Snapshots of the published tables loaded (joins are checked
+    /// against the snapshot).
+    pub catalog_snapshot_loads: Counter,
+    /// Joins the snapshot would have refused, checked against the catalog.
+    pub catalog_live_lookups: Counter,
     pub accept_errors: Counter,
     /// Requests refused because a limit was reached, by the limit's variable.
     limits_reached: Family<LimitLabels, Counter>,
@@ -247,6 +252,14 @@ impl Metrics {
             "realtime_rls_undecidable",
             "Changes withheld from a group because their row image lacks what the policies read, or the group's access to the table was not computed yet",
         );
+        let catalog_snapshot_loads = counter(
+            "realtime_catalog_snapshot_loads",
+            "Snapshots of the published tables' columns loaded: at start, and after a change to a publication or a published table",
+        );
+        let catalog_live_lookups = counter(
+            "realtime_catalog_live_lookups",
+            "postgres_changes bindings the snapshot of the published tables would refuse, checked against the catalog itself",
+        );
         let accept_errors = counter(
             "realtime_accept_errors",
             "Errors accepting a TCP connection (such as the open-file limit), each followed by a back-off",
@@ -306,6 +319,8 @@ impl Metrics {
             rls_check_errors,
             rls_check_timeouts,
             rls_undecidable,
+            catalog_snapshot_loads,
+            catalog_live_lookups,
             accept_errors,
             limits_reached,
             replication_connected,
@@ -624,6 +639,16 @@ mod tests {
                 "realtime_frames_queued",
                 "counter",
                 "realtime_frames_queued_total 0",
+            ),
+            (
+                "realtime_catalog_snapshot_loads",
+                "counter",
+                "realtime_catalog_snapshot_loads_total 0",
+            ),
+            (
+                "realtime_catalog_live_lookups",
+                "counter",
+                "realtime_catalog_live_lookups_total 0",
             ),
             (
                 "realtime_cluster_bus_up",

@@ -96,6 +96,8 @@ type PlanKey = (u32, String, Command);
 
 /// (table, group id) -> its access, and the group's principal (to compute
 /// the access again after a catalog change).
+/// (table, group) -> an access being computed, shared by its callers.
+type Pending = HashMap<(u32, u64), Arc<OnceCell<GroupAccess>>>;
 type Accesses = HashMap<(u32, u64), (GroupAccess, Weak<Principal>)>;
 
 /// The service.
@@ -107,6 +109,10 @@ pub struct Authorizer {
     /// (table, group) -> its access and the group (to compute it again
     /// after a catalog change, in place: until then the old one stands).
     accesses: Mutex<Accesses>,
+    /// Accesses being computed: callers asking for the same one meanwhile
+    /// wait for that computation (a reconnect storm of one group's sockets
+    /// costs one check).
+    pending: Mutex<Pending>,
     principals: Mutex<HashMap<Principal, (u64, Weak<Principal>)>>,
     next_principal: AtomicU64,
     generation: watch::Sender<u64>,
@@ -196,6 +202,7 @@ impl Authorizer {
             settings,
             plans: Mutex::new(HashMap::new()),
             accesses: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
             principals: Mutex::new(HashMap::new()),
             next_principal: AtomicU64::new(1),
             generation: watch::channel(0).0,
@@ -306,15 +313,30 @@ impl Authorizer {
         if let Some(a) = self.cached_access(table, group) {
             return Ok(a);
         }
-        let access = self.compute_access(table, &group.principal).await?;
-        self.accesses
+        let key = (table, group.id);
+        let cell = self
+            .pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                (table, group.id),
-                (access.clone(), Arc::downgrade(&group.principal)),
-            );
-        Ok(access)
+            .entry(key)
+            .or_default()
+            .clone();
+        let access = cell
+            .get_or_try_init(|| async {
+                let access = self.compute_access(table, &group.principal).await?;
+                self.accesses
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key, (access.clone(), Arc::downgrade(&group.principal)));
+                Ok::<_, AccessError>(access)
+            })
+            .await
+            .cloned();
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if pending.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            pending.remove(&key);
+        }
+        access
     }
 
     async fn compute_access(

@@ -36,6 +36,7 @@ use crate::change::{self, Cell, Change, ChangeKind, ColumnInfo, Row, TableInfo};
 use crate::config::{Config, DbSsl, SlotConfig};
 use crate::hub::{Hub, Routing};
 use crate::metrics::{SlotRecreation, METRICS};
+use crate::published::PublishedTables;
 use crate::replication::catalog::{TypeCatalog, TypeRow};
 use crate::replication::pgoutput::{
     self, Message, OldTuple, OldTupleKind, Relation, Tuple, TupleValue,
@@ -141,6 +142,8 @@ pub struct StreamControl {
     pub stop: CancellationToken,
     /// Cancelled by the stream once it dispatches nothing more.
     pub halted: CancellationToken,
+    /// Told of every Relation message (a published table's columns).
+    pub published: Option<Arc<PublishedTables>>,
 }
 
 /// What survives from one session to the next within the process.
@@ -665,7 +668,13 @@ async fn session(
                         wal_end_seen = wal_end_seen.max(wal_end);
                         let (lsn, seen, skip) = &mut tx;
                         let mut handed = 0u64;
-                        decoder.message(pgoutput::decode(data)?, &mut catalog, |change| {
+                        let message = pgoutput::decode(data)?;
+                        if let (Message::Relation(rel), Some(published)) =
+                            (&message, &control.published)
+                        {
+                            published.relation(rel);
+                        }
+                        decoder.message(message, &mut catalog, |change| {
                             *seen += 1;
                             if *seen <= *skip {
                                 METRICS.duplicate_changes_skipped.inc();

@@ -233,7 +233,15 @@ impl Session {
             }));
         };
         let schema = schema.unwrap_or("public");
-        let tables = self.published.lookup(schema, Some(table)).await?;
+        let mut tables = self.published.lookup(schema, Some(table)).await?;
+        if tables.is_empty() {
+            // The snapshot may be stale (a table published a moment ago).
+            if !self.catalog_lookups.take() {
+                METRICS.limit_reached(var::MAX_CATALOG_LOOKUPS_PER_SECOND);
+                return Err(super::rate::CATALOG.to_string());
+            }
+            tables = self.published.lookup_live(schema, Some(table)).await?;
+        }
         let Some(t) = tables.first() else {
             return Err(format!(
                 "{schema}.{table} is not in any publication this server streams"

@@ -24,7 +24,18 @@ use crate::hub::{Binding, Subscriber};
 use crate::metrics::METRICS;
 use crate::phoenix::payloads::BindingRequest;
 use crate::phoenix::session::Session;
+use crate::published::PublishedTable;
 use crate::select::Selection;
+
+/// A binding's table, filter and `select` list, checked.
+type Shaped = (Arc<PublishedTable>, Option<Filter>, Option<Arc<Selection>>);
+
+/// Why a binding does not fit its table; `limit` names a limit it is over
+/// (no fresher catalog changes that).
+struct Refusal {
+    message: String,
+    limit: Option<&'static str>,
+}
 
 /// A join's bindings after the catalog was asked about each.
 #[derive(Debug, Default)]
@@ -130,45 +141,32 @@ impl Session {
         if table.is_none() {
             Selection::parse(select, false, |_| true, &[])?;
         }
-        if !self.catalog_lookups.take() {
-            METRICS.limit_reached(var::MAX_CATALOG_LOOKUPS_PER_SECOND);
-            return Err(super::rate::CATALOG.to_string());
-        }
+        // From the snapshot of the published tables; what it would refuse
+        // is checked against the catalog itself once (it may be stale: a
+        // table published a moment ago), within the socket's lookup rate.
         let tables = self.published.lookup(&schema, table.as_deref()).await?;
-        let Some(first) = tables.first() else {
-            return Err(match &table {
-                Some(t) => format!(
-                    "{schema}.{t} is not in any publication this server streams: add it, e.g. \
-                     ALTER PUBLICATION <name> ADD TABLE {schema}.{t}"
-                ),
-                None => format!(
-                    "schema {schema:?} has no table in the publications this server streams"
-                ),
-            });
-        };
-        // A filter of only whitespace is no filter, as in Supabase Realtime.
-        let filter = match req.filter.as_deref().filter(|f| !f.trim().is_empty()) {
-            None => None,
-            Some(text) => {
-                if table.is_none() {
-                    return Err(format!("filter {text:?} needs a table"));
+        let (tables, (first, filter, select)) =
+            match self.shape(req, &schema, table.as_deref(), select, &tables) {
+                Ok(shaped) => (tables, shaped),
+                Err(Refusal {
+                    limit: Some(_),
+                    message,
+                }) => return Err(message),
+                Err(Refusal { limit: None, .. }) => {
+                    if !self.catalog_lookups.take() {
+                        METRICS.limit_reached(var::MAX_CATALOG_LOOKUPS_PER_SECOND);
+                        return Err(super::rate::CATALOG.to_string());
+                    }
+                    let live = self
+                        .published
+                        .lookup_live(&schema, table.as_deref())
+                        .await?;
+                    let shaped = self
+                        .shape(req, &schema, table.as_deref(), select, &live)
+                        .map_err(|r| r.message)?;
+                    (live, shaped)
                 }
-                let limits = filter::Limits {
-                    max_conditions: self.limits.max_filter_conditions,
-                    max_values: self.limits.max_filter_values,
-                };
-                let parsed = Filter::parse_with_limits(text, |c| first.column(c), limits);
-                if let Some(limit) = parsed.as_ref().err().and_then(|e| e.limit) {
-                    METRICS.limit_reached(limit);
-                }
-                Some(parsed.map_err(|e| e.message)?)
-            }
-        };
-        let select = match &table {
-            Some(_) => Selection::parse(select, true, |c| first.column(c).is_some(), &first.keys)?
-                .map(Arc::new),
-            None => None,
-        };
+            };
         let subscriber = match (group, &self.authz) {
             (Some(group), Some(authz)) => Some(match &table {
                 // One table: refused unless the role may read it; what the
@@ -215,5 +213,65 @@ impl Session {
             select,
             subscriber,
         })
+    }
+
+    /// The binding's table among `tables` (the published tables of
+    /// `schema`, only `table` when named), its filter and its `select`
+    /// list checked against the table's columns.
+    fn shape(
+        &self,
+        req: &BindingRequest,
+        schema: &str,
+        table: Option<&str>,
+        select: Option<&Value>,
+        tables: &[Arc<PublishedTable>],
+    ) -> Result<Shaped, Refusal> {
+        let refused = |message: String| Refusal {
+            message,
+            limit: None,
+        };
+        let Some(first) = tables.first() else {
+            return Err(refused(match table {
+                Some(t) => format!(
+                    "{schema}.{t} is not in any publication this server streams: add it, e.g. \
+                     ALTER PUBLICATION <name> ADD TABLE {schema}.{t}"
+                ),
+                None => format!(
+                    "schema {schema:?} has no table in the publications this server streams"
+                ),
+            }));
+        };
+        // A filter of only whitespace is no filter, as in Supabase Realtime.
+        let filter = match req.filter.as_deref().filter(|f| !f.trim().is_empty()) {
+            None => None,
+            Some(text) => {
+                if table.is_none() {
+                    return Err(refused(format!("filter {text:?} needs a table")));
+                }
+                let limits = filter::Limits {
+                    max_conditions: self.limits.max_filter_conditions,
+                    max_values: self.limits.max_filter_values,
+                };
+                match Filter::parse_with_limits(text, |c| first.column(c), limits) {
+                    Ok(f) => Some(f),
+                    Err(e) => {
+                        if let Some(limit) = e.limit {
+                            METRICS.limit_reached(limit);
+                        }
+                        return Err(Refusal {
+                            message: e.message,
+                            limit: e.limit,
+                        });
+                    }
+                }
+            }
+        };
+        let select = match table {
+            Some(_) => Selection::parse(select, true, |c| first.column(c).is_some(), &first.keys)
+                .map_err(refused)?
+                .map(Arc::new),
+            None => None,
+        };
+        Ok((first.clone(), filter, select))
     }
 }
