@@ -26,7 +26,12 @@ async fn stack(extra_env: &[(&str, &str)]) -> Stack {
 /// Joins one binding; returns the client and the `system` push (status
 /// "ok" or "error" with the reason).
 async fn join(server: &ServerProcess, topic: &str, binding: Value) -> (PhxClient, Msg) {
-    let mut c = PhxClient::connect(&server.ws_url("2.0.0")).await.unwrap();
+    let c = PhxClient::connect(&server.ws_url("2.0.0")).await.unwrap();
+    join_on(c, topic, binding).await
+}
+
+/// [`join`] on a connected client.
+async fn join_on(mut c: PhxClient, topic: &str, binding: Value) -> (PhxClient, Msg) {
     let r = c
         .push(
             topic,
@@ -74,25 +79,13 @@ async fn three_hundred_joins_at_once_cost_one_catalog_read() {
         );
     }
     // Every socket joins at the same moment, each with its own filter.
-    let joins = clients
-        .into_iter()
-        .enumerate()
-        .map(|(i, mut c)| async move {
-            let binding = json!({"event": "INSERT", "schema": "public", "table": "messages",
+    let joins = clients.into_iter().enumerate().map(|(i, c)| async move {
+        let binding = json!({"event": "INSERT", "schema": "public", "table": "messages",
                              "filter": format!("id=eq.{i}")});
-            let r = c
-                .push(
-                    &format!("realtime:s{i}"),
-                    "phx_join",
-                    json!({"config": {"postgres_changes": [binding]}}),
-                    Some("1"),
-                )
-                .await;
-            c.expect_reply(&r).await;
-            let system = c.next_named("system").await;
-            assert_eq!(status(&system).0, "ok", "socket {i}: {system:?}");
-            c
-        });
+        let (c, system) = join_on(c, &format!("realtime:s{i}"), binding).await;
+        assert_eq!(status(&system).0, "ok", "socket {i}: {system:?}");
+        c
+    });
     let mut clients = futures::future::join_all(joins).await;
     env.db
         .batch_execute("INSERT INTO messages (id, room, body) VALUES (7, 1, 'seven')")
