@@ -100,8 +100,6 @@ pub fn write(
 
 /// One panel of `y_label` against seconds, e.g. sockets rejoined since a
 /// restart, written as [`write`] does.
-// For the storm scenario (issue 20), which is not written yet.
-#[cfg_attr(not(test), allow(dead_code))]
 pub fn time_series(
     dir: Option<&Path>,
     file: &str,

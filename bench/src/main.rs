@@ -5,7 +5,7 @@
 //!
 //!     cargo run --release -p realtime-bench -- <scenario> [--smoke] [--name value ...]
 //!
-//! Scenarios: ingest, latency, fanout, connections, filters, dbcost, cluster, rls, all
+//! Scenarios: ingest, latency, fanout, connections, filters, dbcost, cluster, rls, storm, all
 //! (`--help` lists each one's options and defaults). See BENCHMARKS.md for what each measures and the latest figures.
 
 mod chart;
@@ -54,6 +54,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Dbcost => scenario::dbcost::run(&opts).await,
             Scenario::Cluster => scenario::cluster::run(&opts).await,
             Scenario::Rls => scenario::rls::run(&opts).await,
+            Scenario::Storm => scenario::storm::run(&opts).await,
             Scenario::All => {
                 scenario::ingest::run(&opts).await?;
                 scenario::latency::run(&opts).await?;
@@ -62,7 +63,8 @@ fn main() -> anyhow::Result<()> {
                 scenario::filters::run(&opts).await?;
                 scenario::dbcost::run(&opts).await?;
                 scenario::cluster::run(&opts).await?;
-                scenario::rls::run(&opts).await
+                scenario::rls::run(&opts).await?;
+                scenario::storm::run(&opts).await
             }
             // Started by the fanout scenario, and answered above.
             Scenario::Floor => floor::run(&opts).await,

@@ -47,6 +47,8 @@ pub enum Scenario {
     Cluster,
     /// owner-policy RLS for many users vs no authorization, and vs one check per subscriber [--sockets 10000 --users 1000 --rate 1000 --seconds 10 --peer-changes 20]
     Rls,
+    /// 10,000 realtime-js 2.x sockets (one postgres_changes binding each) rejoining after kill -9 of the server: rejoin time vs 2 s and vs a broadcast-only join, changes lost [--sockets 10000 --rate 200]
+    Storm,
     /// every scenario in turn
     All,
     /// the fan-out floor process the fanout scenario starts [--sockets --frames]
@@ -68,7 +70,7 @@ pub struct Opts {
     /// One-row transactions in the second run (ingest).
     #[arg(long, value_name = "N", value_parser = whole_number)]
     pub txns: Option<usize>,
-    /// Client sockets (latency, fanout, connections, filters, rls); fanout
+    /// Client sockets (latency, fanout, connections, filters, rls, storm); fanout
     /// takes a comma-separated list and runs once per size.
     #[arg(
         long = "sockets",
@@ -100,7 +102,7 @@ pub struct Opts {
     /// Sockets in the small comparison run (filters).
     #[arg(long, value_name = "N", value_parser = whole_number)]
     pub few: Option<usize>,
-    /// One-row transactions per second (filters, rls, dbcost).
+    /// One-row transactions per second (filters, rls, dbcost, storm).
     #[arg(long, value_name = "N", value_parser = whole_number)]
     pub rate: Option<usize>,
     /// pgbench clients (dbcost).
@@ -130,7 +132,7 @@ pub struct Opts {
     /// File of pre-encoded frames, one per line (floor).
     #[arg(long, value_name = "PATH", hide = true)]
     pub frames: Option<String>,
-    /// Write the scenario's charts as SVG files into DIR (latency, fanout).
+    /// Write the scenario's charts as SVG files into DIR (latency, fanout, storm).
     #[arg(long, value_name = "DIR")]
     pub charts: Option<PathBuf>,
     /// Broadcast a stamped template frame per change of the
@@ -276,6 +278,7 @@ mod tests {
             "dbcost",
             "cluster",
             "rls",
+            "storm",
             "all",
             "--smoke",
             "--rows",

@@ -252,6 +252,28 @@ pub fn warn_about_limits(sockets: usize, per_source: usize, nofile: u64) {
     }
 }
 
+/// Connections the kernel dropped because a listener's accept queue was
+/// full (`TcpExt: ListenOverflows`, this network namespace, every
+/// listener): the client's SYN is retried after 1 s, then 3 s, ...
+pub fn listen_overflows() -> u64 {
+    fs::read_to_string("/proc/net/netstat")
+        .ok()
+        .and_then(|s| netstat_value(&s, "TcpExt:", "ListenOverflows"))
+        .unwrap_or(0)
+}
+
+/// The value of `name` in `/proc/net/netstat`'s lines of `prefix` (a line
+/// of names, then a line of values).
+fn netstat_value(text: &str, prefix: &str, name: &str) -> Option<u64> {
+    let mut lines = text.lines().filter(|l| l.starts_with(prefix));
+    let names = lines.next()?.split_whitespace();
+    let values = lines.next()?.split_whitespace();
+    names
+        .zip(values)
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| v.parse().ok())
+}
+
 /// `cores, memory, CPU model` of this machine, and the load right now.
 pub fn machine() -> String {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -280,4 +302,23 @@ pub fn load() -> String {
     let l = fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let v: Vec<&str> = l.split_whitespace().take(3).collect();
     format!("load average {}", v.join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_netstat_counter_is_read_by_name() {
+        let text = "TcpExt: SyncookiesSent ListenOverflows ListenDrops\n\
+                    TcpExt: 0 8673 8674\n\
+                    IpExt: InNoRoutes\n\
+                    IpExt: 5\n";
+        assert_eq!(
+            netstat_value(text, "TcpExt:", "ListenOverflows"),
+            Some(8673)
+        );
+        assert_eq!(netstat_value(text, "IpExt:", "InNoRoutes"), Some(5));
+        assert_eq!(netstat_value(text, "TcpExt:", "Nothing"), None);
+    }
 }

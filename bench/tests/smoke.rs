@@ -134,3 +134,38 @@ fn cluster_runs() {
 fn rls_runs() {
     smoke("rls");
 }
+
+#[test]
+fn storm_runs_and_charts() {
+    let dir = tempfile::tempdir().unwrap();
+    let stdout = smoke_with("storm", &["--charts", dir.path().to_str().unwrap()]);
+    for line in [
+        "figure storm.rejoin_after_start = ",
+        "figure storm.lost_changes = ",
+        "figure storm.duplicate_changes = ",
+        "ratio storm.rejoin_vs_broadcast_join = ",
+    ] {
+        assert!(stdout.contains(line), "no `{line}`:\n{stdout}");
+    }
+    // Every socket came back after the kill.
+    let rejoined = stdout
+        .lines()
+        .find(|l| l.contains("sockets rejoined;"))
+        .unwrap_or_else(|| panic!("no rejoin count:\n{stdout}"));
+    assert!(
+        rejoined
+            .trim_start()
+            .starts_with("50 of 50 sockets rejoined"),
+        "{rejoined}\n{stdout}"
+    );
+    assert_chart(
+        dir.path(),
+        "storm",
+        &stdout,
+        &[
+            "sockets joined",
+            "seconds",
+            "rejoin after the restart (postgres_changes)",
+        ],
+    );
+}

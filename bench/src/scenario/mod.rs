@@ -9,3 +9,4 @@ pub mod filters;
 pub mod ingest;
 pub mod latency;
 pub mod rls;
+pub mod storm;
