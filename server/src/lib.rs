@@ -154,8 +154,7 @@ pub async fn serve_with(
     });
 
     let addr = config.listen_addr();
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
+    let listener = listen(addr)
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (PORT, BIND_ADDRESS): {e}"))?;
     tracing::info!(%addr, "listening");
 
@@ -240,6 +239,24 @@ async fn refresh_keys(verifier: JwtVerifier) {
 /// After every catalog change the authorizer saw (grants, policies, roles):
 /// subscriptions take their group's new access, and those that lost it are
 /// removed and their clients told.
+/// Connections the kernel queues for `accept` ([`listen`]).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Listens on `addr` with a backlog of [`LISTEN_BACKLOG`] (the kernel caps
+/// it at `net.core.somaxconn`), not the standard library's 128: after a
+/// restart every client reconnects at once, and a connection the full
+/// queue drops is retried by its client only a second or more later.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 async fn apply_catalog_changes(authz: Arc<Authorizer>, hub: Arc<Hub>) {
     let mut generation = authz.generation();
     while generation.changed().await.is_ok() {

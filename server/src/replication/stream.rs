@@ -360,11 +360,14 @@ async fn slot_backlog(
     }
 }
 
-/// Waits until clients are back (a socket connected and no new one for
-/// [`CLIENTS_BACK_QUIET`]) or `max` has passed; says which.
+/// Waits until clients are back (a socket connected, and neither the
+/// sockets nor the channels joined changed for [`CLIENTS_BACK_QUIET`]: a
+/// client that connected is back once its joins are answered) or `max` has
+/// passed; says which.
 async fn clients_back(hub: &Hub, max: Duration) -> &'static str {
     let deadline = tokio::time::Instant::now() + max;
-    let mut last = hub.socket_count();
+    let count = || (hub.socket_count(), METRICS.channels.get());
+    let mut last = count();
     let mut changed = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -372,11 +375,11 @@ async fn clients_back(hub: &Hub, max: Duration) -> &'static str {
         if now >= deadline {
             return "RESUME_DELAY_MS passed";
         }
-        let count = hub.socket_count();
-        if count != last {
-            last = count;
+        let current = count();
+        if current != last {
+            last = current;
             changed = now;
-        } else if count > 0 && now.duration_since(changed) >= CLIENTS_BACK_QUIET {
+        } else if current.0 > 0 && now.duration_since(changed) >= CLIENTS_BACK_QUIET {
             return "clients are back";
         }
     }
