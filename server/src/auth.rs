@@ -75,6 +75,18 @@ pub struct Claims {
     pub raw: Map<String, Value>,
 }
 
+/// A keyed hash of a token (SipHash, keys random per process): tells a
+/// token that was already verified on this socket from another one
+/// without keeping the token. Forging another token with the same hash
+/// needs the keys, and would only ever act with the claims already
+/// verified.
+pub fn token_fingerprint(token: &str) -> u64 {
+    use std::hash::BuildHasher;
+    static KEYS: std::sync::LazyLock<std::collections::hash_map::RandomState> =
+        std::sync::LazyLock::new(std::collections::hash_map::RandomState::new);
+    KEYS.hash_one(token)
+}
+
 impl Claims {
     /// The `role` claim (Supabase: `anon`, `authenticated`, `service_role`), if it is a string.
     pub fn role(&self) -> Option<&str> {

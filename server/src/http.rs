@@ -436,7 +436,10 @@ async fn upgrade(
             None => Err(crate::auth::AuthError::Missing),
         };
         match result {
-            Ok(claims) => socket_claims = Some(claims),
+            Ok(claims) => {
+                let fingerprint = token.map(|t| crate::auth::token_fingerprint(t));
+                socket_claims = Some((claims, fingerprint))
+            }
             Err(e) => {
                 METRICS.auth_failures.inc();
                 tracing::info!(reason = %e, "refused a socket: bad token");

@@ -224,3 +224,29 @@ async fn a_channel_is_closed_when_its_token_expires_unless_refreshed() {
     let m = d.next().await.unwrap();
     assert_eq!(m.event, "INSERT", "the refreshed channel stayed: {m:?}");
 }
+
+#[tokio::test]
+async fn the_sockets_own_token_sent_again_with_a_join_is_still_held_to_its_expiry() {
+    let (_pg, _db, server) = secured().await;
+    // The socket connects with a token that expires in 2 s, and joins
+    // with that same token (as realtime-js 2.x does with every join).
+    let short = token(json!({"role": "authenticated", "exp": now() + 2}), SECRET);
+    let url = format!("{}&apikey={short}", server.ws_url("1.0.0"));
+    let mut c = PhxClient::connect(&url).await.unwrap();
+    let reply = c
+        .join("realtime:public:items", json!({"user_token": short}))
+        .await;
+    assert_eq!(reply.payload["status"], "ok", "{reply:?}");
+    // Once it has expired, the same token is refused on a new join,
+    // although it verified on this socket before.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let reply = c.join("realtime:other", json!({"user_token": short})).await;
+    assert_eq!(reply.payload["status"], "error", "{reply:?}");
+    assert!(
+        reply.payload["response"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("expired"),
+        "{reply:?}"
+    );
+}

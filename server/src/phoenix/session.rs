@@ -145,6 +145,9 @@ pub(in crate::phoenix) struct Session {
     /// The claims of the token the socket connected with (channels
     /// secured): a join without a token of its own acts with them.
     pub(in crate::phoenix) socket_claims: Option<Arc<Claims>>,
+    /// [`crate::auth::token_fingerprint`] of that token: a join sending the
+    /// same token again acts with those claims without verifying it twice.
+    pub(in crate::phoenix) socket_token: Option<u64>,
     pub(in crate::phoenix) stream: Arc<StreamStatus>,
     /// What channels wait for, in the order it was asked: the replication
     /// stream to be live, or their deadline (see `channel::ready`).
@@ -154,12 +157,13 @@ pub(in crate::phoenix) struct Session {
 }
 
 /// Serves one upgraded WebSocket until either side closes it.
-/// `socket_claims` are the claims of the token checked at the upgrade.
+/// `socket_claims` are the claims of the token checked at the upgrade, with
+/// the token's fingerprint.
 pub async fn serve(
     ws: WebSocket,
     vsn: Vsn,
     ctx: Arc<SocketContext>,
-    socket_claims: Option<Claims>,
+    socket_claims: Option<(Claims, Option<u64>)>,
 ) {
     let reg = ctx.hub.register();
     let (sink, mut stream) = ws.split();
@@ -185,7 +189,8 @@ pub async fn serve(
         catalog_lookups: ctx.catalog_lookups.clone(),
         memory_budget: ctx.memory_budget,
         next_presence: 0,
-        socket_claims: socket_claims.map(Arc::new),
+        socket_token: socket_claims.as_ref().and_then(|(_, t)| *t),
+        socket_claims: socket_claims.map(|(c, _)| Arc::new(c)),
         stream: ctx.stream.clone(),
         waiting: Vec::new(),
         tx: reg.tx,
