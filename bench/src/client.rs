@@ -266,8 +266,13 @@ pub fn heartbeat(v2: bool, r: u64) -> Message {
 /// The number after `"sent_us":` in a frame (a string in 1.x payloads, a
 /// number in 2.x ones).
 pub fn sent_us(text: &str) -> Option<u64> {
-    const KEY: &str = "\"sent_us\":";
-    let at = text.find(KEY)? + KEY.len();
+    number_after(text, "\"sent_us\":")
+}
+
+/// The whole number after `key` (such as `"seq":`) in a frame's text,
+/// quoted or not: read without parsing the JSON (the readers' hot path).
+pub fn number_after(text: &str, key: &str) -> Option<u64> {
+    let at = text.find(key)? + key.len();
     let rest = text[at..].trim_start_matches('"');
     let end = rest
         .find(|c: char| !c.is_ascii_digit())

@@ -38,7 +38,7 @@ use crate::filter::Comparison;
 use crate::metrics::METRICS;
 
 /// A published table and how its columns compare.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublishedTable {
     pub schema: String,
     pub name: String,
@@ -220,19 +220,7 @@ impl PublishedTables {
             .collect();
         let cell = self.current();
         if let Some(snapshot) = cell.get() {
-            let known = snapshot.tables(schema, table);
-            let same = known.len() == fresh.len()
-                && known.iter().zip(&fresh).all(|(a, b)| {
-                    a.oid == b.oid
-                        && a.name == b.name
-                        && a.type_oids == b.type_oids
-                        && a.keys == b.keys
-                        && a.columns
-                            .iter()
-                            .map(|c| &c.0)
-                            .eq(b.columns.iter().map(|c| &c.0))
-                });
-            if !same {
+            if snapshot.tables(schema, table) != fresh {
                 tracing::info!(%schema, table = table.unwrap_or("*"), "the published tables changed: the catalog snapshot is read again");
                 self.forget(&cell);
             }

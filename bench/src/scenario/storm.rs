@@ -917,13 +917,7 @@ fn note(text: &str, crowd: &Crowd, log: &mut SocketLog) -> bool {
 
 /// The number after `"seq":` in a change frame (quoted or not).
 fn seq_of(text: &str) -> Option<u64> {
-    const KEY: &str = "\"seq\":";
-    let at = text.find(KEY)? + KEY.len();
-    let rest = text[at..].trim_start_matches('"');
-    let end = rest
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(rest.len());
-    rest[..end].parse().ok()
+    client::number_after(text, "\"seq\":")
 }
 
 /// Whether a connection attempt failed because nothing listened.
