@@ -511,6 +511,48 @@ async fn deletion_is_not_blocked_forever_by_an_unreachable_database() {
     assert!(left.1.contains("rts_default_chat_0"), "{left:?}");
 }
 
+/// The controller's cache can lag the API server: a reconcile may start from a
+/// copy older than the status the previous reconcile wrote. If that reconcile
+/// fails (the database went away), its status must not replace the newer one,
+/// which records the slots cleanup has to drop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconcile_of_a_stale_copy_does_not_erase_the_slots_in_the_status() {
+    let env = env_with_tables().await;
+    let ctx = env.context();
+    env.create("chat", with_port(spec(&["public.messages"]), &env))
+        .await;
+    let reconcile =
+        |obj| realtime_operator::reconcile::reconcile(std::sync::Arc::new(obj), ctx.clone());
+    // The finalizer first; then this copy, without a status, goes stale.
+    reconcile(env.api().get("chat").await.unwrap())
+        .await
+        .expect("add the finalizer");
+    let stale = env.api().get("chat").await.unwrap();
+    reconcile(stale.clone()).await.expect("reconcile");
+    let recorded = |s: Option<realtime_operator::crd::RealtimeServerStatus>| {
+        let s = s.unwrap_or_default();
+        (
+            s.slots.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+            s.publication_owned,
+        )
+    };
+    let fresh = env.api().get("chat").await.unwrap();
+    assert_eq!(
+        recorded(fresh.status),
+        (vec!["rts_default_chat_0".to_string()], true)
+    );
+
+    env.pg.stop("fast").unwrap();
+    // Whatever it returns (a retry), it must not write its view of the status.
+    let _ = reconcile(stale).await;
+    let after = env.api().get("chat").await.unwrap();
+    assert_eq!(
+        recorded(after.status),
+        (vec!["rts_default_chat_0".to_string()], true),
+        "the stale reconcile replaced the status"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_password_rolls_the_pods() {
     let mut env = env_with_tables().await;

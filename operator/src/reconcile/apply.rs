@@ -36,24 +36,56 @@ where
         .await?)
 }
 
+/// What became of a status write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusWrite {
+    /// Written.
+    Written,
+    /// Equal to what the object already has: nothing written.
+    Unchanged,
+    /// Refused: the object changed since `obj` was read (its resourceVersion
+    /// is older than the API server's). The reconcile worked from a stale copy
+    /// and must not overwrite a newer status (the slots and publication a newer
+    /// reconcile recorded, which cleanup relies on); the newer version is
+    /// reconciled next.
+    Stale,
+}
+
 /// Writes `status` unless it equals what the object already has: a reconcile
-/// that finds nothing new writes nothing.
+/// that finds nothing new writes nothing. The write carries `obj`'s
+/// resourceVersion as a precondition, so a reconcile that read an older copy
+/// of the object (the controller's cache lags the API server) cannot replace
+/// a status written since.
 pub async fn status(
     client: &Client,
     obj: &RealtimeServer,
     status: RealtimeServerStatus,
-) -> Result<(), Error> {
+) -> Result<StatusWrite, Error> {
     if obj.status.as_ref() == Some(&status) {
-        return Ok(());
+        return Ok(StatusWrite::Unchanged);
     }
     let ns = obj.namespace().unwrap_or_else(|| "default".into());
     let api: Api<RealtimeServer> = Api::namespaced(client.clone(), &ns);
-    let body = json!({
+    let mut body = json!({
         "apiVersion": RealtimeServer::api_version(&()),
         "kind": RealtimeServer::kind(&()),
         "status": status,
     });
-    api.patch_status(&obj.name_any(), &params(), &Patch::Apply(&body))
-        .await?;
-    Ok(())
+    if let Some(rv) = &obj.metadata.resource_version {
+        body["metadata"] = json!({ "resourceVersion": rv });
+    }
+    match api
+        .patch_status(&obj.name_any(), &params(), &Patch::Apply(&body))
+        .await
+    {
+        Ok(_) => Ok(StatusWrite::Written),
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            tracing::debug!(
+                resource = %obj.name_any(),
+                "changed since this reconcile read it; its status is not written"
+            );
+            Ok(StatusWrite::Stale)
+        }
+        Err(e) => Err(e.into()),
+    }
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use kube::runtime::controller::Action;
 use kube::ResourceExt;
 
+use super::apply::StatusWrite;
 use super::conditions::{self, Wanted, AVAILABLE, DATABASE_READY, PUBLICATION_READY, SLOTS_READY};
 use super::reason::Reason;
 use super::status::{old_condition, Report};
@@ -19,6 +20,10 @@ use crate::crd::RealtimeServer;
 
 /// How soon to look again while slots wait for their pods to go.
 const SLOT_WAIT: Duration = Duration::from_secs(10);
+/// How soon to look again after a reconcile that worked from a stale copy
+/// (its status write was refused): the newer version's watch event usually
+/// triggers one sooner.
+const STALE_RETRY: Duration = Duration::from_secs(1);
 /// How soon to look again while `wal_level` is not `logical`.
 const WAL_LEVEL_WAIT: Duration = Duration::from_secs(60);
 
@@ -72,10 +77,10 @@ impl From<Error> for Failure {
 pub async fn apply(obj: Arc<RealtimeServer>, ctx: Arc<Context>) -> Result<Action, Error> {
     let mut report = Report::new(&obj);
     match steps(&obj, &ctx, &mut report).await {
-        Ok(next) => {
-            report.write(&ctx, &obj).await?;
-            Ok(next)
-        }
+        Ok(next) => match report.write(&ctx, &obj).await? {
+            StatusWrite::Stale => Ok(Action::requeue(STALE_RETRY)),
+            _ => Ok(next),
+        },
         Err(failure) => fail(&obj, &ctx, report, failure).await,
     }
 }
@@ -204,7 +209,10 @@ async fn fail(
     if let Some(blocker) = blocker {
         report.blocked(blocker);
     }
-    report.write(ctx, obj).await?;
+    if report.write(ctx, obj).await? == StatusWrite::Stale {
+        // What failed is found again, and told, from the newer version.
+        return Ok(Action::requeue(STALE_RETRY));
+    }
     match (error, reason) {
         (Some(e), _) => Err(e),
         (None, InvalidSpec) => Ok(Action::await_change()),

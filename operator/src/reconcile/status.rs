@@ -78,8 +78,13 @@ impl Report {
         self.status.replicas_summary = Some(format!("{ready}/{replicas}"));
     }
 
-    /// Writes the status, unless it equals what the object already has.
-    pub async fn write(mut self, ctx: &Context, obj: &RealtimeServer) -> Result<(), Error> {
+    /// Writes the status, unless it equals what the object already has or
+    /// the object changed since `obj` was read ([`apply::StatusWrite`]).
+    pub async fn write(
+        mut self,
+        ctx: &Context,
+        obj: &RealtimeServer,
+    ) -> Result<apply::StatusWrite, Error> {
         let old = obj.status.clone().unwrap_or_default();
         let now = k8s_openapi::jiff::Timestamp::now().to_string();
         self.status.conditions =
