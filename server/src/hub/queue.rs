@@ -61,6 +61,7 @@ fn size(item: &Outbound) -> (usize, usize) {
         Outbound::Frame(frame) => (frame.len(), 1),
         Outbound::Binary(bytes) => (bytes.len(), 1),
         Outbound::Frames(frames) => (frames.iter().map(|f| f.len()).sum(), frames.len()),
+        Outbound::Run(run) => (run.bytes(), run.frames().len()),
         Outbound::Close(..) => (0, 0),
     }
 }

@@ -114,6 +114,14 @@ async fn drain(sink: &mut Sink, rx: &mut QueueRx) -> Ending {
                         }
                     }
                 }
+                Outbound::Run(run) => {
+                    n += run.frames().len().saturating_sub(1);
+                    for frame in run.frames() {
+                        if !feed(sink, Message::Text(frame.clone())).await {
+                            return Ending::Broken;
+                        }
+                    }
+                }
                 Outbound::Close(code, reason) => {
                     return Ending::Close(close_message(code, reason));
                 }
