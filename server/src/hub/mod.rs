@@ -5,7 +5,10 @@
 //! commit order: it finds the matching topics with a few hash lookups
 //! (`realtime:*`, schema, table, and one lookup per filtered column), encodes
 //! the payload once and each topic's frame once per serializer, and hands the
-//! shared bytes to every matching socket's queue without waiting. A socket
+//! shared bytes to every matching socket's queue without waiting (the
+//! changes of one replication read as one queue item per socket; those that
+//! reach exactly one 1.x topic's sockets as one run shared by all of them,
+//! see [`SharedRun`]). A socket
 //! whose queue is full is closed as a slow consumer; the reader never waits
 //! for a client. Knows nothing of WebSocket framing or of PostgreSQL.
 //!
