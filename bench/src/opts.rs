@@ -35,7 +35,7 @@ pub enum Scenario {
     Ingest,
     /// commit-to-client percentiles vs the floor fed from the same stream, and pg_recvlogical [--sockets 500 --rates 64,640 --seconds 10]
     Latency,
-    /// msg/s and CPU per million msgs vs a bare broadcaster, once per size [--sockets 10000 (or 1000,5000,...) --changes 500]
+    /// msg/s and CPU per million msgs vs a bare broadcaster, once per size [--sockets 10000 (or 1000,5000,...) --changes 500 --client v1|v2]
     Fanout,
     /// RSS per idle joined socket, time to connect [--sockets 50000 --hold 30 --heartbeat 25]
     Connections,
@@ -54,6 +54,16 @@ pub enum Scenario {
     /// the fan-out floor process the fanout scenario starts [--sockets --frames]
     #[value(hide = true)]
     Floor,
+}
+
+/// The client a fan-out socket is (`--client`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum ClientKind {
+    /// realtime-js 1.x: a legacy topic.
+    #[default]
+    V1,
+    /// realtime-js 2.x: a channel with one postgres_changes binding.
+    V2,
 }
 
 /// The sizes: each unset one takes the reading scenario's default (its
@@ -108,6 +118,11 @@ pub struct Opts {
     /// pgbench clients (dbcost).
     #[arg(long, value_name = "N", value_parser = whole_number)]
     pub clients: Option<usize>,
+    /// Which client the fanout sockets are: v1 (realtime-js 1.x, the topic
+    /// `realtime:public:fan`) or v2 (realtime-js 2.x, one postgres_changes
+    /// binding on the table).
+    #[arg(long, value_enum, value_name = "V")]
+    pub client: Option<ClientKind>,
     /// Which part of the cluster scenario: all, bus or servers.
     #[arg(long, value_name = "PART")]
     pub part: Option<String>,

@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::chart::{self, Axis, Panel, Scale, Series};
 use crate::client::{self, Join, Ws};
 use crate::floor::Floor;
-use crate::opts::Opts;
+use crate::opts::{ClientKind, Opts};
 use crate::report::{self, Target};
 use crate::stack::{self, TempPostgres};
 use crate::sys::{self, CpuMeter, Who};
@@ -35,9 +35,10 @@ struct Point {
 pub async fn run(opts: &Opts) -> anyhow::Result<()> {
     let sizes = opts.list(&opts.socket_sizes, &[10_000], &[50]);
     let changes = opts.size(opts.changes, 500, 20);
+    let client = opts.client.unwrap_or_default();
     let mut points = Vec::new();
     for sockets in sizes {
-        points.push(run_one(sockets, changes).await?);
+        points.push(run_one(sockets, changes, client).await?);
     }
     chart(opts, changes, &points)
 }
@@ -79,17 +80,25 @@ fn chart(opts: &Opts, changes: usize, points: &[Point]) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_one(sockets: usize, changes: usize) -> anyhow::Result<Point> {
+async fn run_one(sockets: usize, changes: usize, kind: ClientKind) -> anyhow::Result<Point> {
     let nofile = sys::raise_nofile_limit();
     let sockets = sys::cap_sockets(sockets, nofile);
     sys::warn_about_limits(sockets, client::PER_SOURCE, nofile);
+    let what = match kind {
+        ClientKind::V1 => "realtime-js 1.x sockets on one topic",
+        ClientKind::V2 => "realtime-js 2.x sockets, one postgres_changes binding each",
+    };
     report::section(&format!(
-        "fan-out: {sockets} sockets on one topic, {changes} one-row transactions"
+        "fan-out: {sockets} {what}, {changes} one-row transactions"
     ));
     let (pg, db) = TempPostgres::with_schema(SCHEMA).await?;
     let server = stack::start_server(stack::server_env(&pg, "bench")).await?;
-    let ws = client::connect_many(server.port, sockets, 0, |_| {
-        Join::Legacy("realtime:public:fan".into())
+    let ws = client::connect_many(server.port, sockets, 0, |_| match kind {
+        ClientKind::V1 => Join::Legacy("realtime:public:fan".into()),
+        ClientKind::V2 => Join::PostgresChanges {
+            table: "fan".into(),
+            filter: String::new(),
+        },
     })
     .await?;
     let readers = spawn_counters(ws, changes, true);
@@ -194,7 +203,13 @@ fn spawn_counters(sockets: Vec<Ws>, changes: usize, keep_first: bool) -> Vec<Cou
                         .await
                         .context("no frame for 120 s")?
                         .context("socket closed")??;
-                    if let Message::Text(t) = msg {
+                    // A change (a v1 frame's event, a v2 frame's `type`),
+                    // not a reply or a `system` message.
+                    let change = match msg {
+                        Message::Text(t) if t.as_str().contains("\"INSERT\"") => Some(t),
+                        _ => None,
+                    };
+                    if let Some(t) = change {
                         first.get_or_insert_with(Instant::now);
                         n += 1;
                         if keep {

@@ -118,10 +118,21 @@ struct SchemaNode {
     tables: HashMap<String, TableNode>,
 }
 
+/// A binding as indexed, and whether it is its channel's only binding: a
+/// change that reaches it then reaches no other binding of the channel, so
+/// its frame carries its id alone and equals that of every other such
+/// binding with the same topic, id and `select` (see `Hub::share`).
+#[derive(Debug)]
+struct Indexed {
+    binding: Binding,
+    alone: bool,
+}
+
 #[derive(Debug, Default)]
 pub(super) struct BindingIndex {
     next: Key,
-    bindings: HashMap<Key, Binding>,
+    /// Hashed with foldhash: the keys are the index's own numbers.
+    bindings: HashMap<Key, Indexed, foldhash::fast::RandomState>,
     /// (socket, topic) -> its bindings.
     by_channel: HashMap<(SocketId, Arc<str>), Vec<Key>>,
     schemas: HashMap<String, SchemaNode>,
@@ -133,15 +144,23 @@ impl BindingIndex {
     pub(super) fn add(&mut self, b: Binding) {
         self.next += 1;
         let k = self.next;
-        self.by_channel
+        let keys = self
+            .by_channel
             .entry((b.socket, b.topic.clone()))
-            .or_default()
-            .push(k);
-        self.insert_key(k, b);
+            .or_default();
+        keys.push(k);
+        let alone = keys.len() == 1;
+        if keys.len() == 2 {
+            let first = keys[0];
+            if let Some(i) = self.bindings.get_mut(&first) {
+                i.alone = false;
+            }
+        }
+        self.insert_key(k, b, alone);
     }
 
     /// Indexes binding `k`.
-    fn insert_key(&mut self, k: Key, b: Binding) {
+    fn insert_key(&mut self, k: Key, b: Binding, alone: bool) {
         let schema = self.schemas.entry(b.schema.clone()).or_default();
         match &b.table {
             None => {
@@ -182,7 +201,7 @@ impl BindingIndex {
                 }
             }
         }
-        self.bindings.insert(k, b);
+        self.bindings.insert(k, Indexed { binding: b, alone });
     }
 
     /// Removes every binding of the channel `topic` on `socket`: time in
@@ -196,11 +215,11 @@ impl BindingIndex {
         }
     }
 
-    /// Unindexes binding `k` and returns it.
-    fn remove_key(&mut self, k: Key) -> Option<Binding> {
-        let b = self.bindings.remove(&k)?;
+    /// Unindexes binding `k` and returns it, and whether it was alone.
+    fn remove_key(&mut self, k: Key) -> Option<(Binding, bool)> {
+        let Indexed { binding: b, alone } = self.bindings.remove(&k)?;
         let Some(schema) = self.schemas.get_mut(&b.schema) else {
-            return Some(b);
+            return Some((b, alone));
         };
         match &b.table {
             None => {
@@ -256,11 +275,21 @@ impl BindingIndex {
         if schema.all_tables.is_empty() && schema.tables.is_empty() {
             self.schemas.remove(&b.schema);
         }
-        Some(b)
+        Some((b, alone))
     }
 
     /// Every binding that `change` reaches.
     pub(super) fn matching<'a>(&'a self, change: &Change, mut f: impl FnMut(&'a Binding)) {
+        self.matching_alone(change, |b, _| f(b));
+    }
+
+    /// Every binding that `change` reaches, and whether it is its channel's
+    /// only binding.
+    pub(super) fn matching_alone<'a>(
+        &'a self,
+        change: &Change,
+        mut f: impl FnMut(&'a Binding, bool),
+    ) {
         if change.kind == ChangeKind::Truncate {
             return;
         }
@@ -271,10 +300,10 @@ impl BindingIndex {
         // Visits binding `k` when its event is the change's and `passes`
         // says its filter (if any) lets the row through.
         let mut visit = |k: &'a Key, passes: &dyn Fn(&Filter) -> bool| {
-            if let Some(b) = self.bindings.get(k) {
+            if let Some(Indexed { binding: b, alone }) = self.bindings.get(k) {
                 if b.event.is_none_or(|e| e == change.kind) && b.filter.as_ref().is_none_or(passes)
                 {
-                    f(b);
+                    f(b, *alone);
                 }
             }
         };
@@ -334,7 +363,8 @@ impl BindingIndex {
     pub(super) fn secured(&self) -> Vec<SecuredBinding> {
         self.bindings
             .iter()
-            .filter_map(|(k, b)| {
+            .filter_map(|(k, i)| {
+                let b = &i.binding;
                 let s = b.subscriber.clone()?;
                 Some((*k, b.socket, b.topic.clone(), b.table.clone(), s))
             })
@@ -347,20 +377,25 @@ impl BindingIndex {
         k: Key,
         access: Option<crate::authz::authorizer::GroupAccess>,
     ) {
-        let Some(mut b) = self.remove_key(k) else {
+        let Some((mut b, alone)) = self.remove_key(k) else {
             return;
         };
         if let Some(s) = b.subscriber.as_mut() {
             s.access = access;
         }
-        self.insert_key(k, b);
+        self.insert_key(k, b, alone);
     }
 
     /// Removes one binding (of a channel that stays); returns it.
     pub(super) fn remove_binding(&mut self, k: Key) -> Option<Binding> {
-        let b = self.remove_key(k)?;
+        let (b, _) = self.remove_key(k)?;
         if let Some(keys) = self.by_channel.get_mut(&(b.socket, b.topic.clone())) {
             keys.retain(|x| *x != k);
+            if let [last] = keys[..] {
+                if let Some(i) = self.bindings.get_mut(&last) {
+                    i.alone = true;
+                }
+            }
         }
         Some(b)
     }

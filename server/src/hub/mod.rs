@@ -125,30 +125,50 @@ impl Drop for Routing<'_> {
 /// [`BATCH_MAX_CHANGES`] and [`BATCH_MAX_ENTRIES`]).
 #[derive(Debug, Default)]
 struct Batch {
-    /// The run of one 1.x topic's changes, shared by its sockets: it comes
-    /// before every frame of `frames` (a change that cannot join the run
-    /// goes to `frames`, and once `frames` holds any, none joins the run).
+    /// Changes whose sockets all get the same frames, shared by them: the
+    /// run comes before every frame of `frames` (a change that cannot join
+    /// the run goes to `frames`, and once `frames` holds any, none joins it).
     shared: Option<SharedRun>,
+    /// The sockets a change's bindings reach, while [`Hub::share`] looks.
+    scratch: Vec<(SocketId, Vsn)>,
     frames: SocketMap<Vec<Frame>>,
     changes: usize,
     entries: usize,
 }
 
-/// Changes that reach exactly the sockets of one 1.x topic (channels not
-/// secured, no other topic or binding matched): their frames are encoded
-/// once per serializer and handed to every socket of the topic as one
-/// shared [`Run`] when the batch is queued. Routing such a change costs the
-/// same for 10 sockets as for 10,000; the per-socket work is one queue
-/// operation per batch.
+/// Changes that reach the same sockets with the same frame: exactly the
+/// sockets of one 1.x topic, or 2.x channels that each have one binding, all
+/// on the same topic name with the same binding id and `select` (channels
+/// not secured; nothing else matched). Their frames are encoded once per
+/// serializer and handed to every one of those sockets as one shared [`Run`]
+/// when the batch is queued. Routing such a change costs one encoding
+/// however many sockets get it; the per-socket work is one queue operation
+/// per batch (and, for 2.x channels, a visit of each binding, as matching
+/// always did).
 #[derive(Debug)]
 struct SharedRun {
+    source: RunSource,
     topic: Arc<str>,
-    /// The topic's sockets and serializers when the run began (the index
-    /// cannot change while the batch is routed: [`Routing`] holds it).
+    /// The sockets and their serializers when the run began: every change
+    /// of the run reaches exactly these (the index cannot change while the
+    /// batch is routed: [`Routing`] holds it).
     sockets: Vec<(SocketId, Vsn)>,
     /// Frames for V1 and V2 sockets; encoded only for a serializer in use.
     frames: [Vec<Frame>; 2],
     vsns: [bool; 2],
+}
+
+/// What a [`SharedRun`]'s changes reach.
+#[derive(Debug, PartialEq)]
+enum RunSource {
+    /// The sockets of one 1.x topic (the run's `topic`, the index's own).
+    Topic,
+    /// 2.x channels named the run's `topic`, each with one binding, all of
+    /// this id and selection.
+    Channels {
+        id: u32,
+        select: Option<Arc<crate::select::Selection>>,
+    },
 }
 
 /// Text frames handed to a socket's queue as one item, shared by every
@@ -499,11 +519,11 @@ impl Hub {
         );
     }
 
-    /// Appends `change` to the batch's shared run when it reaches exactly
-    /// the sockets of one 1.x topic, the run's if it has one, and the batch
-    /// holds no other frames (see [`SharedRun`]); false (nothing done) when
-    /// it must be routed socket by socket. Channels not secured only: there
-    /// every subscriber of a topic receives the same frames.
+    /// Appends `change` to the batch's shared run when all the sockets it
+    /// reaches get the same frame, the same sockets as the run's changes
+    /// (see [`SharedRun`]), and the batch holds no other frames; false
+    /// (nothing done) when it must be routed socket by socket. Channels not
+    /// secured only: there every subscriber receives the change whole.
     fn share(change: &Change, index: &Index, batch: &mut Batch) -> bool {
         if !batch.frames.is_empty() {
             return false;
@@ -516,47 +536,97 @@ impl Hub {
                 only = Some(subs);
             }
         });
-        let (1, Some(subs)) = (topics, only) else {
+        if topics > 1 {
             return false;
-        };
-        if let Some(run) = &batch.shared {
-            if !Arc::ptr_eq(&run.topic, &subs.topic) {
-                return false;
-            }
         }
-        let mut bound = false;
-        index.bindings.matching(change, |_| bound = true);
-        if bound {
-            return false;
+        // 2.x channels: alike when each is its channel's only binding (so
+        // its frame carries its id alone) with the first one's topic, id
+        // and selection.
+        let mut bound = 0usize;
+        let mut alike: Option<&Binding> = None;
+        let mut differ = false;
+        let reached = &mut batch.scratch;
+        reached.clear();
+        index.bindings.matching_alone(change, |b, alone| {
+            bound += 1;
+            if differ {
+                return;
+            }
+            let same = match alike {
+                None => true,
+                Some(first) => {
+                    first.id == b.id && first.topic == b.topic && first.select == b.select
+                }
+            };
+            if !alone || !same {
+                differ = true;
+                return;
+            }
+            alike.get_or_insert(b);
+            reached.push((b.socket, b.vsn));
+        });
+        let (source, topic) = match (only, alike) {
+            (Some(subs), None) if bound == 0 => (RunSource::Topic, &subs.topic),
+            (None, Some(b)) if !differ => (
+                RunSource::Channels {
+                    id: b.id,
+                    select: b.select.clone(),
+                },
+                &b.topic,
+            ),
+            _ => return false,
+        };
+        match &batch.shared {
+            Some(run) if run.source != source => return false,
+            Some(run) if source == RunSource::Topic && !Arc::ptr_eq(&run.topic, topic) => {
+                return false
+            }
+            Some(run)
+                if source != RunSource::Topic
+                    && (run.topic != *topic || run.sockets != batch.scratch) =>
+            {
+                return false
+            }
+            _ => {}
         }
         let run = batch.shared.get_or_insert_with(|| {
+            let sockets: Vec<(SocketId, Vsn)> = match (&source, only) {
+                (RunSource::Topic, Some(subs)) => subs
+                    .sockets
+                    .iter()
+                    .map(|(&socket, sub)| (socket, sub.vsn))
+                    .collect(),
+                _ => std::mem::take(&mut batch.scratch),
+            };
             let mut vsns = [false; 2];
-            let sockets = subs
-                .sockets
-                .iter()
-                .map(|(&socket, sub)| {
-                    vsns[sub.vsn as usize] = true;
-                    (socket, sub.vsn)
-                })
-                .collect();
+            for (_, vsn) in &sockets {
+                vsns[*vsn as usize] = true;
+            }
             SharedRun {
-                topic: subs.topic.clone(),
+                source,
+                topic: topic.clone(),
                 sockets,
                 frames: [Vec::new(), Vec::new()],
                 vsns,
             }
         });
-        let payload = change.legacy_json();
+        let (event, payload) = match &run.source {
+            RunSource::Topic => (change.kind.as_str(), change.legacy_json()),
+            RunSource::Channels { id, select } => {
+                let data = match select {
+                    None => crate::typed::postgres_changes_data(change),
+                    Some(s) => crate::typed::postgres_changes_data_selected(change, s),
+                };
+                (
+                    "postgres_changes",
+                    format!("{{\"ids\":[{id}],\"data\":{data}}}"),
+                )
+            }
+        };
         for vsn in [Vsn::V1, Vsn::V2] {
             if run.vsns[vsn as usize] {
-                run.frames[vsn as usize].push(frame::encode(
-                    vsn,
-                    None,
-                    None,
-                    &run.topic,
-                    change.kind.as_str(),
-                    &payload,
-                ));
+                run.frames[vsn as usize]
+                    .push(frame::encode(vsn, None, None, &run.topic, event, &payload));
             }
         }
         batch.changes += 1;

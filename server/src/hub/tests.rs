@@ -50,17 +50,26 @@ fn subscribe(hub: &Hub, r: &Registration, vsn: Vsn, topic: &str) {
     hub.subscribe_legacy(r.id, vsn, &key, topic, None);
 }
 
-/// Every text frame queued for `r`, in order, and how many queue items
-/// carried them.
-fn received(r: &mut Registration) -> (Vec<String>, usize) {
+/// Every text frame queued for `r`, in order, and the kind of each queue
+/// item that carried them (`frame`, `frames`: routed socket by socket;
+/// `run`: shared).
+fn received(r: &mut Registration) -> (Vec<String>, Vec<&'static str>) {
     let mut frames = Vec::new();
-    let mut items = 0;
+    let mut items = Vec::new();
     while let Ok(item) = r.rx.try_recv() {
-        items += 1;
         match item {
-            Outbound::Frame(f) => frames.push(f.to_string()),
-            Outbound::Frames(fs) => frames.extend(fs.iter().map(|f| f.to_string())),
-            Outbound::Run(run) => frames.extend(run.frames().iter().map(|f| f.to_string())),
+            Outbound::Frame(f) => {
+                items.push("frame");
+                frames.push(f.to_string())
+            }
+            Outbound::Frames(fs) => {
+                items.push("frames");
+                frames.extend(fs.iter().map(|f| f.to_string()))
+            }
+            Outbound::Run(run) => {
+                items.push("run");
+                frames.extend(run.frames().iter().map(|f| f.to_string()))
+            }
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -95,7 +104,7 @@ fn one_topics_changes_reach_every_socket_as_one_shared_item_in_order() {
     let (frames2, items2) = received(&mut v2);
     assert_eq!(rows(&frames1), ["a:1", "a:2", "a:3"]);
     assert_eq!(rows(&frames2), ["a:1", "a:2", "a:3"]);
-    assert_eq!((items1, items2), (1, 1), "one queue item per socket");
+    assert_eq!((items1, items2), (vec!["run"], vec!["run"]));
     // Each socket gets its own serializer's frames.
     assert!(frames1[0].starts_with('{'), "{}", frames1[0]);
     assert!(frames2[0].starts_with('['), "{}", frames2[0]);
@@ -155,4 +164,162 @@ fn a_socket_whose_queue_cannot_take_the_shared_run_is_closed_alone() {
     assert!(!fast.cancel.is_cancelled());
     assert_eq!(received(&mut fast).0.len(), 3);
     assert_eq!(received(&mut slow).0.len(), 3, "what it had, not the run");
+}
+
+fn binding(r: &Registration, topic: &str, id: u32, event: Option<ChangeKind>) -> Binding {
+    Binding {
+        socket: r.id,
+        topic: topic.into(),
+        vsn: Vsn::V2,
+        id,
+        schema: "public".into(),
+        table: Some("a".into()),
+        event,
+        filter: None,
+        select: None,
+        subscriber: None,
+    }
+}
+
+/// The `ids` and row id of each postgres_changes frame, as `[ids]:id`.
+fn changes(frames: &[String]) -> Vec<String> {
+    frames
+        .iter()
+        .map(|f| {
+            let ids = f.split("\"ids\":").nth(1).unwrap().split(']').next();
+            let id = f.split("\"id\":\"").nth(1).unwrap().split('"').next();
+            format!("{}]:{}", ids.unwrap(), id.unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn channels_with_one_alike_binding_share_a_run_and_the_others_get_their_own_ids() {
+    let hub = Arc::new(Hub::new(1024));
+    let a = table(1, "a");
+    let mut plain: Vec<Registration> = (0..3).map(|_| hub.register()).collect();
+    for r in &plain {
+        hub.add_bindings(vec![binding(r, "realtime:room", 1, None)]);
+    }
+    {
+        let mut routing = hub.routing();
+        routing.dispatch(&insert(&a, "1"));
+        routing.dispatch(&insert(&a, "2"));
+    }
+    for r in &mut plain {
+        let (frames, items) = received(r);
+        assert_eq!(changes(&frames), ["[1]:1", "[1]:2"]);
+        assert_eq!(items, ["run"], "one shared queue item per socket");
+        assert!(
+            frames[0].contains("\"realtime:room\",\"postgres_changes\""),
+            "{}",
+            frames[0]
+        );
+    }
+
+    // A channel whose two bindings both match gets both ids in one frame,
+    // and that change is routed socket by socket: the others are unaffected.
+    let mut two = hub.register();
+    hub.add_bindings(vec![
+        binding(&two, "realtime:room", 1, Some(ChangeKind::Insert)),
+        binding(&two, "realtime:room", 2, None),
+    ]);
+    // Another topic name: frames differ.
+    let mut other = hub.register();
+    hub.add_bindings(vec![binding(&other, "realtime:other", 1, None)]);
+    {
+        let mut routing = hub.routing();
+        routing.dispatch(&insert(&a, "3"));
+    }
+    for r in &mut plain {
+        assert_eq!(changes(&received(r).0), ["[1]:3"]);
+    }
+    assert_eq!(changes(&received(&mut two).0), ["[1,2]:3"]);
+    let frames = received(&mut other).0;
+    assert_eq!(changes(&frames), ["[1]:3"]);
+    assert!(frames[0].contains("realtime:other"), "{}", frames[0]);
+
+    // The two-binding channel leaves: the rest share again, and a socket
+    // that joined meanwhile is in the run.
+    hub.leave_channel(
+        two.id,
+        &crate::cluster::TopicKey::new("realtime:room", false),
+    );
+    hub.leave_channel(
+        other.id,
+        &crate::cluster::TopicKey::new("realtime:other", false),
+    );
+    let mut late = hub.register();
+    hub.add_bindings(vec![binding(&late, "realtime:room", 1, None)]);
+    {
+        let mut routing = hub.routing();
+        routing.dispatch(&insert(&a, "4"));
+        routing.dispatch(&insert(&a, "5"));
+    }
+    for r in plain.iter_mut().chain([&mut late]) {
+        let (frames, items) = received(r);
+        assert_eq!(changes(&frames), ["[1]:4", "[1]:5"]);
+        assert_eq!(items, ["run"]);
+    }
+    assert!(received(&mut two).0.is_empty());
+}
+
+#[test]
+fn a_run_of_channels_holds_only_changes_that_reach_the_same_sockets() {
+    let hub = Arc::new(Hub::new(1024));
+    let a = table(1, "a");
+    let mut inserts = hub.register();
+    hub.add_bindings(vec![binding(
+        &inserts,
+        "realtime:room",
+        1,
+        Some(ChangeKind::Insert),
+    )]);
+    let mut all = hub.register();
+    hub.add_bindings(vec![binding(&all, "realtime:room", 1, None)]);
+    let mut update = insert(&a, "2");
+    update.kind = ChangeKind::Update;
+    {
+        let mut routing = hub.routing();
+        routing.dispatch(&insert(&a, "1"));
+        routing.dispatch(&update);
+        routing.dispatch(&insert(&a, "3"));
+    }
+    assert_eq!(changes(&received(&mut inserts).0), ["[1]:1", "[1]:3"]);
+    assert_eq!(changes(&received(&mut all).0), ["[1]:1", "[1]:2", "[1]:3"]);
+}
+
+#[test]
+fn a_shared_frame_is_byte_for_byte_the_frame_routed_socket_by_socket() {
+    let hub = Arc::new(Hub::new(1024));
+    let a = table(1, "a");
+    let two = |hub: &Arc<Hub>| {
+        let mut routing = hub.routing();
+        routing.dispatch(&insert(&a, "1"));
+        routing.dispatch(&insert(&a, "2"));
+    };
+    let mut v2 = hub.register();
+    hub.add_bindings(vec![binding(&v2, "realtime:room", 1, None)]);
+    two(&hub);
+    let (shared_v2, how) = received(&mut v2);
+    assert_eq!(how, ["run"]);
+    // A 1.x topic too: both match, so the changes go socket by socket.
+    let topic = "realtime:public:a";
+    let mut v1 = join(&hub, Vsn::V1, topic);
+    two(&hub);
+    let (routed_v1, how) = received(&mut v1);
+    assert_eq!(how, ["frames"]);
+    let (routed_v2, how) = received(&mut v2);
+    assert_eq!(how, ["frames"]);
+    hub.leave_channel(
+        v2.id,
+        &crate::cluster::TopicKey::new("realtime:room", false),
+    );
+    two(&hub);
+    let (shared_v1, how) = received(&mut v1);
+    assert_eq!(how, ["run"]);
+    assert_eq!(shared_v1.len(), 2);
+    assert_eq!(shared_v1, routed_v1);
+    assert_eq!(shared_v2.len(), 2);
+    assert_eq!(shared_v2, routed_v2);
 }
