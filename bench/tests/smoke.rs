@@ -91,7 +91,7 @@ fn fanout_runs_per_size_and_charts() {
         ],
     );
     for sockets in [20, 40] {
-        let title = format!("== fan-out: {sockets} sockets on one topic");
+        let title = format!("== fan-out: {sockets} realtime-js 1.x sockets on one topic");
         assert!(stdout.contains(&title), "no `{title}`:\n{stdout}");
     }
     assert_eq!(
@@ -107,6 +107,17 @@ fn fanout_runs_per_size_and_charts() {
         "fanout",
         &stdout,
         &["server", "floor", "sockets on the topic"],
+    );
+}
+
+#[test]
+fn fanout_runs_with_realtime_js_2_channels() {
+    let stdout = smoke_with("fanout", &["--client", "v2"]);
+    let title = "realtime-js 2.x sockets, one postgres_changes binding each";
+    assert!(stdout.contains(title), "no `{title}`:\n{stdout}");
+    assert!(
+        stdout.contains("ratio fanout.server_vs_floor_cpu "),
+        "{stdout}"
     );
 }
 
