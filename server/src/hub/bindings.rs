@@ -135,13 +135,22 @@ pub(super) struct BindingIndex {
     bindings: HashMap<Key, Indexed, foldhash::fast::RandomState>,
     /// (socket, topic) -> its bindings.
     by_channel: HashMap<(SocketId, Arc<str>), Vec<Key>>,
+    /// Each topic name once, with how many bindings hold it: bindings of
+    /// one name share its `Arc`, so comparing them is comparing pointers
+    /// (not a cache miss on each socket's own copy of the string).
+    topics: HashMap<Arc<str>, usize>,
     schemas: HashMap<String, SchemaNode>,
 }
 
 impl BindingIndex {
     /// Adds a binding: time in proportion to its indexed condition's values
     /// (at most `MAX_FILTER_VALUES`, each once).
-    pub(super) fn add(&mut self, b: Binding) {
+    pub(super) fn add(&mut self, mut b: Binding) {
+        b.topic = match self.topics.get_key_value(&b.topic) {
+            Some((shared, _)) => shared.clone(),
+            None => b.topic,
+        };
+        *self.topics.entry(b.topic.clone()).or_default() += 1;
         self.next += 1;
         let k = self.next;
         let keys = self
@@ -211,7 +220,19 @@ impl BindingIndex {
             return;
         };
         for k in keys {
-            self.remove_key(k);
+            if let Some((b, _)) = self.remove_key(k) {
+                self.release(&b.topic);
+            }
+        }
+    }
+
+    /// Forgets one binding's hold on its topic name.
+    fn release(&mut self, topic: &Arc<str>) {
+        if let Some(n) = self.topics.get_mut(topic) {
+            *n -= 1;
+            if *n == 0 {
+                self.topics.remove(topic);
+            }
         }
     }
 
@@ -276,6 +297,17 @@ impl BindingIndex {
             self.schemas.remove(&b.schema);
         }
         Some((b, alone))
+    }
+
+    /// Whether which bindings `change` reaches depends on its row, not only
+    /// on its table and kind: its table has filtered or owner-indexed
+    /// bindings. When it does not, changes of one table and kind reach the
+    /// same bindings (while the index does not change).
+    pub(super) fn depends_on_row(&self, change: &Change) -> bool {
+        self.schemas
+            .get(&change.table.schema)
+            .and_then(|s| s.tables.get(&change.table.name))
+            .is_some_and(|n| !n.eq.is_empty() || !n.scanned.is_empty() || !n.owned.is_empty())
     }
 
     /// Every binding that `change` reaches.
@@ -389,6 +421,7 @@ impl BindingIndex {
     /// Removes one binding (of a channel that stays); returns it.
     pub(super) fn remove_binding(&mut self, k: Key) -> Option<Binding> {
         let (b, _) = self.remove_key(k)?;
+        self.release(&b.topic);
         if let Some(keys) = self.by_channel.get_mut(&(b.socket, b.topic.clone())) {
             keys.retain(|x| *x != k);
             if let [last] = keys[..] {
@@ -547,5 +580,27 @@ mod tests {
         assert_eq!(reached(&index, &change), [1]);
         change.unlimited = None;
         assert_eq!(reached(&index, &change), Vec::<SocketId>::new());
+    }
+
+    #[test]
+    fn bindings_of_one_topic_name_share_it_and_the_name_goes_with_the_last() {
+        let mut index = BindingIndex::default();
+        let mut one = binding(1, "room=eq.1");
+        one.topic = Arc::from("realtime:t");
+        let mut two = binding(2, "room=eq.1");
+        two.topic = Arc::from("realtime:t");
+        assert!(!Arc::ptr_eq(&one.topic, &two.topic));
+        index.add(one);
+        index.add(two);
+        let mut topics = Vec::new();
+        index.matching(&insert(Some("1"), None), |b| topics.push(b.topic.clone()));
+        assert_eq!(topics.len(), 2);
+        assert!(Arc::ptr_eq(&topics[0], &topics[1]));
+        drop(topics);
+        index.remove_channel(1, &Arc::from("realtime:t"));
+        assert_eq!(index.topics.len(), 1);
+        index.remove_channel(2, &Arc::from("realtime:t"));
+        assert!(index.topics.is_empty(), "{:?}", index.topics);
+        assert!(index.bindings.is_empty() && index.by_channel.is_empty());
     }
 }

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::authz::authorizer::{Authorizer, ChannelRights, Group, GroupAccess};
 use crate::authz::lanes::Item;
-use crate::change::Change;
+use crate::change::{Change, ChangeKind};
 use crate::cluster::{BusError, Cluster, ClusterSettings, Sent, TopicKey};
 use crate::limits::MemoryBudget;
 use crate::metrics::METRICS;
@@ -156,6 +156,42 @@ struct SharedRun {
     /// Frames for V1 and V2 sockets; encoded only for a serializer in use.
     frames: [Vec<Frame>; 2],
     vsns: [bool; 2],
+    /// For 2.x channels whose bindings on the table do not depend on the
+    /// row: the table (schema, name) and kind of change the run's sockets
+    /// were found for. Another such change reaches the same bindings, so it
+    /// joins without visiting them.
+    reach: Option<(String, String, ChangeKind)>,
+}
+
+impl SharedRun {
+    /// Appends `change`'s frames, one per serializer in use.
+    fn push(&mut self, change: &Change) {
+        let (event, payload) = match &self.source {
+            RunSource::Topic => (change.kind.as_str(), change.legacy_json()),
+            RunSource::Channels { id, select } => {
+                let data = match select {
+                    None => crate::typed::postgres_changes_data(change),
+                    Some(s) => crate::typed::postgres_changes_data_selected(change, s),
+                };
+                (
+                    "postgres_changes",
+                    format!("{{\"ids\":[{id}],\"data\":{data}}}"),
+                )
+            }
+        };
+        for vsn in [Vsn::V1, Vsn::V2] {
+            if self.vsns[vsn as usize] {
+                self.frames[vsn as usize].push(frame::encode(
+                    vsn,
+                    None,
+                    None,
+                    &self.topic,
+                    event,
+                    &payload,
+                ));
+            }
+        }
+    }
 }
 
 /// What a [`SharedRun`]'s changes reach.
@@ -539,6 +575,18 @@ impl Hub {
         if topics > 1 {
             return false;
         }
+        if let Some(run) = &mut batch.shared {
+            let same_reach = run.reach.as_ref().is_some_and(|(schema, table, kind)| {
+                *kind == change.kind
+                    && *schema == change.table.schema
+                    && *table == change.table.name
+            });
+            if topics == 0 && same_reach && !index.bindings.depends_on_row(change) {
+                run.push(change);
+                batch.changes += 1;
+                return true;
+            }
+        }
         // 2.x channels: alike when each is its channel's only binding (so
         // its frame carries its id alone) with the first one's topic, id
         // and selection.
@@ -589,6 +637,14 @@ impl Hub {
             }
             _ => {}
         }
+        let reach =
+            (source != RunSource::Topic && !index.bindings.depends_on_row(change)).then(|| {
+                (
+                    change.table.schema.clone(),
+                    change.table.name.clone(),
+                    change.kind,
+                )
+            });
         let run = batch.shared.get_or_insert_with(|| {
             let sockets: Vec<(SocketId, Vsn)> = match (&source, only) {
                 (RunSource::Topic, Some(subs)) => subs
@@ -608,27 +664,10 @@ impl Hub {
                 sockets,
                 frames: [Vec::new(), Vec::new()],
                 vsns,
+                reach,
             }
         });
-        let (event, payload) = match &run.source {
-            RunSource::Topic => (change.kind.as_str(), change.legacy_json()),
-            RunSource::Channels { id, select } => {
-                let data = match select {
-                    None => crate::typed::postgres_changes_data(change),
-                    Some(s) => crate::typed::postgres_changes_data_selected(change, s),
-                };
-                (
-                    "postgres_changes",
-                    format!("{{\"ids\":[{id}],\"data\":{data}}}"),
-                )
-            }
-        };
-        for vsn in [Vsn::V1, Vsn::V2] {
-            if run.vsns[vsn as usize] {
-                run.frames[vsn as usize]
-                    .push(frame::encode(vsn, None, None, &run.topic, event, &payload));
-            }
-        }
+        run.push(change);
         batch.changes += 1;
         true
     }

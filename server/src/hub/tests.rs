@@ -323,3 +323,28 @@ fn a_shared_frame_is_byte_for_byte_the_frame_routed_socket_by_socket() {
     assert_eq!(shared_v2.len(), 2);
     assert_eq!(shared_v2, routed_v2);
 }
+
+#[test]
+fn a_run_of_filtered_channels_takes_a_change_only_for_the_sockets_its_row_reaches() {
+    let hub = Arc::new(Hub::new(1024));
+    let a = table(1, "a");
+    let filtered = |r: &Registration, filter: &str| Binding {
+        filter: Some(
+            crate::filter::Filter::parse(filter, |_| Some(crate::filter::Comparison::Text))
+                .unwrap(),
+        ),
+        ..binding(r, "realtime:room", 1, None)
+    };
+    let mut one = hub.register();
+    hub.add_bindings(vec![filtered(&one, "id=eq.1")]);
+    let mut two = hub.register();
+    hub.add_bindings(vec![filtered(&two, "id=eq.2")]);
+    {
+        let mut routing = hub.routing();
+        routing.dispatch(&insert(&a, "1"));
+        routing.dispatch(&insert(&a, "1"));
+        routing.dispatch(&insert(&a, "2"));
+    }
+    assert_eq!(changes(&received(&mut one).0), ["[1]:1", "[1]:1"]);
+    assert_eq!(changes(&received(&mut two).0), ["[1]:2"]);
+}
