@@ -15,6 +15,7 @@ import assert from 'node:assert/strict';
 import WebSocket from 'ws';
 import * as latest from 'realtime-js-2-latest';
 import * as early from 'realtime-js-2-8';
+import { sleep, until } from './support.mjs';
 
 const URLS = (process.env.REALTIME_URLS ?? '').split(',').filter(Boolean);
 const KILL_PID = Number(process.env.KILL_PID ?? 0);
@@ -30,16 +31,6 @@ class RecordingWebSocket extends WebSocket {
     super(...args);
     this.received = [];
     this.on('message', (data) => this.received.push(data.toString()));
-  }
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-async function until(cond, what, ms = WAIT_MS) {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) assert.fail(`timed out after ${ms} ms waiting for ${what}`);
-    await sleep(20);
   }
 }
 

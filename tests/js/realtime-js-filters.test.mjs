@@ -20,21 +20,12 @@ import pg from 'pg';
 import WebSocket from 'ws';
 import { RealtimeClient, postgresChangesFilter as F } from 'realtime-js-2-latest';
 import * as early from 'realtime-js-2-8';
+import { sleep, until } from './support.mjs';
 
 const REALTIME_URL = process.env.REALTIME_URL;
 const DATABASE_URL = process.env.DATABASE_URL;
 const WAIT_MS = 10_000;
 const APIKEY = 'anon-key-unchecked-with-secure-channels-off';
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-async function until(cond, what, ms = WAIT_MS) {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) assert.fail(`timed out after ${ms} ms waiting for ${what}`);
-    await sleep(20);
-  }
-}
 
 /** Subscribes; resolves with the statuses once SUBSCRIBED, rejects on any other status. */
 function subscribe(channel) {

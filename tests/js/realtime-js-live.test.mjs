@@ -24,6 +24,7 @@ import pg from 'pg';
 import WebSocket from 'ws';
 import * as early from 'realtime-js-2-8';
 import * as latest from 'realtime-js-2-latest';
+import { sleep, until as untilWithin } from './support.mjs';
 
 const REALTIME_URL = process.env.REALTIME_URL;
 const DATABASE_URL = process.env.DATABASE_URL;
@@ -36,15 +37,8 @@ const CHANNELS = 8;
 // Rounds once the stream is live: a channel, told, inserts at once.
 const ROUNDS = 20;
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-async function until(cond, what, ms = 20_000) {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) assert.fail(`timed out after ${ms} ms waiting for ${what}`);
-    await sleep(10);
-  }
-}
+/** Waits up to 20 s, looking every 10 ms: the turn to live is timed closely. */
+const until = (cond, what, ms = 20_000) => untilWithin(cond, what, ms, 10);
 
 const VERSIONS = {
   early: { RealtimeClient: early.RealtimeClient, options: {} },

@@ -10,42 +10,13 @@
 
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { createHmac, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import pg from 'pg';
-import WebSocket from 'ws';
-import * as early from 'realtime-js-2-8';
-import * as latest from 'realtime-js-2-latest';
+import { REALTIME_JS_2, jwt, now, sleep, until } from './support.mjs';
 
 const { REALTIME_URL, DATABASE_URL, JWT_SECRET } = process.env;
-const WAIT_MS = 10_000;
 
-const b64url = (s) => Buffer.from(s).toString('base64url');
-function jwt(claims) {
-  const head = b64url(JSON.stringify({ alg: 'HS256', typ: 'JWT' }));
-  const body = b64url(JSON.stringify(claims));
-  const sig = createHmac('sha256', JWT_SECRET).update(`${head}.${body}`).digest('base64url');
-  return `${head}.${body}.${sig}`;
-}
-const now = () => Math.floor(Date.now() / 1000);
 const userToken = (sub) => jwt({ role: 'authenticated', sub, exp: now() + 3600 });
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-async function until(cond, what, ms = WAIT_MS) {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) assert.fail(`timed out after ${ms} ms waiting for ${what}`);
-    await sleep(20);
-  }
-}
-
-const VERSIONS = [
-  { name: '@supabase/realtime-js 2.8.4', RealtimeClient: early.RealtimeClient, options: {} },
-  {
-    name: '@supabase/realtime-js 2.119.1 (ws transport, vsn 2.0.0)',
-    RealtimeClient: latest.RealtimeClient,
-    options: { transport: WebSocket, vsn: '2.0.0' },
-  },
-];
 
 let db;
 let nextId = 1;
@@ -59,7 +30,7 @@ after(async () => {
   setTimeout(() => process.exit(), 2_000).unref();
 });
 
-for (const version of VERSIONS) {
+for (const version of REALTIME_JS_2) {
   describe(version.name, () => {
     const clients = [];
     const client = (token) => {

@@ -33,6 +33,7 @@ import pg from 'pg';
 import WebSocket from 'ws';
 import * as early from 'realtime-js-2-8';
 import * as latest from 'realtime-js-2-latest';
+import { sleep, until } from './support.mjs';
 
 const REALTIME_URL = process.env.REALTIME_URL;
 const DATABASE_URL = process.env.DATABASE_URL;
@@ -104,17 +105,6 @@ const VERSIONS = [
     vsn1: { transport: RecordingWebSocket, vsn: '1.0.0' },
   },
 ];
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-/** Waits until `cond()` holds, or fails with `what`. */
-async function until(cond, what, ms = WAIT_MS) {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) assert.fail(`timed out after ${ms} ms waiting for ${what}`);
-    await sleep(20);
-  }
-}
 
 function newClient(version, options = version.options, url = REALTIME_URL) {
   const log = [];
