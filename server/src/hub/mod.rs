@@ -706,7 +706,13 @@ impl Hub {
             self.close_slow_in(index, slow);
             return;
         }
+        // A socket whose queue refused the run gets nothing after it: it is
+        // closed, and must not see later changes with the run's missing.
+        let refused: SocketMap<()> = slow.iter().map(|&s| (s, ())).collect();
         for (socket, mut frames) in batch.frames.drain() {
+            if refused.contains_key(&socket) {
+                continue;
+            }
             let Some(entry) = index.sockets.get(&socket) else {
                 continue;
             };

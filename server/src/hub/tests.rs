@@ -348,3 +348,30 @@ fn a_run_of_filtered_channels_takes_a_change_only_for_the_sockets_its_row_reache
     assert_eq!(changes(&received(&mut one).0), ["[1]:1", "[1]:1"]);
     assert_eq!(changes(&received(&mut two).0), ["[1]:2"]);
 }
+
+#[test]
+fn a_socket_that_refused_the_run_gets_no_later_change_of_the_batch() {
+    let hub = Arc::new(Hub::new(4));
+    let (a, b) = (table(1, "a"), table(2, "b"));
+    let mut both = join(&hub, Vsn::V1, "realtime:public:a");
+    subscribe(&hub, &both, Vsn::V1, "realtime:public:b");
+    let mut fast = join(&hub, Vsn::V1, "realtime:public:a");
+    {
+        let mut routing = hub.routing();
+        routing.dispatch(&insert(&a, "1"));
+        routing.dispatch(&insert(&a, "2"));
+    }
+    assert_eq!(received(&mut fast).0.len(), 2);
+    // `both` holds 2 of 4 frames: the run of 3 does not fit; the change of
+    // `b` after it (socket by socket) would.
+    {
+        let mut routing = hub.routing();
+        for i in 3..=5 {
+            routing.dispatch(&insert(&a, &i.to_string()));
+        }
+        routing.dispatch(&insert(&b, "6"));
+    }
+    assert!(both.cancel.is_cancelled(), "closed as a slow consumer");
+    assert_eq!(rows(&received(&mut both).0), ["a:1", "a:2"]);
+    assert_eq!(rows(&received(&mut fast).0), ["a:3", "a:4", "a:5"]);
+}
