@@ -194,6 +194,24 @@ impl SharedRun {
     }
 }
 
+/// Queues `item` (`n` frames) for `socket` without waiting: counted in
+/// `queued`, or `socket` noted in `slow` when its queue cannot take it (a
+/// closed queue's socket is going away and unregisters itself).
+fn offer(
+    entry: &SocketEntry,
+    socket: SocketId,
+    item: Outbound,
+    n: u64,
+    queued: &mut u64,
+    slow: &mut Vec<SocketId>,
+) {
+    match entry.tx.try_send(item) {
+        Ok(()) => *queued += n,
+        Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => slow.push(socket),
+        Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {}
+    }
+}
+
 /// What a [`SharedRun`]'s changes reach.
 #[derive(Debug, PartialEq)]
 enum RunSource {
@@ -693,11 +711,7 @@ impl Hub {
                     Outbound::Run(r) => r.frames().len() as u64,
                     _ => 1,
                 };
-                match entry.tx.try_send(item.clone()) {
-                    Ok(()) => queued += n,
-                    Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => slow.push(socket),
-                    Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {}
-                }
+                offer(entry, socket, item.clone(), n, &mut queued, &mut slow);
             }
         }
         if batch.frames.is_empty() {
@@ -722,12 +736,7 @@ impl Hub {
             } else {
                 Outbound::Frames(frames)
             };
-            match entry.tx.try_send(item) {
-                Ok(()) => queued += n,
-                Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => slow.push(socket),
-                // The socket is going away and unregisters itself.
-                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {}
-            }
+            offer(entry, socket, item, n, &mut queued, &mut slow);
         }
         batch.changes = 0;
         batch.entries = 0;
